@@ -1,0 +1,69 @@
+"""The command table: each subcommand maps to one plain library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import UserError
+
+
+def cmd_run(a) -> int:
+    from .config import load_config
+    from .study import run_study
+
+    cfg = load_config(a.config, a.overrides)
+    output = a.output or os.path.join("runs", cfg.name)
+    run = run_study(cfg, output, force=a.force, quiet=a.quiet)
+    print(f"finished: {run}/report.md")
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from .predict import finished_run, load_model, predict
+
+    results = finished_run(a.run)
+    name, model, tok = load_model(a.run, a.model)
+    texts = [t for t in a.texts]
+    if not texts or any(not t.strip() for t in texts):
+        raise UserError("predict: give at least one non-empty TEXT argument")
+    preds = predict(model, tok, texts, results["dataset"]["label_names"])
+    print(json.dumps({"model": name, "predictions": preds}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distillora", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the whole study into one run directory")
+    r.add_argument("--config", help="YAML config (see configs/); defaults apply to what it leaves out")
+    r.add_argument("--output", help="run directory (default: runs/<name>)")
+    r.add_argument("--force", action="store_true", help="accept a changed config: redo the stages it affects")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. teacher.train.epochs=2")
+    r.set_defaults(func=cmd_run)
+    q = sub.add_parser("predict", help="print JSON predictions from a finished run")
+    q.add_argument("--run", required=True, help="finished run directory")
+    q.add_argument("--model", help="model name (default: the best student)")
+    q.add_argument("texts", nargs="+", metavar="TEXT")
+    q.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("transformers", "datasets", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"distillora: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("distillora: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130

@@ -1,0 +1,284 @@
+"""The typed configuration of a study: defaults, YAML file, `key=value` overrides, validation, and
+per-stage fingerprints for resuming.
+
+Every field carries help text (as peft's configs do). All problems are collected and raised once,
+as one `UserError` that names the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import UserError
+
+Layers = Union[str, list[int]]  # "odd", "even" or an explicit 1-based list
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(3.0, "Training epochs (the best epoch on validation is kept).")
+    learning_rate: float = _f(5e-5, "Peak learning rate (AdamW, linear decay).")
+    batch_size: int = _f(32, "Examples per device per step.")
+    eval_batch_size: int = _f(128, "Examples per step when evaluating.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.06, "Share of steps with linear warm-up.")
+    early_stopping_patience: int = _f(0, "Stop after this many epochs without validation gain (0: never).")
+    logging_steps: int = _f(10, "Steps between log lines (loss, learning rate, examples/s).")
+
+
+@dataclass
+class DataConfig:
+    source: str = _f("thefrankhsu/hate_speech_twitter",
+                     "Hub dataset id, or a local directory holding train.* and test.* (csv, jsonl, parquet).")
+    train_file: str | None = _f(None, "Explicit train file (overrides `source`).")
+    test_file: str | None = _f(None, "Explicit test file (overrides `source`).")
+    text_column: str = _f("tweet", "Column holding the text (`text` is accepted when this one is absent).")
+    label_column: str = _f("label", "Column holding the label (an integer index or one of `label_names`).")
+    label_names: list[str] = _f(["not_hate", "hate"], "Names of labels 0 and 1 shown to users.")
+    validation_fraction: float = _f(0.1, "Share of train carved (stratified, seeded) as the validation split.")
+    max_train_rows: int | None = _f(None, "Use a stratified sample of this many train rows (before the carve).")
+    max_length: int = _f(128, "Tokens kept per text (longer texts are truncated).")
+
+
+@dataclass
+class TeacherConfig:
+    source: str = _f("mpnet-base", "Hub id, local Hugging Face directory, or offline bundle (minilm-l6, mpnet-base).")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=3e-5))
+
+
+@dataclass
+class DistillConfig:
+    students: dict[str, Layers] = _f({"odd": "odd", "even": "even"},
+                                     "Student name -> teacher layers (1-based list, `odd` or `even`).")
+    w_ce: float = _f(0.5, "Weight of cross-entropy on the hard labels.")
+    w_kd: float = _f(0.5, "Weight of T^2 * KL(teacher || student) on logits softened by `temperature`.")
+    w_cos: float = _f(1.0, "Weight of the cosine loss between final hidden states (non-padding tokens).")
+    temperature: float = _f(2.0, "Softmax temperature T of the KL term.")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=5e-5))
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = _f(True, "Train the LoRA student.")
+    layers: Layers = _f("even", "Teacher layers the LoRA student is built from.")
+    r: int = _f(8, "LoRA rank.")
+    alpha: int = _f(16, "LoRA alpha (scaling = alpha / r).")
+    dropout: float = _f(0.1, "Dropout on the LoRA path.")
+    target_modules: list[str] | None = _f(None, "Modules to adapt; detected per architecture when null "
+                                                "(BERT query,value; MPNet q,v; DistilBERT q_lin,v_lin).")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=5e-4))
+
+
+@dataclass
+class BaselineConfig:
+    enabled: bool = _f(True, "Train the cross-entropy-only baseline student.")
+    layers: Layers = _f("even", "Teacher layers the baseline student is built from.")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=5e-5))
+
+
+@dataclass
+class StudyConfig:
+    name: str = _f("study", "A name for the run (shown in the report and the web app).")
+    seed: int = _f(42, "Seed for the validation carve, initialisation and data order.")
+    selection_metric: str = _f("f1_macro", "Validation metric that selects the best epoch: f1_macro or accuracy.")
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return isinstance(value, dict) and all(_type_ok(a, k) and _type_ok(b, v) for a, b in value.items())
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _build(obj, raw: dict, prefix: str, errors: list[str], where: str):
+    """Set the fields of dataclass instance `obj` (holding its defaults) from `raw`, in place."""
+    hints = typing.get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if not isinstance(raw, dict):
+        errors.append(f"{where}: `{prefix.rstrip('.') or '<top>'}` must be a mapping, got {raw!r}")
+        return obj
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = [k for k in fields if k.startswith(str(key)[:3])]
+            hint = f" (did you mean {', '.join(prefix + c for c in close)}?)" if close else ""
+            errors.append(f"{where}: unknown key `{dotted}`{hint}; known keys here: {', '.join(fields)}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            _build(getattr(obj, key), value, dotted + ".", errors, where)
+        elif _type_ok(value, tp):
+            setattr(obj, key, float(value) if tp is float else value)
+        else:
+            errors.append(f"{where}: `{dotted}` = {value!r} has the wrong type; expected {_type_name(tp)}")
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"command line: override {text!r} must look like key=value, e.g. teacher.train.epochs=2")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def _merge(base: dict, keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        base = base.setdefault(k, {})
+        if not isinstance(base, dict):
+            raise UserError(f"command line: cannot set {'.'.join(keys)}: {k} is not a section")
+    base[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> StudyConfig:
+    """Defaults <- YAML file <- `key=value` overrides, validated once."""
+    raw: dict = {}
+    where = "defaults"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise UserError(f"{p}: config file not found; pass an existing YAML file to --config (see configs/)")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(f"{p}:{at} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax there")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{p}: not UTF-8 text (byte {e.start}); save the config as UTF-8")
+        if not isinstance(raw, dict):
+            raise UserError(f"{p}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    for o in overrides:
+        keys, value = parse_override(o)
+        _merge(raw, keys, value)
+        where = f"{where} + overrides" if "overrides" not in where else where
+    errors: list[str] = []
+    cfg = StudyConfig()
+    _build(cfg, raw, "", errors, where)
+    if not errors:
+        errors = validate(cfg)
+    if errors:
+        raise UserError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    return cfg
+
+
+def validate(cfg: StudyConfig) -> list[str]:
+    from .students import parse_layers  # late import: students imports torch
+
+    errs = []
+    d = cfg.data
+    if len(d.label_names) != 2 or len(set(d.label_names)) != 2:
+        errs.append(f"data.label_names = {d.label_names!r}: give two distinct names, e.g. [not_hate, hate]")
+    if not 0 < d.validation_fraction < 0.5:
+        errs.append(f"data.validation_fraction = {d.validation_fraction}: use a share in (0, 0.5), e.g. 0.1")
+    if d.max_train_rows is not None and d.max_train_rows < 20:
+        errs.append(f"data.max_train_rows = {d.max_train_rows}: use at least 20 rows, or null for all")
+    if not 8 <= d.max_length <= 512:
+        errs.append(f"data.max_length = {d.max_length}: use 8..512 tokens")
+    if (d.train_file is None) != (d.test_file is None):
+        errs.append("data.train_file and data.test_file: give both or neither")
+    if cfg.selection_metric not in ("f1_macro", "accuracy"):
+        errs.append(f"selection_metric = {cfg.selection_metric!r}: use f1_macro or accuracy")
+    if cfg.distill.temperature <= 0:
+        errs.append(f"distill.temperature = {cfg.distill.temperature}: must be > 0 (try 2.0)")
+    for w in ("w_ce", "w_kd", "w_cos"):
+        if getattr(cfg.distill, w) < 0:
+            errs.append(f"distill.{w} = {getattr(cfg.distill, w)}: weights must be >= 0")
+    if cfg.distill.w_ce + cfg.distill.w_kd + cfg.distill.w_cos == 0:
+        errs.append("distill.w_ce, w_kd, w_cos are all 0: at least one loss term needs a positive weight")
+    names = set()
+    for name, layers in cfg.distill.students.items():
+        if name in ("teacher", "lora", "baseline") or not name.replace("_", "").replace("-", "").isalnum():
+            errs.append(f"distill.students: name {name!r} is reserved or not a plain word; pick another")
+        names.add(name)
+        try:
+            parse_layers(layers, None)
+        except ValueError as e:
+            errs.append(f"distill.students.{name} = {layers!r}: {e}")
+    for sec in ("lora", "baseline"):
+        try:
+            parse_layers(getattr(cfg, sec).layers, None)
+        except ValueError as e:
+            errs.append(f"{sec}.layers = {getattr(cfg, sec).layers!r}: {e}")
+    if cfg.lora.r < 1:
+        errs.append(f"lora.r = {cfg.lora.r}: must be >= 1 (default 8)")
+    if not 0 <= cfg.lora.dropout < 1:
+        errs.append(f"lora.dropout = {cfg.lora.dropout}: must be in [0, 1)")
+    for sec, t in (("teacher", cfg.teacher.train), ("distill", cfg.distill.train),
+                   ("lora", cfg.lora.train), ("baseline", cfg.baseline.train)):
+        if t.epochs <= 0:
+            errs.append(f"{sec}.train.epochs = {t.epochs}: must be > 0")
+        if t.learning_rate <= 0:
+            errs.append(f"{sec}.train.learning_rate = {t.learning_rate}: must be > 0")
+        if t.batch_size < 1 or t.eval_batch_size < 1:
+            errs.append(f"{sec}.train.batch_size/eval_batch_size must be >= 1")
+        if t.logging_steps < 1:
+            errs.append(f"{sec}.train.logging_steps = {t.logging_steps}: must be >= 1")
+        if t.early_stopping_patience < 0:
+            errs.append(f"{sec}.train.early_stopping_patience = {t.early_stopping_patience}: must be >= 0")
+    return errs
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts: what a stage's result depends on."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out

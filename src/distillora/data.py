@@ -1,0 +1,253 @@
+"""Datasets: load (Hub id | local directory | explicit files), validate with fix-it messages,
+drop empty texts, carve a stratified validation split, tokenise once, and collate."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from .config import DataConfig
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+READERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Splits:
+    train: Split
+    validation: Split
+    test: Split
+    info: dict = field(default_factory=dict)  # source, rows per split, dropped, duplicates, label names
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _read_table(path: Path) -> pd.DataFrame:
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .jsonl or .parquet")
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; check data.source / data.train_file / data.test_file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty; it needs a header row and at least one data row")
+    try:
+        if kind == "parquet":
+            return pd.read_parquet(path)
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+            row = f"row {line - 1} (line {line})" if kind == "csv" else f"row {line} (line {line})"
+            raise UserError(f"{path}: {row}, column {col}: byte 0x{raw[e.start]:02x} is not UTF-8; "
+                            f"re-save the file as UTF-8") from None
+        if kind == "csv":
+            # keep_default_na=False: a tweet reading "NA" or "null" is text, not a missing value.
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+        return pd.read_json(path, lines=True, dtype=False)
+    except UserError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: the file is empty; it needs a header row and at least one data row") from None
+    except (pd.errors.ParserError, ValueError, OSError) as e:
+        raise UserError(f"{path}: cannot be read as {kind} ({str(e).strip().splitlines()[0]}); fix the file") from None
+    except Exception as e:  # pyarrow's errors for a corrupt parquet file have no common base we can name
+        raise UserError(f"{path}: cannot be read as {kind} ({type(e).__name__}: {e}); fix the file") from None
+
+
+def _find_files(directory: Path) -> tuple[Path, Path]:
+    found = {}
+    for split in ("train", "test"):
+        hits = sorted(p for p in directory.iterdir() if p.stem == split and p.suffix.lower() in READERS)
+        if not hits:
+            raise UserError(f"{directory}: no {split}.csv / {split}.jsonl / {split}.parquet here; "
+                            f"add it or give data.train_file and data.test_file")
+        found[split] = hits[0]
+    return found["train"], found["test"]
+
+
+def _label_to_index(value, names: list[str]) -> int | None:
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value) if 0 <= int(value) < len(names) else None
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() and 0 <= value < len(names) else None
+    if isinstance(value, str):
+        s = value.strip()
+        if s in names:
+            return names.index(s)
+        if s.lstrip("-").isdigit():
+            return int(s) if 0 <= int(s) < len(names) else None
+    return None
+
+
+def _validate(df: pd.DataFrame, path: str, cfg: DataConfig, first_row: int = 1) -> tuple[list[str], np.ndarray, dict]:
+    """Returns texts, labels and counts for one table; raises UserError naming file, row and fix."""
+    if len(df) == 0:
+        raise UserError(f"{path}: has a header but no data rows; add rows")
+    text_col = cfg.text_column
+    if text_col not in df.columns and "text" in df.columns and text_col == "tweet":
+        text_col = "text"
+    for col, key in ((text_col, "data.text_column"), (cfg.label_column, "data.label_column")):
+        if col not in df.columns:
+            raise UserError(f"{path}: no column {col!r} (columns: {', '.join(map(str, df.columns))}); "
+                            f"set {key} to the right one")
+    labels = np.empty(len(df), dtype=np.int64)
+    allowed = ", ".join([str(i) for i in range(len(cfg.label_names))] + cfg.label_names)
+    for i, value in enumerate(df[cfg.label_column].tolist()):
+        idx = _label_to_index(value, cfg.label_names)
+        if idx is None:
+            row = first_row + i
+            line = f" (line {row + 1})" if path.endswith(".csv") else ""
+            raise UserError(f"{path}: row {row}{line}, column {cfg.label_column!r}: label {value!r} is not one of "
+                            f"{allowed}; fix the value or set data.label_names")
+        labels[i] = idx
+    texts_raw = df[text_col].tolist()
+    keep = [isinstance(t, str) and t.strip() != "" for t in texts_raw]
+    texts = [t for t, k in zip(texts_raw, keep) if k]
+    dropped = len(keep) - sum(keep)
+    if dropped:
+        log.warning("%s: dropped %d empty or null text(s)", path, dropped)
+    labels = labels[np.asarray(keep, dtype=bool)]
+    counts = {"rows": len(df), "dropped_empty": dropped, "duplicates": int(len(texts) - len(set(texts)))}
+    return texts, labels, counts
+
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Read train and test, validate, drop empty texts, sample (`max_train_rows`) and carve validation."""
+    if cfg.train_file:
+        train_df, test_df = _read_table(Path(cfg.train_file)), _read_table(Path(cfg.test_file))
+        names = (cfg.train_file, cfg.test_file)
+    elif Path(cfg.source).expanduser().is_dir():
+        tr, te = _find_files(Path(cfg.source).expanduser())
+        train_df, test_df = _read_table(tr), _read_table(te)
+        names = (str(tr), str(te))
+    elif Path(cfg.source).suffix or cfg.source.startswith((".", "/", "~")):
+        raise UserError(f"data.source = {cfg.source!r}: no such directory; give a directory holding train and "
+                        f"test files, explicit data.train_file/data.test_file, or a Hub dataset id")
+    else:
+        train_df, test_df, names = _load_hub(cfg.source)
+    train_texts, train_labels, train_counts = _validate(train_df, names[0], cfg)
+    test_texts, test_labels, test_counts = _validate(test_df, names[1], cfg)
+    if len(test_texts) == 0:
+        raise UserError(f"{names[1]}: no test rows left after dropping empty texts; the test split needs rows")
+    present = set(train_labels.tolist())
+    if len(present) < 2:
+        raise UserError(f"{names[0]}: every train row has label {cfg.label_names[train_labels[0]] if len(train_labels) else '?'}; "
+                        f"a classifier needs both labels in train")
+    if cfg.max_train_rows is not None and cfg.max_train_rows < len(train_texts):
+        idx, _ = train_test_split(np.arange(len(train_texts)), train_size=cfg.max_train_rows,
+                                  stratify=train_labels, random_state=seed)
+        idx = np.sort(idx)
+        train_texts, train_labels = [train_texts[i] for i in idx], train_labels[idx]
+    try:
+        tr_idx, va_idx = train_test_split(np.arange(len(train_texts)), test_size=cfg.validation_fraction,
+                                          stratify=train_labels, random_state=seed)
+    except ValueError as e:
+        raise UserError(f"{names[0]}: cannot carve a stratified validation split ({e}); add rows or "
+                        f"change data.validation_fraction") from None
+    tr_idx, va_idx = np.sort(tr_idx), np.sort(va_idx)
+    train = Split([train_texts[i] for i in tr_idx], train_labels[tr_idx])
+    validation = Split([train_texts[i] for i in va_idx], train_labels[va_idx])
+    test = Split(test_texts, test_labels)
+    info = {
+        "source": cfg.source if not cfg.train_file else {"train": cfg.train_file, "test": cfg.test_file},
+        "files": {"train": names[0], "test": names[1]},
+        "label_names": list(cfg.label_names),
+        "rows": {"train": len(train), "validation": len(validation), "test": len(test)},
+        "rows_read": {"train": train_counts["rows"], "test": test_counts["rows"]},
+        "dropped_empty": {"train": train_counts["dropped_empty"], "test": test_counts["dropped_empty"]},
+        "duplicates": {"train": train_counts["duplicates"], "test": test_counts["duplicates"]},
+        "label_counts": {s: np.bincount(x.labels, minlength=2).tolist()
+                         for s, x in (("train", train), ("validation", validation), ("test", test))},
+        "max_train_rows": cfg.max_train_rows,
+    }
+    return Splits(train, validation, test, info)
+
+
+def _load_hub(source: str) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, str]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(source)
+    except Exception as e:  # offline, unknown id, auth: all surface the same way to the user
+        raise UserError(f"data.source = {source!r}: could not load it from the Hugging Face Hub "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); when offline, point data.source "
+                        f"to a local directory such as ../shared/data/hate_speech_twitter") from None
+    for split in ("train", "test"):
+        if split not in ds:
+            raise UserError(f"data.source = {source!r} has splits {list(ds)}, no {split!r}; give local files instead")
+    return ds["train"].to_pandas(), ds["test"].to_pandas(), (f"{source}:train", f"{source}:test")
+
+
+# ----------------------------------------------------------------------------- tokenising
+
+class Encoded(torch.utils.data.Dataset):
+    """Tokenised examples as a list of dicts (`input_ids`, `attention_mask`, `labels`), padded later
+    per batch. Extra per-example fields (cached teacher outputs) can be attached with `with_fields`."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+    def lengths(self) -> list[int]:
+        return [len(x["input_ids"]) for x in self.items]
+
+    def with_fields(self, **columns) -> "Encoded":
+        return Encoded([{**x, **{k: v[i] for k, v in columns.items()}} for i, x in enumerate(self.items)])
+
+
+def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
+    """Tokenise once, without padding (padding happens per batch in the collator)."""
+    enc = tokenizer(split.texts, truncation=True, max_length=max_length, padding=False)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    items = [{**{k: enc[k][i] for k in keys}, "labels": int(split.labels[i])} for i in range(len(split))]
+    return Encoded(items)
+
+
+class Collator:
+    """Dynamic padding of token fields (via `DataCollatorWithPadding`) plus cached teacher outputs:
+    `teacher_logits` (C,) are stacked, `teacher_hidden` (L_i, H) are zero-padded to the batch length."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.pad = DataCollatorWithPadding(tokenizer)
+
+    def __call__(self, features: list[dict]) -> dict:
+        logits = [f["teacher_logits"] for f in features] if "teacher_logits" in features[0] else None
+        hidden = [f["teacher_hidden"] for f in features] if "teacher_hidden" in features[0] else None
+        plain = [{k: v for k, v in f.items() if not k.startswith("teacher_")} for f in features]
+        batch = dict(self.pad(plain))
+        if logits is not None:
+            batch["teacher_logits"] = torch.stack(logits)
+        if hidden is not None:
+            length = batch["input_ids"].shape[1]
+            out = hidden[0].new_zeros((len(hidden), length, hidden[0].shape[-1]))
+            for i, h in enumerate(hidden):
+                out[i, : h.shape[0]] = h
+            batch["teacher_hidden"] = out
+        return batch

@@ -1,0 +1,45 @@
+"""The distillation loss: hard-label CE + T^2 * KL on softened logits + hidden-state cosine."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,   # (B, C)
+    teacher_logits: torch.Tensor,   # (B, C)
+    labels: torch.Tensor,           # (B,) int64
+    student_hidden: torch.Tensor | None = None,  # (B, L, H) final hidden states
+    teacher_hidden: torch.Tensor | None = None,  # (B, L, H)
+    attention_mask: torch.Tensor | None = None,  # (B, L) 1 for real tokens
+    *,
+    temperature: float = 2.0,
+    w_ce: float = 0.5,
+    w_kd: float = 0.5,
+    w_cos: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Returns (total, parts) with parts `ce`, `kd`, `cos` (detached, for logging).
+
+    kd = T^2 * KL(p_teacher^T || p_student^T), batch mean (Hinton et al., 2015): the T^2 keeps the
+    gradient scale of the soft term independent of T. cos = mean over non-padding tokens of
+    1 - cos(h_student, h_teacher), as DistilBERT's cosine embedding loss.
+    """
+    ce = F.cross_entropy(student_logits.float(), labels)
+    t = temperature
+    kd = F.kl_div(
+        F.log_softmax(student_logits.float() / t, dim=-1),
+        F.log_softmax(teacher_logits.float() / t, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+    total = w_ce * ce + w_kd * kd
+    cos = torch.zeros((), device=student_logits.device)
+    if w_cos > 0:
+        if student_hidden is None or teacher_hidden is None or attention_mask is None:
+            raise ValueError("w_cos > 0 needs student_hidden, teacher_hidden and attention_mask")
+        sim = F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)  # (B, L)
+        mask = attention_mask.to(sim.dtype)
+        cos = ((1.0 - sim) * mask).sum() / mask.sum().clamp_min(1.0)
+        total = total + w_cos * cos
+    return total, {"ce": ce.detach(), "kd": kd.detach(), "cos": cos.detach()}

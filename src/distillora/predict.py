@@ -1,0 +1,39 @@
+"""Predictions from a finished run directory (used by `distillora predict` and the web app)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from .errors import UserError
+from .fileio import read_json
+
+
+def finished_run(run_dir: str | Path) -> dict:
+    run = Path(run_dir)
+    if not (run / "results.json").is_file():
+        raise UserError(f"{run}: not a finished run (no results.json); finish it with `distillora run --output {run}`")
+    return read_json(run / "results.json")
+
+
+def load_model(run_dir: str | Path, name: str | None = None):
+    """(name, model, tokenizer) for model `name` of a finished run; default: the best student."""
+    results = finished_run(run_dir)
+    known = [m["name"] for m in results["models"]]
+    name = name or results.get("best_student") or known[0]
+    if name not in known:
+        raise UserError(f"--model {name!r} is not in this run; choose one of {', '.join(known)}")
+    path = Path(run_dir) / "models" / name
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return name, model, tokenizer
+
+
+@torch.inference_mode()
+def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
+    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    probs = torch.softmax(model(**batch).logits.float(), -1).tolist()
+    return [{"text": t, "label": label_names[max(range(len(p)), key=p.__getitem__)],
+             "probabilities": {n: round(x, 6) for n, x in zip(label_names, p)}} for t, p in zip(texts, probs)]

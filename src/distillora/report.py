@@ -1,0 +1,150 @@
+"""results.json -> report.md and plots. Every number in the report is read from `results`
+(or the JSONL logs, for loss curves); nothing is typed by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .config import StudyConfig  # noqa: E402
+from .fileio import read_jsonl, write_text  # noqa: E402
+
+# The seed's quality bar (issue 2); the report states whether each is met.
+TEACHER_MIN_ACC = 0.83
+STUDENT_MIN_RATIO = 0.97
+LORA_MIN_RATIO = 0.95
+LORA_MAX_TRAINABLE = 0.01
+
+
+def _mb(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    made = []
+    models = results["models"]
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m in models:
+        rows = [r for r in read_jsonl(out / "logs" / f"{m['name']}.jsonl") if "loss" in r and "epoch" in r]
+        if rows:
+            ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], label=m["name"])
+    ax.set_xlabel("epoch"); ax.set_ylabel("training loss (per logging step)"); ax.set_title("Training loss")
+    ax.legend(); fig.tight_layout(); fig.savefig(plots / "loss_curves.png", dpi=110); plt.close(fig)
+    made.append(("Training loss per logging step (distilled students' loss includes the KD and cosine terms, "
+                 "so it is not comparable in level with cross-entropy)", "plots/loss_curves.png"))
+
+    fig, axes = plt.subplots(1, len(models), figsize=(2.6 * len(models), 2.8), squeeze=False)
+    names = results["dataset"]["label_names"]
+    for ax, m in zip(axes[0], models):
+        cm = m["test"]["confusion"]
+        ax.imshow(cm, cmap="Blues")
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, cm[i][j], ha="center", va="center")
+        ax.set_xticks([0, 1], names, fontsize=7); ax.set_yticks([0, 1], names, fontsize=7)
+        ax.set_title(m["name"], fontsize=9); ax.set_xlabel("predicted", fontsize=7)
+    axes[0][0].set_ylabel("true", fontsize=7)
+    fig.tight_layout(); fig.savefig(plots / "confusion_matrices.png", dpi=110); plt.close(fig)
+    made.append(("Confusion matrices on the test split", "plots/confusion_matrices.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        ax.scatter(m["params_total"] / 1e6, m["test"]["accuracy"], label=f"{m['name']} (total)")
+        ax.scatter(m["params_trainable"] / 1e6, m["test"]["accuracy"], marker="x", color="gray")
+        ax.annotate(m["name"], (m["params_total"] / 1e6, m["test"]["accuracy"]), fontsize=8)
+    ax.set_xscale("log"); ax.set_xlabel("parameters (millions; x = trainable)"); ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy against parameters"); fig.tight_layout()
+    fig.savefig(plots / "accuracy_vs_params.png", dpi=110); plt.close(fig)
+    made.append(("Test accuracy against parameters (dots: total, crosses: trainable)", "plots/accuracy_vs_params.png"))
+    return made
+
+
+def _table(results: dict) -> list[str]:
+    lines = ["| model | teacher layers | training loss | val F1 | test accuracy | test F1 (macro) | hate P / R "
+             "| trainable params (%) | size on disk | training time | throughput |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    best = results.get("best_student")
+    for m in results["models"]:
+        t = m["test"]
+        pct = 100 * m["params_trainable"] / m["params_total"]
+        layers = ",".join(map(str, m["teacher_layers"]))
+        name = f"**{m['name']}** (best student)" if m["name"] == best else m["name"]
+        loss = "" if m["train"]["loss"] is None else f"{m['train']['loss']:.4f}"
+        size = _mb(m["size_bytes"]) + (f" (adapter {_mb(m['adapter_size_bytes'])})" if m.get("adapter_size_bytes") else "")
+        lines.append(
+            f"| {name} | {layers} | {loss} | {m['validation']['f1_macro']:.3f} | {t['accuracy']:.3f} | {t['f1_macro']:.3f} "
+            f"| {t['precision_hate']:.2f} / {t['recall_hate']:.2f} | {m['params_trainable'] / 1e6:.2f}M ({pct:.2f}%) "
+            f"| {size} | {_duration(m['train']['seconds'])} | {m['inference']['examples_per_s']:.0f} ex/s |")
+    return lines
+
+
+def analysis(results: dict) -> list[str]:
+    """Plain-language findings computed from the numbers, including every shortfall."""
+    by = {m["name"]: m for m in results["models"]}
+    out = []
+    teacher = by.get("teacher")
+    if teacher:
+        acc = teacher["test"]["accuracy"]
+        verdict = "meets" if acc >= TEACHER_MIN_ACC else "falls short of"
+        out.append(f"- The teacher reaches test accuracy {acc:.3f}, which {verdict} the target of {TEACHER_MIN_ACC:.2f} "
+                   f"(hate precision {teacher['test']['precision_hate']:.2f}, recall {teacher['test']['recall_hate']:.2f}).")
+        for m in results["models"]:
+            if m["objective"].startswith("distillation"):
+                ratio = m["test"]["accuracy"] / acc if acc else 0.0
+                verdict = "meets" if ratio >= STUDENT_MIN_RATIO else "falls short of"
+                speed = m["inference"]["examples_per_s"] / teacher["inference"]["examples_per_s"]
+                out.append(f"- Student `{m['name']}` (teacher layers {m['teacher_layers']}) keeps {100 * ratio:.1f}% of the "
+                           f"teacher's test accuracy ({m['test']['accuracy']:.3f}), which {verdict} the {100 * STUDENT_MIN_RATIO:.0f}% "
+                           f"target, with {m['params_total'] / teacher['params_total']:.0%} of its parameters and "
+                           f"{speed:.2f}x its measured throughput.")
+    students = [m for m in results["models"] if m["objective"].startswith("distillation")]
+    if len(students) == 2:
+        a, b = students
+        d = a["test"]["accuracy"] - b["test"]["accuracy"]
+        n = sum(map(sum, a["test"]["confusion"]))
+        out.append(f"- `{a['name']}` minus `{b['name']}` test accuracy: {d:+.3f} ({abs(d) * n:.0f} of {n} examples), from "
+                   f"a single seed; whether that difference is real needs several seeds and a paired test.")
+    if "lora" in by and "baseline" in by:
+        lo, ba = by["lora"], by["baseline"]
+        ratio = lo["test"]["accuracy"] / ba["test"]["accuracy"] if ba["test"]["accuracy"] else 0.0
+        share = lo["params_trainable"] / lo["params_total"]
+        ok = ratio >= LORA_MIN_RATIO and share < LORA_MAX_TRAINABLE
+        out.append(f"- LoRA keeps {100 * ratio:.1f}% of the baseline's test accuracy with {100 * share:.2f}% of its "
+                   f"parameters trainable: the target ({100 * LORA_MIN_RATIO:.0f}% with under {100 * LORA_MAX_TRAINABLE:.0f}% "
+                   f"trainable) is {'met' if ok else 'not met'}.")
+    if results.get("best_student"):
+        out.append(f"- Best student on validation ({results['selection_metric']}): `{results['best_student']}`.")
+    ds = results["dataset"]
+    out.append(f"- Test split: {ds['rows']['test']} rows, label counts {ds['label_counts']['test']}; train "
+               f"{ds['label_counts']['train']}. If the test split comes from another source than train (as for "
+               f"the reference data), its figures measure out-of-distribution transfer.")
+    return out
+
+
+def write_report(out: Path, results: dict, cfg: StudyConfig) -> None:
+    plots = _plots(out, results)
+    ds = results["dataset"]
+    lines = [f"# distillora report: {results['name']}", ""]
+    lines += _table(results)
+    lines += ["", "Training loss is the mean over the last epoch of each model's own objective. Throughput is "
+              "test-split inference with length-sorted batches, measured on this machine. Hyper-parameters and "
+              "epochs were selected on the validation split; the test split was read once per model.", ""]
+    lines += ["## Data", "",
+              f"- Source: `{ds['source']}`; rows used: {ds['rows']}; dropped empty texts: {ds['dropped_empty']}; "
+              f"exact duplicate texts: {ds['duplicates']}; labels: {ds['label_names']}.", ""]
+    lines += ["## Plots", ""]
+    for caption, path in plots:
+        lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
+    lines += ["## Analysis", ""] + analysis(results) + [""]
+    write_text(out / "report.md", "\n".join(lines))

@@ -1,0 +1,18 @@
+"""Stage 3: the baseline student: the same layer selection, all weights fine-tuned with
+cross-entropy only (no teacher signal): the seed's "standard fine-tuned student"."""
+
+from __future__ import annotations
+
+from transformers import set_seed
+
+from ..students import build_student
+from ..training import fit
+from . import StageEnv
+
+
+def train(env: StageEnv, teacher):
+    set_seed(env.cfg.seed)
+    student = build_student(teacher, env.cfg.baseline.layers)
+    return fit(student, env.train, env.validation, env.tokenizer, env.cfg.baseline.train,
+               work_dir=env.work_dir("baseline"), log_path=env.log_path("baseline"), stage="baseline",
+               seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet)

@@ -1,0 +1,57 @@
+"""Stage 4: the LoRA student: a student built from the fine-tuned teacher's layers, frozen, with
+peft LoRA adapters on the attention projections; only the adapters and the head train.
+
+Saves the adapter (with its head) and a merged copy, and checks that the merged copy predicts what
+the adapter does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from transformers import set_seed
+
+from .. import lora
+from ..evaluate import count_params, predict_proba
+from ..fileio import write_json
+from ..students import build_student, parse_layers
+from ..training import fit
+from . import StageEnv
+
+MERGE_TOLERANCE = 1e-4
+
+
+def train(env: StageEnv, teacher):
+    c = env.cfg.lora
+    set_seed(env.cfg.seed)
+    student = build_student(teacher, c.layers)
+    model = lora.wrap(student, c.r, c.alpha, c.dropout, c.target_modules)
+    total, trainable = count_params(model)
+    model, stats = fit(model, env.train, env.validation, env.tokenizer, c.train,
+                       work_dir=env.work_dir("lora"), log_path=env.log_path("lora"), stage="lora",
+                       seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet)
+    stats["params_trainable"] = trainable
+    stats["target_modules"] = list(model.peft_config["default"].target_modules)
+    stats["teacher_layers"] = parse_layers(c.layers, teacher.config.num_hidden_layers)
+    return model, stats
+
+
+def save(env: StageEnv, model, stats: dict, out: Path) -> None:
+    """Write the adapter to `out/adapter` and the merged model to `out`; raise if they disagree."""
+    model.save_pretrained(str(out / "adapter"))
+    write_json(out / "adapter" / "distillora.json", {
+        "teacher_layers": stats["teacher_layers"],
+        "note": "base = distillora.build_student(<run>/models/teacher, teacher_layers); "
+                "load with distillora.lora.load_adapter(teacher, this_dir)",
+    })
+    unmerged, _ = predict_proba(model, env.validation, env.tokenizer)
+    merged = model.merge_and_unload()
+    merged_probs, _ = predict_proba(merged, env.validation, env.tokenizer)
+    diff = float(np.abs(unmerged - merged_probs).max())
+    stats["merge_max_abs_diff"] = diff
+    if diff > MERGE_TOLERANCE:
+        raise RuntimeError(f"merged LoRA model differs from the adapter by {diff:.2e} (> {MERGE_TOLERANCE}); "
+                           f"not saving a merged copy that predicts differently")
+    merged.config.distillora_teacher_layers = stats["teacher_layers"]
+    merged.save_pretrained(str(out))
+    env.tokenizer.save_pretrained(str(out))

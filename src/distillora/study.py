@@ -1,0 +1,292 @@
+"""Run the study's stages in order into one run directory, skipping stages already finished with
+the same configuration.
+
+Run directory:
+  config.yaml              resolved configuration
+  stages/<name>.json       a finished stage: fingerprint + training statistics
+  stages/<name>.test.json  its test-split evaluation
+  models/<name>/           save_pretrained output (lora: merged, adapter in models/lora/adapter)
+  checkpoints/<name>/      Trainer checkpoints while a stage runs (removed when it finishes)
+  logs/<name>.jsonl        training logs
+  results.json, report.md, plots/   written last; results.json marks the run finished
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from . import bundles
+from .config import StudyConfig, diff, fingerprint, to_dict, to_yaml
+from .data import encode, load_splits
+from .errors import UserError
+from .evaluate import count_params, predict_proba, size_on_disk, test_metrics
+from .fileio import read_json, write_dir, write_json, write_text
+from .stages import StageEnv, baseline as baseline_stage, distill as distill_stage, lora as lora_stage
+from .stages import teacher as teacher_stage
+from .students import parse_layers
+
+log = logging.getLogger("distillora")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Run:
+    """Paths and stage bookkeeping of one run directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def marker(self, name: str, kind: str = "") -> Path:
+        return self.root / "stages" / f"{name}{kind}.json"
+
+    def done(self, name: str, fp: str, kind: str = "") -> dict | None:
+        m = self.marker(name, kind)
+        if m.exists() and (self.model_dir(name) / "config.json").exists():
+            rec = read_json(m)
+            if rec.get("fingerprint") == fp:
+                return rec
+        return None
+
+    def finish(self, name: str, fp: str, record: dict, kind: str = "") -> dict:
+        rec = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
+        write_json(self.marker(name, kind), rec)
+        return rec
+
+
+def _prepare_output(out: Path, resolved: dict, force: bool) -> None:
+    cfg_file = out / "config.yaml"
+    if cfg_file.exists():
+        old = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+        changes = diff(old, resolved)
+        if changes and not force:
+            raise UserError(f"{out} holds a run with a different configuration:\n  " + "\n  ".join(changes[:20]) +
+                            "\nuse another --output, or pass --force to redo the stages these changes affect")
+        if changes:
+            (out / "results.json").unlink(missing_ok=True)  # no longer describes what is on disk
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists, is not empty and is not a distillora run; choose another --output")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{out}: cannot write there ({e.strerror}); choose a writable --output") from None
+
+
+def check_disk(out: Path, teacher_dir: str) -> None:
+    """Fail before training if the disk cannot hold checkpoints and models (about 8x the teacher)."""
+    weights = sum(f.stat().st_size for f in Path(teacher_dir).glob("*.safetensors")) if Path(teacher_dir).is_dir() else 0
+    need = 8 * weights
+    free = shutil.disk_usage(out).free
+    if need and free < need:
+        raise UserError(f"{out}: {free / 1e9:.1f} GB free, the study needs about {need / 1e9:.1f} GB "
+                        f"(checkpoints and models); free space or choose another --output")
+
+
+def _save(model, tokenizer, path: Path) -> None:
+    def fill(tmp: Path):
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    write_dir(path, fill)
+
+
+def _load(path: Path):
+    return AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).to(_device())
+
+
+def objectives(cfg: StudyConfig) -> dict[str, str]:
+    d, c = cfg.distill, cfg.lora
+    return {
+        "teacher": "cross-entropy, all weights fine-tuned",
+        "distill": f"distillation: {d.w_ce:g}*CE + {d.w_kd:g}*T^2*KL (T={d.temperature:g}) + {d.w_cos:g}*cosine(hidden)",
+        "lora": f"cross-entropy, LoRA r={c.r} alpha={c.alpha} dropout={c.dropout:g}; adapters + head trainable",
+        "baseline": "cross-entropy, all weights fine-tuned (no teacher signal)",
+    }
+
+
+def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: bool = False) -> Path:
+    """Run every stage into `output`; return the run directory. Raises UserError for bad input
+    before anything is written."""
+    out = Path(output)
+    resolved = to_dict(cfg)
+    splits = load_splits(cfg.data, cfg.seed)          # data errors surface before any file is written
+    source = bundles.resolve(cfg.teacher.source)      # so do missing or tampered bundles
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    _prepare_output(out, resolved, force)
+    check_disk(out, source)
+    write_text(out / "config.yaml", to_yaml(cfg))
+    run = Run(out)
+    log.info("data: %s", splits.info["rows"])
+
+    t0 = time.perf_counter()
+    enc = {name: encode(getattr(splits, name), tokenizer, cfg.data.max_length)
+           for name in ("train", "validation", "test")}
+    env = StageEnv(cfg, tokenizer, enc["train"], enc["validation"], out, quiet)
+    obj = objectives(cfg)
+    records: dict[str, dict] = {}
+
+    # ---- teacher
+    fp_teacher = fingerprint(resolved["data"], cfg.seed, cfg.selection_metric, resolved["teacher"])
+    rec = run.done("teacher", fp_teacher)
+    teacher = None
+    if rec is None:
+        log.info("stage teacher: fine-tuning %s", cfg.teacher.source)
+        teacher, stats = teacher_stage.train(env, source)
+        _save(teacher, tokenizer, run.model_dir("teacher"))
+        depth = teacher.config.num_hidden_layers
+        rec = run.finish("teacher", fp_teacher, {
+            "objective": obj["teacher"], "teacher_layers": list(range(1, depth + 1)), "train": stats})
+        shutil.rmtree(env.work_dir("teacher"), ignore_errors=True)
+    else:
+        log.info("stage teacher: finished earlier, skipped")
+    records["teacher"] = rec
+
+    def get_teacher():
+        nonlocal teacher
+        if teacher is None:
+            teacher = _load(run.model_dir("teacher"))
+        return teacher
+
+    # ---- distilled students (teacher outputs computed once, shared by all of them)
+    cache = None
+    distill_common = {k: v for k, v in resolved["distill"].items() if k != "students"}
+    for name, layers in cfg.distill.students.items():
+        fp = fingerprint(fp_teacher, distill_common, layers)
+        rec = run.done(name, fp)
+        if rec is None:
+            t = get_teacher()
+            chosen = parse_layers(layers, t.config.num_hidden_layers)  # range errors before training
+            if cache is None:
+                log.info("caching teacher outputs for %d training examples", len(env.train))
+                c0 = time.perf_counter()
+                cache = distill_stage.teacher_outputs(t, env.train, tokenizer, with_hidden=cfg.distill.w_cos > 0)
+                log.info("teacher outputs cached in %.1fs", time.perf_counter() - c0)
+            log.info("stage %s: distilling teacher layers %s", name, chosen)
+            model, stats = distill_stage.train(env, name, t, chosen, cache)
+            _save(model, tokenizer, run.model_dir(name))
+            rec = run.finish(name, fp, {"objective": obj["distill"], "teacher_layers": chosen, "train": stats})
+            shutil.rmtree(env.work_dir(name), ignore_errors=True)
+            del model
+        else:
+            log.info("stage %s: finished earlier, skipped", name)
+        records[name] = rec
+    cache = None
+
+    # ---- LoRA student
+    if cfg.lora.enabled:
+        fp = fingerprint(fp_teacher, resolved["lora"])
+        rec = run.done("lora", fp)
+        if rec is None:
+            t = get_teacher()
+            log.info("stage lora: LoRA on teacher layers %s", parse_layers(cfg.lora.layers, t.config.num_hidden_layers))
+            model, stats = lora_stage.train(env, t)
+            write_dir(run.model_dir("lora"), lambda tmp: lora_stage.save(env, model, stats, tmp))
+            rec = run.finish("lora", fp, {"objective": obj["lora"], "teacher_layers": stats["teacher_layers"],
+                                          "params_trainable": stats["params_trainable"], "train": stats})
+            shutil.rmtree(env.work_dir("lora"), ignore_errors=True)
+            del model
+        else:
+            log.info("stage lora: finished earlier, skipped")
+        records["lora"] = rec
+
+    # ---- baseline student
+    if cfg.baseline.enabled:
+        fp = fingerprint(fp_teacher, resolved["baseline"])
+        rec = run.done("baseline", fp)
+        if rec is None:
+            t = get_teacher()
+            chosen = parse_layers(cfg.baseline.layers, t.config.num_hidden_layers)
+            log.info("stage baseline: cross-entropy on teacher layers %s", chosen)
+            model, stats = baseline_stage.train(env, t)
+            _save(model, tokenizer, run.model_dir("baseline"))
+            rec = run.finish("baseline", fp, {"objective": obj["baseline"], "teacher_layers": chosen, "train": stats})
+            shutil.rmtree(env.work_dir("baseline"), ignore_errors=True)
+            del model
+        else:
+            log.info("stage baseline: finished earlier, skipped")
+        records["baseline"] = rec
+    teacher = None
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+    # ---- evaluation: every saved model, reloaded from disk, on the test split once
+    models = []
+    for name, rec in records.items():
+        ev = run.done(name, rec["fingerprint"], ".test")
+        if ev is None:
+            log.info("evaluating %s on the test split", name)
+            model = _load(run.model_dir(name))
+            probs, throughput = predict_proba(model, enc["test"], tokenizer)
+            total, trainable = count_params(model)
+            ev = run.finish(name, rec["fingerprint"], {
+                "test": test_metrics(probs, splits.test.labels),
+                "probabilities_hate": [round(float(p), 6) for p in probs[:, 1]],
+                "params_total": total,
+                "params_trainable": rec.get("params_trainable", trainable),
+                "num_layers": model.config.num_hidden_layers,
+                "inference": {"examples_per_s": round(throughput, 1), "batch_size": 128,
+                              "device": str(_device()), "threads": torch.get_num_threads()},
+            }, ".test")
+            del model
+        models.append(_model_entry(name, rec, ev, run))
+
+    results = {
+        "name": cfg.name,
+        "dataset": splits.info,
+        "models": models,
+        "best_student": _best_student(models, cfg.selection_metric),
+        "selection_metric": cfg.selection_metric,
+        "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
+        "versions": _versions(),
+    }
+    from .report import write_report  # matplotlib is imported only when a report is written
+
+    write_report(out, results, cfg)
+    write_json(out / "results.json", results)  # last: its presence marks the run finished
+    return out
+
+
+def _model_entry(name: str, rec: dict, ev: dict, run: Run) -> dict:
+    tr = rec["train"]
+    return {
+        "name": name,
+        "num_layers": ev["num_layers"],
+        "teacher_layers": rec["teacher_layers"],
+        "objective": rec["objective"],
+        "params_total": ev["params_total"],
+        "params_trainable": ev["params_trainable"],
+        "train": {"loss": tr["loss"], "seconds": tr["seconds"], "steps": tr["steps"],
+                  "epoch_losses": tr.get("epoch_losses"), "best_checkpoint": tr.get("best_checkpoint")},
+        "validation": {"accuracy": tr["validation"]["accuracy"], "f1_macro": tr["validation"]["f1_macro"]},
+        "test": ev["test"],
+        "inference": ev["inference"],
+        "size_bytes": size_on_disk(run.model_dir(name)),
+        "adapter_size_bytes": size_on_disk(run.model_dir(name) / "adapter", ()) if name == "lora" else None,
+        "merge_max_abs_diff": tr.get("merge_max_abs_diff"),
+        "path": f"models/{name}",
+    }
+
+
+def _best_student(models: list[dict], metric: str) -> str | None:
+    """Chosen on validation, never on test."""
+    students = [m for m in models if m["name"] != "teacher"]
+    return max(students, key=lambda m: m["validation"][metric])["name"] if students else None
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

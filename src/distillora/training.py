@@ -1,0 +1,169 @@
+"""Training on the transformers Trainer: the arguments every stage shares, a Trainer that tracks
+the mean training loss of the last epoch, the distillation Trainer, and the JSONL log callback.
+
+The Trainer (not a hand-written loop) gives checkpointing and resume, dynamic padding, length-grouped
+batches, mixed precision and multi-GPU via accelerate."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import (EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments)
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import DistillConfig, TrainConfig
+from .data import Collator, Encoded
+from .fileio import append_jsonl
+from .losses import distillation_loss
+
+
+def compute_metrics(eval_pred) -> dict:
+    logits, labels = eval_pred
+    pred = np.asarray(logits).argmax(-1)
+    return {"accuracy": float(accuracy_score(labels, pred)),
+            "f1_macro": float(f1_score(labels, pred, average="macro", zero_division=0))}
+
+
+def training_args(tc: TrainConfig, out_dir: Path, seed: int, selection_metric: str, quiet: bool) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        num_train_epochs=tc.epochs,
+        learning_rate=tc.learning_rate,
+        per_device_train_batch_size=tc.batch_size,
+        per_device_eval_batch_size=tc.eval_batch_size,
+        weight_decay=tc.weight_decay,
+        warmup_steps=tc.warmup_ratio,  # a float in [0, 1) is a ratio of total steps in transformers 5
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,  # with load_best_model_at_end the best checkpoint is kept as well
+        load_best_model_at_end=True,
+        metric_for_best_model=selection_metric,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=tc.logging_steps,
+        train_sampling_strategy="group_by_length",
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        disable_tqdm=quiet,
+        remove_unused_columns=False,  # cached teacher outputs ride in the batch
+        label_names=["labels"],
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        dataloader_pin_memory=cuda,
+    )
+
+
+class JsonlLog(TrainerCallback):
+    """Every Trainer log (train loss, learning rate, eval metrics) as one JSON line, plus examples/s."""
+
+    def __init__(self, path: Path, stage: str, batch_size: int):
+        self.path, self.stage, self.batch_size = Path(path), stage, batch_size
+        self._t, self._step = None, 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._t, self._step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch, **logs}
+        if "loss" in logs and self._t is not None:
+            now = time.perf_counter()
+            steps = state.global_step - self._step
+            if steps > 0:
+                row["examples_per_s"] = steps * self.batch_size * args.world_size / (now - self._t)
+            self._t, self._step = now, state.global_step
+        append_jsonl(self.path, row)
+
+
+class StudyTrainer(Trainer):
+    """Trainer that also records the mean training loss over each epoch (summed on the device; read
+    once per epoch, so no host sync per step)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._loss_sum, self._loss_n = None, 0
+        self.epoch_losses: list[float] = []
+        self.add_callback(_EpochLoss(self))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._loss_n += 1
+        return loss
+
+
+class _EpochLoss(TrainerCallback):
+    def __init__(self, trainer: StudyTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kw):
+        self.trainer._loss_sum, self.trainer._loss_n = None, 0
+
+    def on_epoch_end(self, args, state, control, **kw):
+        t = self.trainer
+        if t._loss_n:
+            t.epoch_losses.append(float(t._loss_sum) / t._loss_n * args.gradient_accumulation_steps)
+
+
+class DistillTrainer(StudyTrainer):
+    """Reads cached teacher outputs (`teacher_logits`, `teacher_hidden`) from the batch; evaluation
+    batches without them fall back to the model's own cross-entropy."""
+
+    def __init__(self, *a, distill: DistillConfig, **kw):
+        super().__init__(*a, **kw)
+        self.distill = distill
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        t_logits = inputs.pop("teacher_logits", None)
+        t_hidden = inputs.pop("teacher_hidden", None)
+        if t_logits is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        d = self.distill
+        outputs = model(**inputs, output_hidden_states=d.w_cos > 0)
+        loss, _ = distillation_loss(
+            outputs.logits, t_logits, inputs["labels"],
+            outputs.hidden_states[-1] if d.w_cos > 0 else None,
+            t_hidden if d.w_cos > 0 else None,
+            inputs["attention_mask"],
+            temperature=d.temperature, w_ce=d.w_ce, w_kd=d.w_kd, w_cos=d.w_cos,
+        )
+        return (loss, outputs) if return_outputs else loss
+
+
+def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
+        log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool,
+        distill: DistillConfig | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train `model`, keep the epoch best on validation, resume from `work_dir`'s last checkpoint if
+    one exists. Returns the best model and {loss (mean of last epoch), seconds, steps, validation}."""
+    args = training_args(tc, work_dir, seed, selection_metric, quiet)
+    callbacks = [JsonlLog(log_path, stage, tc.batch_size)]
+    if tc.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
+    cls, extra = (DistillTrainer, {"distill": distill}) if distill is not None else (StudyTrainer, {})
+    trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                  data_collator=Collator(tokenizer), processing_class=tokenizer,
+                  compute_metrics=compute_metrics, callbacks=callbacks, **extra)
+    last = get_last_checkpoint(str(work_dir)) if Path(work_dir).is_dir() else None
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - start
+    best = trainer.evaluate()  # the loaded best model, on validation
+    stats = {
+        "loss": trainer.epoch_losses[-1] if trainer.epoch_losses else None,
+        "epoch_losses": trainer.epoch_losses,
+        "seconds": round(seconds, 2),
+        "steps": trainer.state.global_step,
+        "best_checkpoint": Path(trainer.state.best_model_checkpoint).name if trainer.state.best_model_checkpoint else None,
+        "resumed_from": Path(last).name if last else None,
+        "validation": {"accuracy": best["eval_accuracy"], "f1_macro": best["eval_f1_macro"],
+                       "loss": best.get("eval_loss")},
+    }
+    append_jsonl(log_path, {"stage": stage, "event": "best", **stats["validation"]})
+    return trainer.model, stats
