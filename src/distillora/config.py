@@ -126,6 +126,13 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
@@ -149,6 +156,8 @@ def _build(obj, raw: dict, prefix: str, errors: list[str], where: str):
             _build(getattr(obj, key), value, dotted + ".", errors, where)
         elif _type_ok(value, tp):
             setattr(obj, key, float(value) if tp is float else value)
+        elif tp is float and isinstance(value, str) and _as_float(value) is not None:
+            setattr(obj, key, _as_float(value))  # YAML 1.1 reads `1e-4` (no dot) as a string
         else:
             errors.append(f"{where}: `{dotted}` = {value!r} has the wrong type; expected {_type_name(tp)}")
     return obj

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from . import bundles
 from .config import StudyConfig, diff, fingerprint, to_dict, to_yaml
@@ -96,6 +96,20 @@ def check_disk(out: Path, teacher_dir: str) -> None:
                         f"(checkpoints and models); free space or choose another --output")
 
 
+def _check_layers(cfg: StudyConfig, depth: int) -> None:
+    """Every layer list against the teacher's depth, before anything is trained or written."""
+    specs = [(f"distill.students.{n}", l) for n, l in cfg.distill.students.items()]
+    specs += [(f"{s}.layers", getattr(cfg, s).layers) for s in ("lora", "baseline") if getattr(cfg, s).enabled]
+    errors = []
+    for key, layers in specs:
+        try:
+            parse_layers(layers, depth)
+        except ValueError as e:
+            errors.append(f"{key} = {layers!r}: {e}")
+    if errors:
+        raise UserError(f"teacher {cfg.teacher.source!r} has {depth} layers:\n  - " + "\n  - ".join(errors))
+
+
 def _save(model, tokenizer, path: Path) -> None:
     def fill(tmp: Path):
         model.save_pretrained(str(tmp))
@@ -125,6 +139,7 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     splits = load_splits(cfg.data, cfg.seed)          # data errors surface before any file is written
     source = bundles.resolve(cfg.teacher.source)      # so do missing or tampered bundles
     tokenizer = AutoTokenizer.from_pretrained(source)
+    _check_layers(cfg, AutoConfig.from_pretrained(source).num_hidden_layers)
     _prepare_output(out, resolved, force)
     check_disk(out, source)
     write_text(out / "config.yaml", to_yaml(cfg))

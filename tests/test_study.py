@@ -1,0 +1,117 @@
+"""A tiny end-to-end `distillora run`: every artefact, the results.json schema, resuming, refusal of
+a changed config, bad data, and `predict`."""
+
+import json
+import os
+
+import pytest
+import yaml
+from transformers import AutoModelForSequenceClassification
+
+from distillora.cli import main
+
+MODELS = ["teacher", "odd", "even", "lora", "baseline"]
+TEST_KEYS = {"accuracy", "f1_macro", "precision_hate", "recall_hate", "f1_hate", "roc_auc", "loss", "confusion"}
+
+
+@pytest.fixture()
+def tiny_config(tmp_path, tiny_teacher_dir, small_data):
+    cfg = {
+        "name": "tiny",
+        "data": {"source": str(small_data), "validation_fraction": 0.25, "max_length": 32},
+        "teacher": {"source": str(tiny_teacher_dir), "train": {"epochs": 1, "batch_size": 16, "logging_steps": 2}},
+        "distill": {"students": {"odd": "odd", "even": "even"}, "train": {"epochs": 2, "batch_size": 16, "logging_steps": 2}},
+        "lora": {"r": 4, "alpha": 8, "train": {"epochs": 1, "batch_size": 16}},
+        "baseline": {"train": {"epochs": 1, "batch_size": 16}},
+    }
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return p
+
+
+def _run(cfg, out, *extra):
+    return main(["run", "--config", str(cfg), "--output", str(out), "--quiet", *extra])
+
+
+def test_tiny_study_end_to_end(tmp_path, tiny_config, capsys):
+    out = tmp_path / "run"
+    assert _run(tiny_config, out) == 0
+    for f in ["config.yaml", "results.json", "report.md", "plots/loss_curves.png", "plots/confusion_matrices.png",
+              "plots/accuracy_vs_params.png", "models/lora/adapter/adapter_model.safetensors",
+              "models/lora/adapter/adapter_config.json"]:
+        assert (out / f).is_file(), f
+    assert not (out / "checkpoints").exists()
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["dataset"]) >= {"source", "rows", "dropped_empty", "label_names"}
+    assert r["dataset"]["rows"] == {"train": 60, "validation": 20, "test": 40}
+    assert [m["name"] for m in r["models"]] == MODELS
+    by = {m["name"]: m for m in r["models"]}
+    for m in r["models"]:
+        assert set(m) >= {"name", "num_layers", "teacher_layers", "objective", "params_total", "params_trainable",
+                          "train", "validation", "test", "path"}
+        assert set(m["train"]) >= {"loss", "seconds", "steps"} and m["train"]["steps"] > 0
+        assert set(m["validation"]) == {"accuracy", "f1_macro"}
+        assert set(m["test"]) == TEST_KEYS
+        cm = m["test"]["confusion"]
+        assert sum(map(sum, cm)) == 40 and abs((cm[0][0] + cm[1][1]) / 40 - m["test"]["accuracy"]) < 1e-9
+        assert (out / "logs" / f"{m['name']}.jsonl").is_file()
+        model_dir = out / m["path"]
+        assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
+        loaded = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        assert loaded.config.num_hidden_layers == m["num_layers"]
+    assert by["teacher"]["teacher_layers"] == [1, 2, 3, 4] and by["teacher"]["num_layers"] == 4
+    assert by["odd"]["teacher_layers"] == [1, 3] and by["even"]["teacher_layers"] == [2, 4]
+    assert by["odd"]["num_layers"] == 2
+    assert by["lora"]["params_trainable"] < 0.05 * by["lora"]["params_total"]
+    assert by["lora"]["merge_max_abs_diff"] < 1e-4
+    assert by["baseline"]["params_trainable"] == by["baseline"]["params_total"]
+    assert r["best_student"] in MODELS[1:]
+    report = (out / "report.md").read_text()
+    assert "| model |" in report and "## Analysis" in report
+    assert f"{by['teacher']['test']['accuracy']:.3f}" in report
+
+    # predict from the finished run
+    capsys.readouterr()
+    assert main(["predict", "--run", str(out), "--model", "odd", "you are lovely", "I hate them all"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred["model"] == "odd" and len(pred["predictions"]) == 2
+    for p in pred["predictions"]:
+        assert p["label"] in ("not_hate", "hate")
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-5
+
+    # second run skips every finished stage and changes no model
+    stamps = {n: os.stat(out / "models" / n / "model.safetensors").st_mtime_ns for n in MODELS}
+    markers = {n: (out / "stages" / f"{n}.json").read_text() for n in MODELS}
+    assert _run(tiny_config, out) == 0
+    assert stamps == {n: os.stat(out / "models" / n / "model.safetensors").st_mtime_ns for n in MODELS}
+    assert markers == {n: (out / "stages" / f"{n}.json").read_text() for n in MODELS}
+
+    # a changed configuration is refused, and accepted with --force (redoing only what it affects)
+    capsys.readouterr()
+    assert _run(tiny_config, out, "baseline.train.learning_rate=1e-4") == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert _run(tiny_config, out, "baseline.train.learning_rate=1e-4", "--force") == 0
+    after = {n: os.stat(out / "models" / n / "model.safetensors").st_mtime_ns for n in MODELS}
+    assert after["teacher"] == stamps["teacher"] and after["odd"] == stamps["odd"]
+    assert after["baseline"] != stamps["baseline"]
+
+
+def test_bad_data_exits_2_and_writes_nothing(tmp_path, tiny_config, small_data, capsys):
+    with open(small_data / "train.csv", "a") as f:
+        f.write("a tweet with a bad label,2\n")
+    out = tmp_path / "run"
+    assert _run(tiny_config, out) == 2
+    err = capsys.readouterr().err
+    assert "train.csv: row 81 (line 82)" in err and "label '2'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_layer_out_of_range_for_teacher_is_a_clear_error(tmp_path, tiny_config, capsys):
+    out = tmp_path / "run"
+    assert _run(tiny_config, out, "distill.students={odd: [1, 9]}", "teacher.train.epochs=1") in (2,)
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_predict_on_unfinished_run(tmp_path, capsys):
+    assert main(["predict", "--run", str(tmp_path), "hello"]) == 2
+    assert "not a finished run" in capsys.readouterr().err
