@@ -68,3 +68,23 @@ def small_data(tmp_path, shared_data) -> Path:
     train.to_csv(d / "train.csv", index=False)
     test.to_csv(d / "test.csv", index=False)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_teacher_dir, shared_data) -> Path:
+    """A finished tiny run (4-layer hidden-32 teacher, 80 train rows, 40 test rows), made once."""
+    from distillora.config import load_config
+    from distillora.study import run_study
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    train = pd.read_csv(shared_data / "train.csv", keep_default_na=False)
+    test = pd.read_csv(shared_data / "test.csv", keep_default_na=False)
+    pd.concat([train[train.label == 0].head(56), train[train.label == 1].head(24)]).to_csv(root / "train.csv", index=False)
+    pd.concat([test[test.label == 0].head(20), test[test.label == 1].head(20)]).to_csv(root / "test.csv", index=False)
+    cfg = load_config(None, [
+        "name=tiny", f"data.train_file={root / 'train.csv'}", f"data.test_file={root / 'test.csv'}",
+        "data.validation_fraction=0.25", "data.max_length=32", f"teacher.source={tiny_teacher_dir}",
+        "teacher.train.epochs=1", "distill.train.epochs=1", "lora.train.epochs=1", "baseline.train.epochs=1",
+        "lora.r=4", "lora.alpha=8",
+    ])
+    return run_study(cfg, root / "runs" / "tiny", quiet=True)

@@ -35,6 +35,19 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from .serve import create_app, newest_run
+
+    run = a.run or newest_run(a.runs)
+    if run is None:
+        raise UserError(f"no finished run under {a.runs}/; train one first: "
+                        f"distillora run --config configs/quick.yaml (or pass --run DIR)")
+    app = create_app(run)
+    print(f"serving run {run} at http://{a.host}:{a.port}")
+    app.run(host=a.host, port=a.port, threaded=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distillora", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -50,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="model name (default: the best student)")
     q.add_argument("texts", nargs="+", metavar="TEXT")
     q.set_defaults(func=cmd_predict)
+    s = sub.add_parser("serve", help="serve a finished run in the web app")
+    s.add_argument("--run", help="finished run directory (default: the newest under --runs)")
+    s.add_argument("--runs", default="runs", help="where to look for the newest run")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
+    s.add_argument("--port", type=int, default=5000)
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -40,7 +40,9 @@ def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
         if rows:
             ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], label=m["name"])
     ax.set_xlabel("epoch"); ax.set_ylabel("training loss (per logging step)"); ax.set_title("Training loss")
-    ax.legend(); fig.tight_layout(); fig.savefig(plots / "loss_curves.png", dpi=110); plt.close(fig)
+    if ax.lines:
+        ax.legend()
+    fig.tight_layout(); fig.savefig(plots / "loss_curves.png", dpi=110); plt.close(fig)
     made.append(("Training loss per logging step (distilled students' loss includes the KD and cosine terms, "
                  "so it is not comparable in level with cross-entropy)", "plots/loss_curves.png"))
 

@@ -1,0 +1,224 @@
+"""Flask app factory: the page (one card per model, word attributions, test metrics, CSV batch) and
+the JSON API (/api/predict, /api/explain, /api/models, /healthz, /openapi.json).
+
+Client mistakes get 4xx JSON (or a page message), never a 500 or a traceback. Models load once, at
+start-up; the app never reads a path taken from a request."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pandas as pd
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from ..errors import UserError
+from .openapi import spec
+from .predictor import Predictor
+
+MAX_TEXT_CHARS = 2000
+MAX_TEXTS = 64
+MAX_CSV_ROWS = 1000
+MAX_UPLOAD_BYTES = 1 << 20  # 1 MiB
+EXAMPLES = [
+    "Have a wonderful day, everyone!",
+    "I hate all of those people, they should go back where they came from",
+    "That game last night was insane #football",
+    "women are too stupid to vote",
+]
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def newest_run(root: str | Path = "runs") -> Path | None:
+    """The most recently finished run (by its results.json) under `root`, or None."""
+    root = Path(root)
+    runs = [p.parent for p in root.glob("*/results.json")] if root.is_dir() else []
+    return max(runs, key=lambda p: (p / "results.json").stat().st_mtime) if runs else None
+
+
+def _check_text(t, where: str = "text") -> str:
+    if not isinstance(t, str):
+        raise BadRequest(f"`{where}` must be a string")
+    if not t.strip():
+        raise BadRequest(f"`{where}` is empty; send some text")
+    if len(t) > MAX_TEXT_CHARS:
+        raise BadRequest(f"`{where}` has {len(t)} characters; the limit is {MAX_TEXT_CHARS}")
+    try:
+        t.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"`{where}` holds invalid unicode (a lone surrogate); send valid UTF-8 text") from None
+    return t
+
+
+def _check_models(p: Predictor, models) -> list[str]:
+    if models is None:
+        return list(p.models)
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise BadRequest("`models` must be a non-empty list of model names")
+    unknown = [m for m in models if m not in p.models]
+    if unknown:
+        raise BadRequest(f"unknown model(s) {unknown}; known: {', '.join(p.models)}", 404)
+    return list(dict.fromkeys(models))
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object, e.g. {\"text\": \"...\"}, sent as application/json")
+    return body
+
+
+def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = None) -> Flask:
+    """App factory. `run_dir` defaults to the DISTILLORA_RUN environment variable (for WSGI servers:
+    `waitress-serve --call distillora.serve:create_app`)."""
+    import os
+
+    if predictor is None:
+        run_dir = run_dir or os.environ.get("DISTILLORA_RUN")
+        if not run_dir:
+            raise UserError("no run directory: pass one, or set DISTILLORA_RUN=runs/<name>")
+        predictor = Predictor(run_dir)
+    p = predictor
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
+    app.json.sort_keys = False
+    metrics = {m["name"]: m for m in p.info()}
+
+    @app.after_request
+    def headers(resp: Response):
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        return resp
+
+    @app.errorhandler(BadRequest)
+    def bad_request(e: BadRequest):
+        return jsonify(error=e.message), e.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        if e.code == 413:
+            msg = f"upload too large; the limit is {MAX_UPLOAD_BYTES // 1024} KiB"
+        elif e.code == 404:
+            msg = f"no such route {request.path}; see /openapi.json"
+        else:
+            msg = e.description or e.name
+        if request.path.startswith("/api/") or request.path in ("/healthz", "/openapi.json") or e.code == 413:
+            return jsonify(error=msg), e.code
+        return render_template("error.html", code=e.code, message=msg), e.code
+
+    @app.errorhandler(Exception)
+    def server_error(e: Exception):
+        log.exception("unhandled error on %s", request.path)
+        return jsonify(error="internal error; the server log has the details"), 500
+
+    # ---------------------------------------------------------------- API
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", run=p.name, models=list(p.models))
+
+    @app.get("/openapi.json")
+    def openapi():
+        return jsonify(spec(MAX_TEXT_CHARS, MAX_TEXTS, p.label_names))
+
+    @app.get("/api/models")
+    def api_models():
+        return jsonify(run=p.name, best_student=p.best_student, models=p.info())
+
+    @app.post("/api/predict")
+    def api_predict():
+        body = _json_body()
+        if "text" in body and "texts" in body:
+            raise BadRequest("send either `text` or `texts`, not both")
+        if "texts" in body:
+            texts = body["texts"]
+            if not isinstance(texts, list) or not texts:
+                raise BadRequest("`texts` must be a non-empty list of strings")
+            if len(texts) > MAX_TEXTS:
+                raise BadRequest(f"`texts` has {len(texts)} items; the limit is {MAX_TEXTS} per request")
+            texts = [_check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        elif "text" in body:
+            texts = [_check_text(body["text"])]
+        else:
+            raise BadRequest("missing `text` (a string) or `texts` (a list of strings)")
+        models = _check_models(p, body.get("models"))
+        return jsonify(predictions=p.predict(texts, models))
+
+    @app.post("/api/explain")
+    def api_explain():
+        body = _json_body()
+        text = _check_text(body.get("text"))
+        model = body.get("model", p.best_student or next(iter(p.models)))
+        if not isinstance(model, str):
+            raise BadRequest("`model` must be a string")
+        (model,) = _check_models(p, [model])
+        return jsonify(p.explain(text, model))
+
+    # ---------------------------------------------------------------- page
+    def page(**kw):
+        return render_template("index.html", run=p.name, examples=EXAMPLES, models=list(p.models),
+                               best=p.best_student, metrics=metrics, label_names=p.label_names,
+                               max_chars=MAX_TEXT_CHARS, max_rows=MAX_CSV_ROWS,
+                               max_kib=MAX_UPLOAD_BYTES // 1024, **kw)
+
+    @app.get("/")
+    def index():
+        return page(text="", explain_model=p.best_student)
+
+    @app.post("/")
+    def index_post():
+        text = request.form.get("text", "")
+        explain_model = request.form.get("explain_model") or p.best_student
+        if explain_model not in p.models:
+            explain_model = p.best_student
+        try:
+            _check_text(text)
+        except BadRequest as e:
+            return page(text=text, explain_model=explain_model, error=e.message), 400
+        (pred,) = p.predict([text], list(p.models))
+        explanation = p.explain(text, explain_model)
+        top = max((abs(w["score"]) for w in explanation["words"]), default=0.0) or 1.0
+        for w in explanation["words"]:
+            w["alpha"] = round(min(1.0, abs(w["score"]) / top), 3)
+        return page(text=text, prediction=pred, explanation=explanation, explain_model=explain_model)
+
+    @app.post("/batch")
+    def batch():
+        f = request.files.get("file")
+        if f is None or not f.filename:
+            return page(text="", explain_model=p.best_student, error="choose a CSV file to upload"), 400
+        chosen = [m for m in request.form.getlist("models") if m in p.models] or [p.best_student or next(iter(p.models))]
+        try:
+            df = pd.read_csv(io.BytesIO(f.read()), dtype=str, keep_default_na=False)
+        except Exception as e:  # pandas raises several unrelated types for malformed CSV
+            return page(text="", explain_model=p.best_student, error=f"cannot read the CSV: {str(e)[:200]}"), 400
+        column = request.form.get("column") or next((c for c in ("text", "tweet") if c in df.columns), None)
+        if column not in df.columns:
+            return page(text="", explain_model=p.best_student,
+                        error=f"no text column {column!r}; columns are {', '.join(map(str, df.columns))}"), 400
+        if len(df) > MAX_CSV_ROWS:
+            return page(text="", explain_model=p.best_student,
+                        error=f"{len(df)} rows; the limit is {MAX_CSV_ROWS}"), 400
+        texts = [t if t.strip() else " " for t in df[column].astype(str).str.slice(0, MAX_TEXT_CHARS)]
+        for name in chosen:
+            probs = []
+            for i in range(0, len(texts), MAX_TEXTS):
+                probs += p.probabilities(name, texts[i:i + MAX_TEXTS])[0]
+            df[f"{name}_label"] = [p.label_names[int(q[1] > q[0])] for q in probs]
+            df[f"{name}_p_hate"] = [round(q[1], 6) for q in probs]
+        return Response(df.to_csv(index=False), mimetype="text/csv",
+                        headers={"Content-Disposition": "attachment; filename=predictions.csv"})
+
+    return app

@@ -1,0 +1,165 @@
+"""The web app through Flask's test client: the API contract and every bad-input case."""
+
+import io
+import json
+
+import pytest
+
+from distillora.serve import create_app, newest_run
+from distillora.serve.app import MAX_TEXT_CHARS, MAX_TEXTS
+
+MODELS = ["teacher", "odd", "even", "lora", "baseline"]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_run):
+    return create_app(tiny_run)
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+def _err(resp, status):
+    assert resp.status_code == status, resp.data[:300]
+    body = resp.get_json()
+    assert isinstance(body, dict) and isinstance(body["error"], str) and body["error"]
+    assert b"Traceback" not in resp.data
+    return body["error"]
+
+
+def test_healthz_and_models(client, tiny_run):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.get_json()["run"] == "tiny"
+    m = client.get("/api/models").get_json()
+    assert [x["name"] for x in m["models"]] == MODELS
+    for x in m["models"]:
+        assert {"num_layers", "teacher_layers", "params_total", "params_trainable", "test"} <= set(x)
+        assert 0 <= x["test"]["accuracy"] <= 1
+    assert sum(x["best_student"] for x in m["models"]) == 1
+
+
+def test_predict_single_and_batch(client):
+    r = client.post("/api/predict", json={"text": "you are all wonderful"})
+    assert r.status_code == 200
+    (pred,) = r.get_json()["predictions"]
+    assert pred["text"] == "you are all wonderful"
+    assert [x["model"] for x in pred["results"]] == MODELS
+    for x in pred["results"]:
+        assert set(x["probabilities"]) == {"not_hate", "hate"}
+        assert abs(sum(x["probabilities"].values()) - 1) < 1e-5
+        assert x["label"] == max(x["probabilities"], key=x["probabilities"].get)
+        assert x["ms"] >= 0
+    r = client.post("/api/predict", json={"texts": ["a", "b c"], "models": ["odd", "lora"]})
+    preds = r.get_json()["predictions"]
+    assert len(preds) == 2 and [x["model"] for x in preds[0]["results"]] == ["odd", "lora"]
+
+
+def test_predict_agrees_with_cli_predict(client, tiny_run):
+    from distillora.predict import load_model, predict
+
+    _, model, tok = load_model(tiny_run, "even")
+    (expected,) = predict(model, tok, ["they should all leave"], ["not_hate", "hate"])
+    got = client.post("/api/predict", json={"text": "they should all leave", "models": ["even"]}).get_json()
+    assert abs(got["predictions"][0]["results"][0]["probabilities"]["hate"] - expected["probabilities"]["hate"]) < 1e-5
+
+
+def test_explain(client):
+    r = client.post("/api/explain", json={"text": "i hate those people", "model": "teacher"})
+    body = r.get_json()
+    assert r.status_code == 200 and body["model"] == "teacher"
+    assert [w["word"] for w in body["words"]] == ["i", "hate", "those", "people"]
+    assert all(isinstance(w["score"], float) for w in body["words"]) and "leave-one-out" in body["method"]
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"text": ""}, 400, "empty"),
+    ({"text": "   \n\t"}, 400, "empty"),
+    ({"text": "x" * (MAX_TEXT_CHARS + 1)}, 400, str(MAX_TEXT_CHARS)),
+    ({"texts": ["a"] * (MAX_TEXTS + 1)}, 400, str(MAX_TEXTS)),
+    ({"texts": []}, 400, "non-empty"),
+    ({"texts": ["ok", 3]}, 400, "texts[1]"),
+    ({"text": 42}, 400, "string"),
+    ({"text": ["a"]}, 400, "string"),
+    ({"nothing": 1}, 400, "missing"),
+    ({"text": "a", "texts": ["b"]}, 400, "either"),
+    ({"text": "a", "models": "odd"}, 400, "list"),
+    ({"text": "a", "models": ["odd", "gpt5"]}, 404, "teacher, odd, even, lora, baseline"),
+])
+def test_predict_bad_input(client, body, status, needle):
+    assert needle in _err(client.post("/api/predict", json=body), status)
+
+
+@pytest.mark.parametrize("data,ctype", [
+    (b"not json", "application/json"), (b'["a list"]', "application/json"), (b"42", "application/json"),
+    (b'{"text": "a"}', "text/plain"), (b"", "application/json"), (b'{"text": "\\ud800"}', "application/json"),
+])
+def test_body_not_a_json_object(client, data, ctype):
+    r = client.post("/api/predict", data=data, content_type=ctype)
+    _err(r, 400)
+
+
+def test_explain_bad_input(client):
+    assert "empty" in _err(client.post("/api/explain", json={"text": " "}), 400)
+    assert "known" in _err(client.post("/api/explain", json={"text": "a", "model": "nope"}), 404)
+    _err(client.post("/api/explain", json={"text": "a", "model": 3}), 400)
+
+
+def test_unknown_api_route_and_method(client):
+    assert "/api/nothing" in _err(client.get("/api/nothing"), 404)
+    _err(client.get("/api/predict"), 405)
+
+
+def test_upload_too_large(client):
+    big = io.BytesIO(b"text\n" + b"x" * (2 << 20))
+    _err(client.post("/batch", data={"file": (big, "big.csv")}, content_type="multipart/form-data"), 413)
+    _err(client.post("/api/predict", data=b"{" + b" " * (2 << 20) + b"}", content_type="application/json"), 413)
+
+
+def test_batch_csv(client):
+    csv = b"id,text\n1,you are great\n2,I hate them\n3,\n"
+    r = client.post("/batch", data={"file": (io.BytesIO(csv), "in.csv"), "models": ["odd", "lora"]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200 and r.mimetype == "text/csv"
+    lines = r.data.decode().strip().splitlines()
+    assert lines[0] == "id,text,odd_label,odd_p_hate,lora_label,lora_p_hate"
+    assert len(lines) == 4
+    assert lines[1].startswith("1,you are great,")
+
+
+def test_batch_csv_errors_render_page(client):
+    r = client.post("/batch", data={"file": (io.BytesIO(b"a,b\n1,2\n"), "x.csv")}, content_type="multipart/form-data")
+    assert r.status_code == 400 and b"no text column" in r.data
+    rows = b"text\n" + b"hi\n" * 1001
+    r = client.post("/batch", data={"file": (io.BytesIO(rows), "x.csv")}, content_type="multipart/form-data")
+    assert r.status_code == 400 and b"limit is 1000" in r.data
+
+
+def test_page_escapes_user_text_and_sets_headers(client):
+    evil = "<script>alert(1)</script> hello"
+    r = client.post("/", data={"text": evil, "explain_model": "odd"})
+    html = r.data.decode()
+    assert r.status_code == 200
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count('class="card ') == 5 and "best student" in html and "leave-one-out" in html
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.post("/", data={"text": "  "}).status_code == 400
+
+
+def test_openapi(client):
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.") and {"/api/predict", "/api/explain", "/api/models", "/healthz"} <= set(spec["paths"])
+
+
+def test_newest_run(tiny_run, tmp_path):
+    assert newest_run(tiny_run.parent) == tiny_run
+    assert newest_run(tmp_path) is None
+
+
+def test_app_py_without_runs_explains_how_to_train_one(tmp_path, capsys):
+    from distillora.cli import main
+
+    assert main(["serve", "--runs", str(tmp_path / "none")]) == 2
+    assert "distillora run --config configs/quick.yaml" in capsys.readouterr().err
