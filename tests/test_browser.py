@@ -27,7 +27,8 @@ def server(tiny_run):
 
 
 def test_type_submit_and_see_a_card_per_model(server, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
+    import playwright.sync_api as playwright  # installed by setup.sh (the test extra): fail, never skip
+
     assert shutil.which("chromium") or __import__("os").path.exists(CHROMIUM), \
         "Debian chromium is needed (apt-get install chromium); .ci/run installs it"
     with playwright.sync_playwright() as p:

@@ -113,7 +113,8 @@ def test_unknown_api_route_and_method(client):
 
 def test_upload_too_large(client):
     big = io.BytesIO(b"text\n" + b"x" * (2 << 20))
-    _err(client.post("/batch", data={"file": (big, "big.csv")}, content_type="multipart/form-data"), 413)
+    r = client.post("/batch", data={"file": (big, "big.csv")}, content_type="multipart/form-data")
+    assert r.status_code == 413 and b"limit is 1024 KiB" in r.data and b"Traceback" not in r.data
     _err(client.post("/api/predict", data=b"{" + b" " * (2 << 20) + b"}", content_type="application/json"), 413)
 
 
@@ -126,6 +127,44 @@ def test_batch_csv(client):
     assert lines[0] == "id,text,odd_label,odd_p_hate,lora_label,lora_p_hate"
     assert len(lines) == 4
     assert lines[1].startswith("1,you are great,")
+    assert lines[3] == "3,,,,,"  # an empty text gets no label rather than a made-up one
+
+
+def test_batch_unknown_model(client):
+    r = client.post("/batch", data={"file": (io.BytesIO(b"text\nhi\n"), "x.csv"), "models": ["gpt5"]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 404 and b"unknown model" in r.data
+
+
+def test_concurrent_requests_agree_with_sequential(app):
+    """Eight threads at once, each with its own client: the same answers as one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"sentence number {i} about those people" for i in range(16)]
+
+    def ask(t):
+        r = app.test_client().post("/api/predict", json={"text": t})
+        assert r.status_code == 200
+        return [x["probabilities"]["hate"] for x in r.get_json()["predictions"][0]["results"]]
+
+    sequential = [ask(t) for t in texts]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(ask, texts))
+    for a, b in zip(sequential, parallel):
+        assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+
+
+def test_models_are_in_eval_mode(app, tiny_run):
+    from distillora.serve.predictor import Predictor
+
+    p = Predictor(tiny_run)
+    assert all(not m.model.training for m in p.models.values())
+
+
+def test_default_bind_is_loopback():
+    from distillora.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
 
 
 def test_batch_csv_errors_render_page(client):

@@ -23,15 +23,29 @@ def cmd_run(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from .predict import finished_run, load_model, predict
+    from .predict import finished_run, load_model, max_length, predict
 
     results = finished_run(a.run)
     name, model, tok = load_model(a.run, a.model)
     texts = [t for t in a.texts]
     if not texts or any(not t.strip() for t in texts):
         raise UserError("predict: give at least one non-empty TEXT argument")
-    preds = predict(model, tok, texts, results["dataset"]["label_names"])
+    preds = predict(model, tok, texts, results["dataset"]["label_names"], max_length(a.run))
     print(json.dumps({"model": name, "predictions": preds}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .export import export_run
+
+    out = export_run(a.run, a.models or None)
+    print("model      | test acc fp32 -> int8 | val acc fp32 -> int8 | ex/s b32 fp32 -> int8 | served")
+    for name, e in out["models"].items():
+        t, v, x = e["test"], e["validation"], e["examples_per_s_b32"]
+        print(f"{name:10s} | {t['fp32_accuracy']:.3f} -> {t['int8_accuracy']:.3f}        | "
+              f"{v['fp32_accuracy']:.3f} -> {v['int8_accuracy']:.3f}       | {x['fp32']:6.0f} -> {x['int8-dynamic']:6.0f}"
+              f"        | {e['serve']} ({e['reason']})")
+    print(f"written: {a.run}/exports.json")
     return 0
 
 
@@ -63,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="model name (default: the best student)")
     q.add_argument("texts", nargs="+", metavar="TEXT")
     q.set_defaults(func=cmd_predict)
+    e = sub.add_parser("export", help="optimised inference copies (int8), re-measured on test; picks what to serve")
+    e.add_argument("--run", required=True, help="finished run directory")
+    e.add_argument("--models", nargs="*", help="only these models (default: all)")
+    e.set_defaults(func=cmd_export)
     s = sub.add_parser("serve", help="serve a finished run in the web app")
     s.add_argument("--run", help="finished run directory (default: the newest under --runs)")
     s.add_argument("--runs", default="runs", help="where to look for the newest run")

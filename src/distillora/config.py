@@ -167,7 +167,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise UserError(f"command line: override {text!r} must look like key=value, e.g. teacher.train.epochs=2")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"command line: the value of {key.strip()} is not valid YAML ({getattr(e, 'problem', e)}): "
+                        f"{value!r}; quote it or fix the brackets, e.g. distill.students='{{odd: [1, 3, 5]}}'") from None
 
 
 def _merge(base: dict, keys: list[str], value: Any) -> None:
@@ -263,6 +267,8 @@ def validate(cfg: StudyConfig) -> list[str]:
             errs.append(f"{sec}.train.batch_size/eval_batch_size must be >= 1")
         if t.logging_steps < 1:
             errs.append(f"{sec}.train.logging_steps = {t.logging_steps}: must be >= 1")
+        if not 0 <= t.warmup_ratio < 1:
+            errs.append(f"{sec}.train.warmup_ratio = {t.warmup_ratio}: use a share of steps in [0, 1), e.g. 0.06")
         if t.early_stopping_patience < 0:
             errs.append(f"{sec}.train.early_stopping_patience = {t.early_stopping_patience}: must be >= 0")
     return errs

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import peft
-from peft import PeftModel, TaskType, get_peft_model
+from peft import PeftModel, get_peft_model
 
 from .fileio import read_json
 from .students import build_student
@@ -20,9 +20,19 @@ TARGETS = {
     "mpnet": ["q", "v"],
     "distilbert": ["q_lin", "v_lin"],
 }
-# The classification head(s) to train and save with the adapter. peft saves only what
-# `modules_to_save` names; without the head a reloaded adapter predicts at random (peft #310, #577, #876).
-HEADS = {"distilbert": ["pre_classifier", "classifier"]}
+# The classification head: (trained in full and saved with the adapter, adapted by LoRA). peft saves
+# only what `modules_to_save` names; without the head a reloaded adapter predicts at random (peft #310,
+# #577, #876). MPNet/RoBERTa/ELECTRA heads start with a hidden x hidden dense layer (0.59M parameters
+# for MPNet-base, about 0.9% of a 6-layer student by itself); it gets a low-rank adapter like the
+# attention projections, and only the final projection is trained in full, keeping the LoRA student
+# well under 1% trainable. BERT's head is a single Linear (its pooler stays frozen).
+HEADS = {
+    "mpnet": (["classifier.out_proj"], ["classifier.dense"]),
+    "roberta": (["classifier.out_proj"], ["classifier.dense"]),
+    "xlm-roberta": (["classifier.out_proj"], ["classifier.dense"]),
+    "electra": (["classifier.out_proj"], ["classifier.dense"]),
+    "distilbert": (["classifier"], ["pre_classifier"]),
+}
 
 
 def target_modules(model, override: list[str] | None = None) -> list[str]:
@@ -39,20 +49,26 @@ def target_modules(model, override: list[str] | None = None) -> list[str]:
     return TARGETS[mt]
 
 
-def head_modules(model) -> list[str]:
+def head_modules(model) -> tuple[list[str], list[str]]:
+    """(modules trained in full and saved with the adapter, head modules given a LoRA adapter)."""
     mt = model.config.model_type
     if mt in HEADS:
         return HEADS[mt]
     for name in ("classifier", "score"):
         if hasattr(model, name):
-            return [name]
-    raise ValueError(f"cannot find the classification head of a {type(model).__name__}")
+            return [name], []
+    raise ValueError(f"cannot find the classification head of a {type(model).__name__}; set lora.target_modules "
+                     f"and add the architecture to distillora.lora.HEADS")
 
 
 def wrap(model, r: int, alpha: int, dropout: float, targets: list[str] | None = None) -> PeftModel:
     """Freeze `model`, add LoRA adapters on the attention projections, keep the head trainable."""
-    cfg = peft.LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                          target_modules=target_modules(model, targets), modules_to_save=head_modules(model))
+    save, adapt = head_modules(model)
+    # No task_type: peft's SEQ_CLS wrapper always adds the whole `classifier` to modules_to_save, which
+    # would train MPNet's dense head layer in full (see HEADS). The generic PeftModel forwards `labels`
+    # to the model, which computes the loss, so nothing else changes.
+    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                          target_modules=target_modules(model, targets) + adapt, modules_to_save=save)
     return get_peft_model(model, cfg)
 
 

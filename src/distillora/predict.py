@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
 from .errors import UserError
 from .fileio import read_json
@@ -18,6 +18,14 @@ def finished_run(run_dir: str | Path) -> dict:
     return read_json(run / "results.json")
 
 
+def max_length(run_dir: str | Path) -> int:
+    """The token limit the run trained and evaluated with (config.yaml `data.max_length`)."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    return int(cfg.get("data", {}).get("max_length", 128))
+
+
 def load_model(run_dir: str | Path, name: str | None = None):
     """(name, model, tokenizer) for model `name` of a finished run; default: the best student."""
     results = finished_run(run_dir)
@@ -25,8 +33,10 @@ def load_model(run_dir: str | Path, name: str | None = None):
     name = name or results.get("best_student") or known[0]
     if name not in known:
         raise UserError(f"--model {name!r} is not in this run; choose one of {', '.join(known)}")
+    from .export import load_for_inference, served_method
+
     path = Path(run_dir) / "models" / name
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).eval()
+    model = load_for_inference(path, served_method(run_dir, name))  # the fastest export that passed, else fp32
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return name, model, tokenizer
 

@@ -66,9 +66,15 @@ class Run:
 
 
 def _prepare_output(out: Path, resolved: dict, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file; give a directory")
     cfg_file = out / "config.yaml"
     if cfg_file.exists():
-        old = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+        try:
+            old = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raise UserError(f"{cfg_file} is damaged (not readable YAML); use another --output, or delete that "
+                            f"file and pass --force to redo the run there") from None
         changes = diff(old, resolved)
         if changes and not force:
             raise UserError(f"{out} holds a run with a different configuration:\n  " + "\n  ".join(changes[:20]) +
@@ -90,24 +96,52 @@ def check_disk(out: Path, teacher_dir: str) -> None:
     """Fail before training if the disk cannot hold checkpoints and models (about 8x the teacher)."""
     weights = sum(f.stat().st_size for f in Path(teacher_dir).glob("*.safetensors")) if Path(teacher_dir).is_dir() else 0
     need = 8 * weights
-    free = shutil.disk_usage(out).free
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
     if need and free < need:
         raise UserError(f"{out}: {free / 1e9:.1f} GB free, the study needs about {need / 1e9:.1f} GB "
                         f"(checkpoints and models); free space or choose another --output")
 
 
-def _check_layers(cfg: StudyConfig, depth: int) -> None:
-    """Every layer list against the teacher's depth, before anything is trained or written."""
+def _load_source(name: str, source: str):
+    try:
+        return AutoTokenizer.from_pretrained(source), AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(f"teacher.source = {name!r}: cannot load its tokenizer and config ({first}); use a local "
+                        f"Hugging Face directory, an offline bundle ({', '.join(bundles.BUNDLES)}), or a Hub id "
+                        f"while online") from None
+
+
+def _check_models(cfg: StudyConfig, teacher_config) -> None:
+    """Every layer list against the teacher's depth, and the LoRA targets against its architecture,
+    before anything is trained or written."""
+    from transformers import AutoModelForSequenceClassification as Auto
+
+    depth = teacher_config.num_hidden_layers
+    errors = []
+    if cfg.lora.enabled:
+        from . import lora
+
+        with torch.device("meta"):  # structure only: no weights are allocated
+            skeleton = Auto.from_config(teacher_config)
+        try:
+            lora.target_modules(skeleton, cfg.lora.target_modules)
+            lora.head_modules(skeleton)
+        except ValueError as e:
+            errors.append(f"lora.target_modules = {cfg.lora.target_modules!r}: {e}")
     specs = [(f"distill.students.{n}", l) for n, l in cfg.distill.students.items()]
     specs += [(f"{s}.layers", getattr(cfg, s).layers) for s in ("lora", "baseline") if getattr(cfg, s).enabled]
-    errors = []
     for key, layers in specs:
         try:
             parse_layers(layers, depth)
         except ValueError as e:
             errors.append(f"{key} = {layers!r}: {e}")
     if errors:
-        raise UserError(f"teacher {cfg.teacher.source!r} has {depth} layers:\n  - " + "\n  - ".join(errors))
+        raise UserError(f"teacher {cfg.teacher.source!r} ({teacher_config.model_type}, {depth} layers):\n  - "
+                        + "\n  - ".join(errors))
 
 
 def _save(model, tokenizer, path: Path) -> None:
@@ -138,10 +172,10 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     resolved = to_dict(cfg)
     splits = load_splits(cfg.data, cfg.seed)          # data errors surface before any file is written
     source = bundles.resolve(cfg.teacher.source)      # so do missing or tampered bundles
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    _check_layers(cfg, AutoConfig.from_pretrained(source).num_hidden_layers)
-    _prepare_output(out, resolved, force)
+    tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
+    _check_models(cfg, teacher_config)
     check_disk(out, source)
+    _prepare_output(out, resolved, force)
     write_text(out / "config.yaml", to_yaml(cfg))
     run = Run(out)
     log.info("data: %s", splits.info["rows"])
@@ -159,7 +193,7 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     teacher = None
     if rec is None:
         log.info("stage teacher: fine-tuning %s", cfg.teacher.source)
-        teacher, stats = teacher_stage.train(env, source)
+        teacher, stats = teacher_stage.train(env, source, fp_teacher)
         _save(teacher, tokenizer, run.model_dir("teacher"))
         depth = teacher.config.num_hidden_layers
         rec = run.finish("teacher", fp_teacher, {
@@ -190,7 +224,7 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
                 cache = distill_stage.teacher_outputs(t, env.train, tokenizer, with_hidden=cfg.distill.w_cos > 0)
                 log.info("teacher outputs cached in %.1fs", time.perf_counter() - c0)
             log.info("stage %s: distilling teacher layers %s", name, chosen)
-            model, stats = distill_stage.train(env, name, t, chosen, cache)
+            model, stats = distill_stage.train(env, name, t, chosen, cache, fp)
             _save(model, tokenizer, run.model_dir(name))
             rec = run.finish(name, fp, {"objective": obj["distill"], "teacher_layers": chosen, "train": stats})
             shutil.rmtree(env.work_dir(name), ignore_errors=True)
@@ -207,7 +241,7 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
         if rec is None:
             t = get_teacher()
             log.info("stage lora: LoRA on teacher layers %s", parse_layers(cfg.lora.layers, t.config.num_hidden_layers))
-            model, stats = lora_stage.train(env, t)
+            model, stats = lora_stage.train(env, t, fp)
             write_dir(run.model_dir("lora"), lambda tmp: lora_stage.save(env, model, stats, tmp))
             rec = run.finish("lora", fp, {"objective": obj["lora"], "teacher_layers": stats["teacher_layers"],
                                           "params_trainable": stats["params_trainable"], "train": stats})
@@ -225,7 +259,7 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
             t = get_teacher()
             chosen = parse_layers(cfg.baseline.layers, t.config.num_hidden_layers)
             log.info("stage baseline: cross-entropy on teacher layers %s", chosen)
-            model, stats = baseline_stage.train(env, t)
+            model, stats = baseline_stage.train(env, t, fp)
             _save(model, tokenizer, run.model_dir("baseline"))
             rec = run.finish("baseline", fp, {"objective": obj["baseline"], "teacher_layers": chosen, "train": stats})
             shutil.rmtree(env.work_dir("baseline"), ignore_errors=True)

@@ -6,6 +6,8 @@ batches, mixed precision and multi-GPU via accelerate."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .config import DistillConfig, TrainConfig
 from .data import Collator, Encoded
-from .fileio import append_jsonl
+from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_text
 from .losses import distillation_loss
 
 
@@ -137,23 +139,59 @@ class DistillTrainer(StudyTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
+class _Elapsed(TrainerCallback):
+    """Training seconds so far, saved beside each checkpoint, so a resumed stage reports its total."""
+
+    def __init__(self, work_dir: Path, before: float):
+        self.work_dir, self.before, self.start = Path(work_dir), before, time.perf_counter()
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            write_json(self.work_dir / "elapsed.json", {"seconds": self.total(), "step": state.global_step})
+
+
+def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> tuple[str | None, float]:
+    """Reuse `work_dir`'s checkpoints only if they were made with the same settings; otherwise start
+    over. Cut the log back to the checkpoint, so resumed steps are not logged twice.
+    Returns (checkpoint to resume from or None, seconds already spent)."""
+    work_dir, log_path = Path(work_dir), Path(log_path)
+    stamp = work_dir / "fingerprint"
+    if work_dir.is_dir() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
+        shutil.rmtree(work_dir)  # checkpoints of other settings (a --force redo): never resume them
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    last = get_last_checkpoint(str(work_dir))
+    if last is None:
+        log_path.unlink(missing_ok=True)
+        return None, 0.0
+    step = int(Path(last).name.split("-")[-1])
+    rows = [r for r in read_jsonl(log_path) if r.get("step", 0) <= step and "event" not in r]
+    write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
+    elapsed = work_dir / "elapsed.json"
+    return last, float(read_json(elapsed)["seconds"]) if elapsed.exists() else 0.0
+
+
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
-        log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool,
+        log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool, fingerprint: str,
         distill: DistillConfig | None = None) -> tuple[torch.nn.Module, dict]:
     """Train `model`, keep the epoch best on validation, resume from `work_dir`'s last checkpoint if
-    one exists. Returns the best model and {loss (mean of last epoch), seconds, steps, validation}."""
+    one exists and was made with the same `fingerprint`. Returns the best model and
+    {loss (mean of last epoch), seconds, steps, validation}."""
+    last, before = _prepare_work_dir(work_dir, log_path, fingerprint)
     args = training_args(tc, work_dir, seed, selection_metric, quiet)
-    callbacks = [JsonlLog(log_path, stage, tc.batch_size)]
+    elapsed = _Elapsed(work_dir, before)
+    callbacks = [JsonlLog(log_path, stage, tc.batch_size), elapsed]
     if tc.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
     cls, extra = (DistillTrainer, {"distill": distill}) if distill is not None else (StudyTrainer, {})
     trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=Collator(tokenizer), processing_class=tokenizer,
                   compute_metrics=compute_metrics, callbacks=callbacks, **extra)
-    last = get_last_checkpoint(str(work_dir)) if Path(work_dir).is_dir() else None
-    start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
-    seconds = time.perf_counter() - start
+    seconds = elapsed.total()
     best = trainer.evaluate()  # the loaded best model, on validation
     stats = {
         "loss": trainer.epoch_losses[-1] if trainer.epoch_losses else None,

@@ -115,7 +115,7 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
             msg = f"no such route {request.path}; see /openapi.json"
         else:
             msg = e.description or e.name
-        if request.path.startswith("/api/") or request.path in ("/healthz", "/openapi.json") or e.code == 413:
+        if request.path.startswith("/api/") or request.path in ("/healthz", "/openapi.json"):
             return jsonify(error=msg), e.code
         return render_template("error.html", code=e.code, message=msg), e.code
 
@@ -199,7 +199,11 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
         f = request.files.get("file")
         if f is None or not f.filename:
             return page(text="", explain_model=p.best_student, error="choose a CSV file to upload"), 400
-        chosen = [m for m in request.form.getlist("models") if m in p.models] or [p.best_student or next(iter(p.models))]
+        chosen = request.form.getlist("models") or [p.best_student or next(iter(p.models))]
+        unknown = [m for m in chosen if m not in p.models]
+        if unknown:
+            return page(text="", explain_model=p.best_student,
+                        error=f"unknown model(s) {unknown}; known: {', '.join(p.models)}"), 404
         try:
             df = pd.read_csv(io.BytesIO(f.read()), dtype=str, keep_default_na=False)
         except Exception as e:  # pandas raises several unrelated types for malformed CSV
@@ -211,13 +215,16 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
         if len(df) > MAX_CSV_ROWS:
             return page(text="", explain_model=p.best_student,
                         error=f"{len(df)} rows; the limit is {MAX_CSV_ROWS}"), 400
-        texts = [t if t.strip() else " " for t in df[column].astype(str).str.slice(0, MAX_TEXT_CHARS)]
+        texts = df[column].astype(str).str.slice(0, MAX_TEXT_CHARS).tolist()
+        rows = [i for i, t in enumerate(texts) if t.strip()]  # empty rows get empty label and p_hate
         for name in chosen:
             probs = []
-            for i in range(0, len(texts), MAX_TEXTS):
-                probs += p.probabilities(name, texts[i:i + MAX_TEXTS])[0]
-            df[f"{name}_label"] = [p.label_names[int(q[1] > q[0])] for q in probs]
-            df[f"{name}_p_hate"] = [round(q[1], 6) for q in probs]
+            for i in range(0, len(rows), MAX_TEXTS):
+                probs += p.probabilities(name, [texts[j] for j in rows[i:i + MAX_TEXTS]])[0]
+            labels, p_hate = [""] * len(texts), [""] * len(texts)
+            for j, q in zip(rows, probs):
+                labels[j], p_hate[j] = p.label_names[int(q[1] > q[0])], round(q[1], 6)
+            df[f"{name}_label"], df[f"{name}_p_hate"] = labels, p_hate
         return Response(df.to_csv(index=False), mimetype="text/csv",
                         headers={"Content-Disposition": "attachment; filename=predictions.csv"})
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
-from ..predict import finished_run
+from ..export import load_for_inference, served_method
 
-MAX_LENGTH = 128
+from ..predict import finished_run, max_length
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Loaded:
     model: object
     tokenizer: object
     lock: threading.Lock
+    method: str  # fp32, or the export that passed (see distillora.export)
 
 
 class Predictor:
@@ -33,12 +34,13 @@ class Predictor:
         self.results = finished_run(self.run_dir)
         self.label_names: list[str] = self.results["dataset"]["label_names"]
         self.best_student: str | None = self.results.get("best_student")
+        self.max_length = max_length(self.run_dir)  # as the run trained and evaluated
         self.models: dict[str, Loaded] = {}
         for m in self.results["models"]:
             path = self.run_dir / m["path"]
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).eval()
-            self.models[m["name"]] = Loaded(m["name"], model, AutoTokenizer.from_pretrained(str(path)),
-                                            threading.Lock())
+            method = served_method(self.run_dir, m["name"])
+            self.models[m["name"]] = Loaded(m["name"], load_for_inference(path, method),
+                                            AutoTokenizer.from_pretrained(str(path)), threading.Lock(), method)
 
     @property
     def name(self) -> str:
@@ -49,7 +51,8 @@ class Predictor:
         for m in self.results["models"]:
             out.append({"name": m["name"], "num_layers": m["num_layers"], "teacher_layers": m["teacher_layers"],
                         "objective": m["objective"], "params_total": m["params_total"],
-                        "params_trainable": m["params_trainable"], "best_student": m["name"] == self.best_student,
+                        "params_trainable": m["params_trainable"], "served_as": self.models[m["name"]].method,
+                        "best_student": m["name"] == self.best_student,
                         "test": {k: v for k, v in m["test"].items()}})
         return out
 
@@ -59,7 +62,7 @@ class Predictor:
         m = self.models[name]
         with m.lock:
             start = time.perf_counter()
-            batch = m.tokenizer(texts, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+            batch = m.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
             probs = torch.softmax(m.model(**batch).logits.float(), -1).tolist()
             ms = (time.perf_counter() - start) * 1000
         return probs, ms

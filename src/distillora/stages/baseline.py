@@ -10,9 +10,10 @@ from ..training import fit
 from . import StageEnv
 
 
-def train(env: StageEnv, teacher):
+def train(env: StageEnv, teacher, fingerprint: str):
     set_seed(env.cfg.seed)
     student = build_student(teacher, env.cfg.baseline.layers)
     return fit(student, env.train, env.validation, env.tokenizer, env.cfg.baseline.train,
                work_dir=env.work_dir("baseline"), log_path=env.log_path("baseline"), stage="baseline",
-               seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet)
+               seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
+               fingerprint=fingerprint)

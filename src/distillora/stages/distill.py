@@ -43,11 +43,11 @@ def teacher_outputs(teacher, encoded: Encoded, tokenizer, with_hidden: bool, bat
     return cache
 
 
-def train(env: StageEnv, name: str, teacher, layers, cache: dict):
+def train(env: StageEnv, name: str, teacher, layers, cache: dict, fingerprint: str):
     set_seed(env.cfg.seed)
     student = build_student(teacher, layers)
     train_set = env.train.with_fields(**cache)
     return fit(student, train_set, env.validation, env.tokenizer, env.cfg.distill.train,
                work_dir=env.work_dir(name), log_path=env.log_path(name), stage=name,
                seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
-               distill=env.cfg.distill)
+               fingerprint=fingerprint, distill=env.cfg.distill)

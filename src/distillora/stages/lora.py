@@ -21,7 +21,7 @@ from . import StageEnv
 MERGE_TOLERANCE = 1e-4
 
 
-def train(env: StageEnv, teacher):
+def train(env: StageEnv, teacher, fingerprint: str):
     c = env.cfg.lora
     set_seed(env.cfg.seed)
     student = build_student(teacher, c.layers)
@@ -29,7 +29,8 @@ def train(env: StageEnv, teacher):
     total, trainable = count_params(model)
     model, stats = fit(model, env.train, env.validation, env.tokenizer, c.train,
                        work_dir=env.work_dir("lora"), log_path=env.log_path("lora"), stage="lora",
-                       seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet)
+                       seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
+               fingerprint=fingerprint)
     stats["params_trainable"] = trainable
     stats["target_modules"] = list(model.peft_config["default"].target_modules)
     stats["teacher_layers"] = parse_layers(c.layers, teacher.config.num_hidden_layers)

@@ -17,9 +17,10 @@ def load_pretrained(source: str, label_names: list[str]):
     )
 
 
-def train(env: StageEnv, source: str):
+def train(env: StageEnv, source: str, fingerprint: str):
     set_seed(env.cfg.seed)
     model = load_pretrained(source, env.cfg.data.label_names)
     return fit(model, env.train, env.validation, env.tokenizer, env.cfg.teacher.train,
                work_dir=env.work_dir("teacher"), log_path=env.log_path("teacher"), stage="teacher",
-               seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet)
+               seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
+               fingerprint=fingerprint)
