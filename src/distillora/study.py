@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from . import bundles
@@ -65,7 +66,7 @@ class Run:
         return rec
 
 
-def _prepare_output(out: Path, resolved: dict, force: bool) -> None:
+def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file; give a directory")
     cfg_file = out / "config.yaml"
@@ -79,10 +80,12 @@ def _prepare_output(out: Path, resolved: dict, force: bool) -> None:
         if changes and not force:
             raise UserError(f"{out} holds a run with a different configuration:\n  " + "\n  ".join(changes[:20]) +
                             "\nuse another --output, or pass --force to redo the stages these changes affect")
-        if changes:
+        if changes and write:
             (out / "results.json").unlink(missing_ok=True)  # no longer describes what is on disk
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists, is not empty and is not a distillora run; choose another --output")
+    if not write:
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -175,8 +178,15 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
     _check_models(cfg, teacher_config)
     check_disk(out, source)
-    _prepare_output(out, resolved, force)
-    write_text(out / "config.yaml", to_yaml(cfg))
+    # Data-parallel (accelerate launch / torchrun): every process trains; the main process alone
+    # writes files, and the others wait at each stage's end.
+    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: gloo across CPU processes
+    _prepare_output(out, resolved, force, write=False)  # every process checks before any writes
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _prepare_output(out, resolved, force)
+        write_text(out / "config.yaml", to_yaml(cfg))
+    state.wait_for_everyone()
     run = Run(out)
     log.info("data: %s", splits.info["rows"])
 
@@ -189,85 +199,77 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
 
     # ---- teacher
     fp_teacher = fingerprint(resolved["data"], cfg.seed, cfg.selection_metric, resolved["teacher"])
-    rec = run.done("teacher", fp_teacher)
-    teacher = None
-    if rec is None:
+    trained: dict[str, object] = {}
+
+    def train_teacher():
         log.info("stage teacher: fine-tuning %s", cfg.teacher.source)
-        teacher, stats = teacher_stage.train(env, source, fp_teacher)
-        _save(teacher, tokenizer, run.model_dir("teacher"))
-        depth = teacher.config.num_hidden_layers
-        rec = run.finish("teacher", fp_teacher, {
-            "objective": obj["teacher"], "teacher_layers": list(range(1, depth + 1)), "train": stats})
-        shutil.rmtree(env.work_dir("teacher"), ignore_errors=True)
-    else:
-        log.info("stage teacher: finished earlier, skipped")
-    records["teacher"] = rec
+        model, stats = teacher_stage.train(env, source, fp_teacher)
+        trained["teacher"] = model
+        return model, stats
+
+    records["teacher"] = _run_stage(
+        run, env, "teacher", fp_teacher, train_teacher, lambda model, stats: _save(model, tokenizer, run.model_dir("teacher")),
+        lambda model, stats: {"objective": obj["teacher"],
+                              "teacher_layers": list(range(1, model.config.num_hidden_layers + 1)), "train": stats})
 
     def get_teacher():
-        nonlocal teacher
-        if teacher is None:
-            teacher = _load(run.model_dir("teacher"))
-        return teacher
+        if "teacher" not in trained:
+            trained["teacher"] = _load(run.model_dir("teacher"))
+        return trained["teacher"]
 
     # ---- distilled students (teacher outputs computed once, shared by all of them)
-    cache = None
+    cache = {}
     distill_common = {k: v for k, v in resolved["distill"].items() if k != "students"}
     for name, layers in cfg.distill.students.items():
-        fp = fingerprint(fp_teacher, distill_common, layers)
-        rec = run.done(name, fp)
-        if rec is None:
+        def train_student(name=name, layers=layers, fp=fingerprint(fp_teacher, distill_common, layers)):
             t = get_teacher()
-            chosen = parse_layers(layers, t.config.num_hidden_layers)  # range errors before training
-            if cache is None:
+            if not cache:
                 log.info("caching teacher outputs for %d training examples", len(env.train))
                 c0 = time.perf_counter()
-                cache = distill_stage.teacher_outputs(t, env.train, tokenizer, with_hidden=cfg.distill.w_cos > 0)
+                cache.update(distill_stage.teacher_outputs(t, env.train, tokenizer, with_hidden=cfg.distill.w_cos > 0))
                 log.info("teacher outputs cached in %.1fs", time.perf_counter() - c0)
+            chosen = parse_layers(layers, t.config.num_hidden_layers)
             log.info("stage %s: distilling teacher layers %s", name, chosen)
-            model, stats = distill_stage.train(env, name, t, chosen, cache, fp)
-            _save(model, tokenizer, run.model_dir(name))
-            rec = run.finish(name, fp, {"objective": obj["distill"], "teacher_layers": chosen, "train": stats})
-            shutil.rmtree(env.work_dir(name), ignore_errors=True)
-            del model
-        else:
-            log.info("stage %s: finished earlier, skipped", name)
-        records[name] = rec
-    cache = None
+            return distill_stage.train(env, name, t, chosen, cache, fp)
+
+        depth = teacher_config.num_hidden_layers
+        records[name] = _run_stage(
+            run, env, name, fingerprint(fp_teacher, distill_common, layers), train_student,
+            lambda model, stats, name=name: _save(model, tokenizer, run.model_dir(name)),
+            lambda model, stats, layers=layers: {"objective": obj["distill"], "teacher_layers": parse_layers(layers, depth),
+                                                 "train": stats})
+    cache.clear()
 
     # ---- LoRA student
     if cfg.lora.enabled:
-        fp = fingerprint(fp_teacher, resolved["lora"])
-        rec = run.done("lora", fp)
-        if rec is None:
+        def train_lora(fp=fingerprint(fp_teacher, resolved["lora"])):
             t = get_teacher()
             log.info("stage lora: LoRA on teacher layers %s", parse_layers(cfg.lora.layers, t.config.num_hidden_layers))
-            model, stats = lora_stage.train(env, t, fp)
-            write_dir(run.model_dir("lora"), lambda tmp: lora_stage.save(env, model, stats, tmp))
-            rec = run.finish("lora", fp, {"objective": obj["lora"], "teacher_layers": stats["teacher_layers"],
-                                          "params_trainable": stats["params_trainable"], "train": stats})
-            shutil.rmtree(env.work_dir("lora"), ignore_errors=True)
-            del model
-        else:
-            log.info("stage lora: finished earlier, skipped")
-        records["lora"] = rec
+            return lora_stage.train(env, t, fp)
+
+        records["lora"] = _run_stage(
+            run, env, "lora", fingerprint(fp_teacher, resolved["lora"]), train_lora,
+            lambda model, stats: write_dir(run.model_dir("lora"), lambda tmp: lora_stage.save(env, model, stats, tmp)),
+            lambda model, stats: {"objective": obj["lora"], "teacher_layers": stats["teacher_layers"],
+                                  "params_trainable": stats["params_trainable"], "train": stats})
 
     # ---- baseline student
     if cfg.baseline.enabled:
-        fp = fingerprint(fp_teacher, resolved["baseline"])
-        rec = run.done("baseline", fp)
-        if rec is None:
+        def train_baseline(fp=fingerprint(fp_teacher, resolved["baseline"])):
             t = get_teacher()
-            chosen = parse_layers(cfg.baseline.layers, t.config.num_hidden_layers)
-            log.info("stage baseline: cross-entropy on teacher layers %s", chosen)
-            model, stats = baseline_stage.train(env, t, fp)
-            _save(model, tokenizer, run.model_dir("baseline"))
-            rec = run.finish("baseline", fp, {"objective": obj["baseline"], "teacher_layers": chosen, "train": stats})
-            shutil.rmtree(env.work_dir("baseline"), ignore_errors=True)
-            del model
-        else:
-            log.info("stage baseline: finished earlier, skipped")
-        records["baseline"] = rec
-    teacher = None
+            log.info("stage baseline: cross-entropy on teacher layers %s",
+                     parse_layers(cfg.baseline.layers, t.config.num_hidden_layers))
+            return baseline_stage.train(env, t, fp)
+
+        records["baseline"] = _run_stage(
+            run, env, "baseline", fingerprint(fp_teacher, resolved["baseline"]), train_baseline,
+            lambda model, stats: _save(model, tokenizer, run.model_dir("baseline")),
+            lambda model, stats: {"objective": obj["baseline"], "train": stats,
+                                  "teacher_layers": parse_layers(cfg.baseline.layers, teacher_config.num_hidden_layers)})
+    trained.clear()
+    if not state.is_main_process:
+        state.wait_for_everyone()  # the main process evaluates and reports
+        return out
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
     # ---- evaluation: every saved model, reloaded from disk, on the test split once
@@ -304,7 +306,25 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
 
     write_report(out, results, cfg)
     write_json(out / "results.json", results)  # last: its presence marks the run finished
+    state.wait_for_everyone()
     return out
+
+
+def _run_stage(run: Run, env: StageEnv, name: str, fp: str, train, save, describe) -> dict:
+    """Skip a stage finished with fingerprint `fp`; otherwise train it (on every process, when
+    data-parallel), then save and mark it finished on the main process only."""
+    rec = run.done(name, fp)
+    if rec is not None:
+        log.info("stage %s: finished earlier, skipped", name)
+        return rec
+    model, stats = train()
+    state = PartialState()
+    if state.is_main_process:
+        save(model, stats)
+        run.finish(name, fp, describe(model, stats))
+        shutil.rmtree(env.work_dir(name), ignore_errors=True)
+    state.wait_for_everyone()
+    return read_json(run.marker(name))
 
 
 def _model_entry(name: str, rec: dict, ev: dict, run: Run) -> dict:

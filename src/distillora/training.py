@@ -13,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments)
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
+from tqdm.auto import tqdm
 
 from .config import DistillConfig, TrainConfig
 from .data import Collator, Encoded
@@ -30,13 +33,18 @@ def compute_metrics(eval_pred) -> dict:
             "f1_macro": float(f1_score(labels, pred, average="macro", zero_division=0))}
 
 
-def training_args(tc: TrainConfig, out_dir: Path, seed: int, selection_metric: str, quiet: bool) -> TrainingArguments:
+def training_args(tc: TrainConfig, out_dir: Path, seed: int, selection_metric: str, quiet: bool,
+                  num_processes: int = 1) -> TrainingArguments:
+    """`tc.batch_size` is the global batch: with `split_batches`, accelerate hands each of N data-parallel
+    processes 1/N of every batch the sampler forms, so N processes take the same optimisation steps,
+    over the same examples, as one."""
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(out_dir),
         num_train_epochs=tc.epochs,
         learning_rate=tc.learning_rate,
         per_device_train_batch_size=tc.batch_size,
+        accelerator_config={"split_batches": num_processes > 1},
         per_device_eval_batch_size=tc.eval_batch_size,
         weight_decay=tc.weight_decay,
         warmup_steps=tc.warmup_ratio,  # a float in [0, 1) is a ratio of total steps in transformers 5
@@ -58,6 +66,10 @@ def training_args(tc: TrainConfig, out_dir: Path, seed: int, selection_metric: s
         label_names=["labels"],
         bf16=cuda and torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=cuda,
+        use_cpu=not cuda,
+        # Each process averages its own half of a split batch and DDP averages the gradients: the same
+        # mean as one process over the whole batch (sequence classification has one item per example).
+        average_tokens_across_devices=False,
     )
 
 
@@ -82,6 +94,26 @@ class JsonlLog(TrainerCallback):
                 row["examples_per_s"] = steps * self.batch_size * args.world_size / (now - self._t)
             self._t, self._step = now, state.global_step
         append_jsonl(self.path, row)
+        tqdm.write(self.line(row, state.max_steps))
+
+    def line(self, row: dict, max_steps: int) -> str:
+        head = f"[{self.stage}] step {row['step']}/{max_steps} epoch {row['epoch'] or 0:.2f}"
+        if "loss" in row:
+            speed = f" {row['examples_per_s']:.1f} ex/s" if "examples_per_s" in row else ""
+            return f"{head} loss {row['loss']:.4f} lr {row.get('learning_rate', 0):.2e}{speed}"
+        if "eval_accuracy" in row:
+            return (f"{head} validation accuracy {row['eval_accuracy']:.4f} f1_macro {row['eval_f1_macro']:.4f} "
+                    f"loss {row['eval_loss']:.4f}")
+        return f"{head} " + " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in row.items() if k not in ("stage", "step", "epoch"))
+
+
+class _Bar(ProgressCallback):
+    """The Trainer's progress bar (with ETA) without its raw dict printing: JsonlLog prints one
+    readable line per logging step instead."""
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        pass
 
 
 class StudyTrainer(Trainer):
@@ -111,7 +143,8 @@ class _EpochLoss(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kw):
         t = self.trainer
         if t._loss_n:
-            t.epoch_losses.append(float(t._loss_sum) / t._loss_n * args.gradient_accumulation_steps)
+            mean = t._loss_sum / t._loss_n * args.gradient_accumulation_steps
+            t.epoch_losses.append(float(t.accelerator.reduce(mean, "mean")))  # over data-parallel processes
 
 
 class DistillTrainer(StudyTrainer):
@@ -153,10 +186,9 @@ class _Elapsed(TrainerCallback):
             write_json(self.work_dir / "elapsed.json", {"seconds": self.total(), "step": state.global_step})
 
 
-def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> tuple[str | None, float]:
+def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> None:
     """Reuse `work_dir`'s checkpoints only if they were made with the same settings; otherwise start
-    over. Cut the log back to the checkpoint, so resumed steps are not logged twice.
-    Returns (checkpoint to resume from or None, seconds already spent)."""
+    over. Cut the log back to the checkpoint, so resumed steps are not logged twice."""
     work_dir, log_path = Path(work_dir), Path(log_path)
     stamp = work_dir / "fingerprint"
     if work_dir.is_dir() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
@@ -166,12 +198,10 @@ def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> tuple
     last = get_last_checkpoint(str(work_dir))
     if last is None:
         log_path.unlink(missing_ok=True)
-        return None, 0.0
+        return
     step = int(Path(last).name.split("-")[-1])
     rows = [r for r in read_jsonl(log_path) if r.get("step", 0) <= step and "event" not in r]
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
-    elapsed = work_dir / "elapsed.json"
-    return last, float(read_json(elapsed)["seconds"]) if elapsed.exists() else 0.0
 
 
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
@@ -180,8 +210,14 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     """Train `model`, keep the epoch best on validation, resume from `work_dir`'s last checkpoint if
     one exists and was made with the same `fingerprint`. Returns the best model and
     {loss (mean of last epoch), seconds, steps, validation}."""
-    last, before = _prepare_work_dir(work_dir, log_path, fingerprint)
-    args = training_args(tc, work_dir, seed, selection_metric, quiet)
+    state = PartialState()
+    if state.is_main_process:
+        _prepare_work_dir(work_dir, log_path, fingerprint)
+    state.wait_for_everyone()
+    last = get_last_checkpoint(str(work_dir))
+    elapsed_file = Path(work_dir) / "elapsed.json"
+    before = float(read_json(elapsed_file)["seconds"]) if last and elapsed_file.exists() else 0.0
+    args = training_args(tc, work_dir, seed, selection_metric, quiet, state.num_processes)
     elapsed = _Elapsed(work_dir, before)
     callbacks = [JsonlLog(log_path, stage, tc.batch_size), elapsed]
     if tc.early_stopping_patience:
@@ -190,6 +226,10 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=Collator(tokenizer), processing_class=tokenizer,
                   compute_metrics=compute_metrics, callbacks=callbacks, **extra)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not quiet:
+        trainer.add_callback(_Bar())
     trainer.train(resume_from_checkpoint=last)
     seconds = elapsed.total()
     best = trainer.evaluate()  # the loaded best model, on validation

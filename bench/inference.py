@@ -1,0 +1,85 @@
+"""Inference speed of every model of a finished run, fp32 and int8-dynamic, side by side in one
+process: batch 1 (single-sentence latency) and batch 32 (throughput), p50/p95, ratios to the fp32
+teacher. Sentences are the run's test split in its original order; warm-up before timing.
+
+usage: python bench/inference.py --run runs/quick [--sentences 200] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from distillora.export import _splits, load_for_inference  # noqa: E402
+from distillora.predict import finished_run, max_length  # noqa: E402
+
+
+@torch.inference_mode()
+def measure(model, tok, texts, batch_size, limit) -> dict:
+    def run(batch):
+        enc = tok(batch, truncation=True, max_length=limit, padding=True, return_tensors="pt")
+        model(**enc)
+
+    for i in range(3):
+        run(texts[i * batch_size:(i + 1) * batch_size] or texts[:batch_size])
+    lat = []
+    start = time.perf_counter()
+    for i in range(0, len(texts), batch_size):
+        t0 = time.perf_counter()
+        run(texts[i:i + batch_size])
+        lat.append((time.perf_counter() - t0) * 1000)
+    total = time.perf_counter() - start
+    return {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+            "examples_per_s": len(texts) / total}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--sentences", type=int, default=320)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    a = ap.parse_args()
+    run = Path(a.run)
+    results = finished_run(run)
+    _, test = _splits(run)
+    texts = test.texts[: a.sentences]
+    limit = max_length(run)
+    rows = []
+    for m in results["models"]:
+        tok = AutoTokenizer.from_pretrained(str(run / m["path"]))
+        for method in ("fp32", "int8-dynamic"):
+            model = load_for_inference(run / m["path"], method)
+            row = {"model": m["name"], "method": method, "params": m["params_total"]}
+            for bs in (1, 32):
+                row[f"b{bs}"] = measure(model, tok, texts, bs, limit)
+            rows.append(row)
+            del model
+    base = next(r for r in rows if r["model"] == "teacher" and r["method"] == "fp32")
+    print(f"| model | method | b1 p50 ms | b1 p95 ms | b32 p50 ms | b32 ex/s | b1 speed-up | b32 speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        r["ratio_b1"] = base["b1"]["p50_ms"] / r["b1"]["p50_ms"]
+        r["ratio_b32"] = r["b32"]["examples_per_s"] / base["b32"]["examples_per_s"]
+        print(f"| {r['model']} | {r['method']} | {r['b1']['p50_ms']:.1f} | {r['b1']['p95_ms']:.1f} | "
+              f"{r['b32']['p50_ms']:.1f} | {r['b32']['examples_per_s']:.0f} | {r['ratio_b1']:.2f}x | {r['ratio_b32']:.2f}x |")
+    print(f"\n{len(texts)} test sentences, {torch.get_num_threads()} threads; speed-ups are against the fp32 teacher.")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inference.json").write_text(json.dumps({"run": str(run), "threads": torch.get_num_threads(),
+                                                    "sentences": len(texts), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Whole-study benchmark: runs a preset end to end in a child process and reports its wall time,
+peak memory (max RSS of the child), and achieved training FLOP/s against this machine's fp32 matmul
+rate measured in the same invocation.
+
+Useful FLOPs count only real (non-padding) tokens T: a full fine-tuning step costs 6*P*T (forward
+2PT, backward 4PT) where P is the parameters in transformer layers and head (embedding lookups are not
+matrix work); a LoRA step about 4*P*T (no weight gradients for frozen layers); a forward pass (teacher
+cache, validation, test) 2*P*T. Attention score products are left out (tweets are short: under 5%).
+
+usage: python bench/study_wall.py --config configs/seed.yaml [--output /tmp/bench-seed] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def layer_params(model_dir: Path) -> int:
+    """Parameters outside the embeddings (the matrix work per token)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        for k in f.keys():
+            if "embeddings" not in k:
+                total += int(torch.Size(f.get_slice(k).get_shape()).numel())
+    return total
+
+
+def useful_flops(run: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    from distillora.config import load_config
+    from distillora.data import encode, load_splits
+
+    cfg = load_config(run / "config.yaml")
+    results = json.loads((run / "results.json").read_text())
+    splits = load_splits(cfg.data, cfg.seed)
+    tok = AutoTokenizer.from_pretrained(str(run / "models" / "teacher"))
+    tokens = {s: sum(encode(getattr(splits, s), tok, cfg.data.max_length).lengths())
+              for s in ("train", "validation", "test")}
+    flops, parts = 0.0, {}
+    for m in results["models"]:
+        p = layer_params(run / m["path"])
+        epochs = len(m["train"].get("epoch_losses") or [1])  # epochs actually trained
+        per_token = 4 if m["name"] == "lora" else 6
+        f = per_token * p * tokens["train"] * epochs + 2 * p * (tokens["validation"] * (epochs + 1) + tokens["test"])
+        if m["name"] == "teacher":
+            f += 2 * p * tokens["train"]  # the cached teacher outputs for distillation
+        parts[m["name"]] = f
+        flops += f
+    return {"tokens": tokens, "per_model": parts, "total": flops}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(REPO / "configs" / "seed.yaml"))
+    ap.add_argument("--output", default="/tmp/distillora-bench-study")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+    peak_rate = matmul_rate()
+    shutil.rmtree(a.output, ignore_errors=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "distillora", "run", "--config", a.config, "--output", a.output,
+                           "--quiet", *a.overrides], cwd=REPO)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        print(f"study failed with exit code {proc.returncode}", file=sys.stderr)
+        return proc.returncode
+    peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    peak_rate_after = matmul_rate()
+    f = useful_flops(Path(a.output))
+    rate = f["total"] / wall
+    peak = max(peak_rate, peak_rate_after)
+    result = {"config": a.config, "overrides": a.overrides, "wall_seconds": wall, "peak_rss_bytes": peak_rss,
+              "threads": torch.get_num_threads(), "matmul_flops_per_s": {"before": peak_rate, "after": peak_rate_after},
+              "useful_flops": f, "achieved_flops_per_s": rate, "fraction_of_matmul_peak": rate / peak}
+    print(f"| preset | wall | peak memory | useful FLOP | achieved FLOP/s | fp32 matmul FLOP/s | share |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {Path(a.config).stem} | {wall / 60:.1f} min | {peak_rss / 2**30:.2f} GiB | {f['total']:.2e} | "
+          f"{rate / 1e9:.1f} G | {peak / 1e9:.1f} G | {100 * rate / peak:.0f}% |")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"study_{Path(a.config).stem}.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
