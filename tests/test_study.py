@@ -16,9 +16,15 @@ TEST_KEYS = {"accuracy", "f1_macro", "precision_hate", "recall_hate", "f1_hate",
 
 @pytest.fixture()
 def tiny_config(tmp_path, tiny_teacher_dir, small_data):
+    import pandas as pd
+
+    shifted = pd.read_csv(small_data / "test.csv", keep_default_na=False).head(10)
+    shifted["tweet"] = shifted["tweet"].str.upper()
+    shifted.to_csv(tmp_path / "shifted.csv", index=False)
     cfg = {
         "name": "tiny",
-        "data": {"source": str(small_data), "validation_fraction": 0.25, "max_length": 32},
+        "data": {"source": str(small_data), "validation_fraction": 0.25, "max_length": 32,
+                 "extra_tests": {"shouting": str(tmp_path / "shifted.csv")}},
         "teacher": {"source": str(tiny_teacher_dir), "train": {"epochs": 1, "batch_size": 16, "logging_steps": 2}},
         "distill": {"students": {"odd": "odd", "even": "even"}, "train": {"epochs": 2, "batch_size": 16, "logging_steps": 2}},
         "lora": {"r": 4, "alpha": 8, "train": {"epochs": 1, "batch_size": 16}},
@@ -51,7 +57,9 @@ def test_tiny_study_end_to_end(tmp_path, tiny_config, capsys):
                           "train", "validation", "test", "path"}
         assert set(m["train"]) >= {"loss", "seconds", "steps"} and m["train"]["steps"] > 0
         assert set(m["validation"]) == {"accuracy", "f1_macro"}
-        assert set(m["test"]) == TEST_KEYS
+        assert set(m["test"]) == TEST_KEYS | {"ci95"}
+        lo, hi = m["test"]["ci95"]["accuracy"]
+        assert lo <= m["test"]["accuracy"] <= hi
         cm = m["test"]["confusion"]
         assert sum(map(sum, cm)) == 40 and abs((cm[0][0] + cm[1][1]) / 40 - m["test"]["accuracy"]) < 1e-9
         assert (out / "logs" / f"{m['name']}.jsonl").is_file()
@@ -66,7 +74,17 @@ def test_tiny_study_end_to_end(tmp_path, tiny_config, capsys):
     assert by["lora"]["merge_max_abs_diff"] < 1e-4
     assert by["baseline"]["params_trainable"] == by["baseline"]["params_total"]
     assert r["best_student"] in MODELS[1:]
+    for m in r["models"]:  # the extra test set, reported like the test split
+        e = m["extra_tests"]["shouting"]
+        assert e["rows"] == 10 and sum(map(sum, e["confusion"])) == 10 and "ci95" in e
+        assert m["calibration"]["test"]["ece"] >= 0 and 0 < m["threshold"]["value"] < 1
+        assert m["per_category"]["(none)"]["rows"] == 20
+    assert {(x["a"], x["b"]) for x in r["significance"]} >= {("odd", "even"), ("lora", "baseline"), ("odd", "teacher")}
+    assert r["audit"]["splits"]["test"]["rows"] == 40
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html and "plots/" not in html.split("<body>")[1]
     report = (out / "report.md").read_text()
+    assert "## Extra test sets" in report and "## Are the differences real?" in report and "## Data audit" in report
     assert "| model |" in report and "## Analysis" in report
     assert f"{by['teacher']['test']['accuracy']:.3f}" in report
 

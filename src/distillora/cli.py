@@ -35,6 +35,31 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_audit(a) -> int:
+    from transformers import AutoTokenizer
+
+    from . import bundles
+    from .audit import audit, findings
+    from .config import load_config
+    from .data import load_splits
+    from .fileio import write_json
+    from .report import audit_lines
+
+    overrides = list(a.overrides) + ([f"data.source={a.data}"] if a.data else [])
+    cfg = load_config(a.config, overrides)
+    splits = load_splits(cfg.data, cfg.seed)
+    tok = AutoTokenizer.from_pretrained(bundles.resolve(a.tokenizer)) if a.tokenizer else None
+    parts = {"train": (splits.train.texts, splits.train.labels),
+             "validation": (splits.validation.texts, splits.validation.labels),
+             "test": (splits.test.texts, splits.test.labels)}
+    result = audit(parts, cfg.data.label_names, splits.info, tok)
+    result["findings"] = findings(result, cfg.data.label_names)
+    print("\n".join(audit_lines(result, cfg.data.label_names)))
+    if a.json:
+        write_json(a.json, result)
+    return 0
+
+
 def cmd_export(a) -> int:
     from .export import export_run
 
@@ -77,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="model name (default: the best student)")
     q.add_argument("texts", nargs="+", metavar="TEXT")
     q.set_defaults(func=cmd_predict)
+    d = sub.add_parser("audit", help="audit a dataset: sizes, balance, duplicates, overlap, lengths, split shift")
+    d.add_argument("--data", help="dataset (Hub id or directory); default: the config's data.source")
+    d.add_argument("--config", help="YAML config for columns, labels and the validation carve")
+    d.add_argument("--tokenizer", default="minilm-l6", help="tokenizer for the length figures ('' to skip)")
+    d.add_argument("--json", help="also write the audit as JSON to this file")
+    d.add_argument("overrides", nargs="*", metavar="key=value")
+    d.set_defaults(func=cmd_audit)
     e = sub.add_parser("export", help="optimised inference copies (int8), re-measured on test; picks what to serve")
     e.add_argument("--run", required=True, help="finished run directory")
     e.add_argument("--models", nargs="*", help="only these models (default: all)")

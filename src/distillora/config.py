@@ -50,9 +50,13 @@ class DataConfig:
     text_column: str = _f("tweet", "Column holding the text (`text` is accepted when this one is absent).")
     label_column: str = _f("label", "Column holding the label (an integer index or one of `label_names`).")
     label_names: list[str] = _f(["not_hate", "hate"], "Names of labels 0 and 1 shown to users.")
+    category_column: str | None = _f("categories", "Optional column of per-row categories (per-category test "
+                                                   "results); ignored when absent.")
     validation_fraction: float = _f(0.1, "Share of train carved (stratified, seeded) as the validation split.")
     max_train_rows: int | None = _f(None, "Use a stratified sample of this many train rows (before the carve).")
     max_length: int = _f(128, "Tokens kept per text (longer texts are truncated).")
+    extra_tests: dict[str, str] = _f({}, "Extra labelled test sets, name -> file (csv/jsonl/parquet with the same "
+                                         "text and label columns); every model is evaluated on each.")
 
 
 @dataclass
@@ -96,6 +100,7 @@ class StudyConfig:
     name: str = _f("study", "A name for the run (shown in the report and the web app).")
     seed: int = _f(42, "Seed for the validation carve, initialisation and data order.")
     selection_metric: str = _f("f1_macro", "Validation metric that selects the best epoch: f1_macro or accuracy.")
+    bootstrap_resamples: int = _f(1000, "Resamples of the test split for 95% confidence intervals.")
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -230,6 +235,11 @@ def validate(cfg: StudyConfig) -> list[str]:
         errs.append(f"data.max_length = {d.max_length}: use 8..512 tokens")
     if (d.train_file is None) != (d.test_file is None):
         errs.append("data.train_file and data.test_file: give both or neither")
+    if cfg.bootstrap_resamples < 100:
+        errs.append(f"bootstrap_resamples = {cfg.bootstrap_resamples}: use at least 100 (default 1000)")
+    for name, path in d.extra_tests.items():
+        if name in ("train", "validation", "test"):
+            errs.append(f"data.extra_tests.{name}: that name is taken by a split; pick another")
     if cfg.selection_metric not in ("f1_macro", "accuracy"):
         errs.append(f"selection_metric = {cfg.selection_metric!r}: use f1_macro or accuracy")
     if cfg.distill.temperature <= 0:

@@ -25,6 +25,7 @@ READERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parq
 class Split:
     texts: list[str]
     labels: np.ndarray  # (N,) int64
+    categories: list[str] | None = None  # per-row category (e.g. the target group), when the data has one
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -102,7 +103,8 @@ def _label_to_index(value, names: list[str]) -> int | None:
 
 
 def _validate(df: pd.DataFrame, path: str, cfg: DataConfig, first_row: int = 1) -> tuple[list[str], np.ndarray, dict]:
-    """Returns texts, labels and counts for one table; raises UserError naming file, row and fix."""
+    """Returns texts, labels and counts (with `categories` when the table has the category column) for
+    one table; raises UserError naming file, row and fix."""
     if len(df) == 0:
         raise UserError(f"{path}: has a header but no data rows; add rows")
     text_col = cfg.text_column
@@ -130,7 +132,19 @@ def _validate(df: pd.DataFrame, path: str, cfg: DataConfig, first_row: int = 1) 
         log.warning("%s: dropped %d empty or null text(s)", path, dropped)
     labels = labels[np.asarray(keep, dtype=bool)]
     counts = {"rows": len(df), "dropped_empty": dropped, "duplicates": int(len(texts) - len(set(texts)))}
+    if cfg.category_column and cfg.category_column in df.columns:
+        cats = df[cfg.category_column].tolist()
+        counts["categories"] = ["" if c is None or (isinstance(c, float) and np.isnan(c)) else str(c)
+                                for c, k in zip(cats, keep) if k]
     return texts, labels, counts
+
+
+def load_table(path: str | Path, cfg: DataConfig) -> Split:
+    """One extra labelled file (e.g. an extra test set), read and checked like the test split."""
+    texts, labels, counts = _validate(_read_table(Path(path)), str(path), cfg)
+    if not texts:
+        raise UserError(f"{path}: no rows left after dropping empty texts")
+    return Split(texts, labels, counts.get("categories"))
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
@@ -169,7 +183,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     tr_idx, va_idx = np.sort(tr_idx), np.sort(va_idx)
     train = Split([train_texts[i] for i in tr_idx], train_labels[tr_idx])
     validation = Split([train_texts[i] for i in va_idx], train_labels[va_idx])
-    test = Split(test_texts, test_labels)
+    test = Split(test_texts, test_labels, test_counts.get("categories"))
     info = {
         "source": cfg.source if not cfg.train_file else {"train": cfg.train_file, "test": cfg.test_file},
         "files": {"train": names[0], "test": names[1]},

@@ -69,11 +69,108 @@ def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
     ax.set_title("Accuracy against parameters"); fig.tight_layout()
     fig.savefig(plots / "accuracy_vs_params.png", dpi=110); plt.close(fig)
     made.append(("Test accuracy against parameters (dots: total, crosses: trainable)", "plots/accuracy_vs_params.png"))
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0.5, 1], [0.5, 1], color="gray", linestyle=":", label="perfect")
+    for m in models:
+        bins = m.get("calibration", {}).get("test", {}).get("bins", [])
+        if bins:
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                    label=f"{m['name']} (ECE {m['calibration']['test']['ece']:.3f})")
+    ax.set_xlabel("confidence of the predicted class"); ax.set_ylabel("accuracy on test")
+    ax.set_title("Reliability on the test split"); ax.legend(fontsize=7); fig.tight_layout()
+    fig.savefig(plots / "reliability.png", dpi=110); plt.close(fig)
+    made.append(("Reliability diagram on the test split (10 confidence bins)", "plots/reliability.png"))
     return made
 
 
+def _ci(test: dict, key: str) -> str:
+    ci = test.get("ci95", {}).get(key)
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _sections(results: dict) -> list[str]:
+    """Significance, calibration and threshold, per-category, extra test sets, data audit."""
+    lines = []
+    sig = results.get("significance") or []
+    if sig:
+        lines += ["## Are the differences real?", "",
+                  "McNemar's exact test on the test split (paired: the same examples), significance level 0.05. "
+                  "Only the examples on which the two models disagree count.", "",
+                  "| comparison | accuracy | only A right | only B right | p-value | verdict |", "|---|---|---|---|---|---|"]
+        for r in sig:
+            verdict = "significant" if r["significant"] else "not significant"
+            lines.append(f"| {r['a']} vs {r['b']} | {r['accuracy_a']:.3f} vs {r['accuracy_b']:.3f} | "
+                         f"{r['a_right_b_wrong']} | {r['a_wrong_b_right']} | {r['p_value']:.3g} | {verdict} |")
+        lines.append("")
+        for r in sig:
+            if r["significant"]:
+                better = r["a"] if r["accuracy_a"] > r["accuracy_b"] else r["b"]
+                lines.append(f"- `{r['a']}` and `{r['b']}` differ significantly (p = {r['p_value']:.3g}); `{better}` is "
+                             f"more accurate on this test split.")
+            else:
+                lines.append(f"- `{r['a']}` and `{r['b']}` are not significantly different on this test split "
+                             f"(p = {r['p_value']:.3g}): the data does not show one to be better.")
+        lines.append("")
+    ms = results["models"]
+    if any("calibration" in m for m in ms):
+        lines += ["## Calibration and decision threshold", "",
+                  "| model | ECE (test) | ECE (validation) | threshold chosen on validation | test accuracy at it | "
+                  "test F1 at it | at 0.5: accuracy / F1 |", "|---|---|---|---|---|---|---|"]
+        for m in ms:
+            c, t = m["calibration"], m["threshold"]
+            lines.append(f"| {m['name']} | {c['test']['ece']:.3f} | {c['validation_ece']:.3f} | {t['value']:.2f} | "
+                         f"{t['test_accuracy']:.3f} | {t['test_f1_macro']:.3f} | {m['test']['accuracy']:.3f} / "
+                         f"{m['test']['f1_macro']:.3f} |")
+        lines += ["", "The 0.5 threshold stays the headline; the tuned threshold is shown beside it, chosen on "
+                      "validation only.", ""]
+    if any(m.get("per_category") for m in ms):
+        cats = list(ms[0]["per_category"])
+        lines += ["## Per category (test split)", "", "Accuracy (hate recall) per category; categories of the "
+                  "reference data are LLM-generated (see its PROVENANCE.md).", "",
+                  "| model | " + " | ".join(f"{c} (n={ms[0]['per_category'][c]['rows']})" for c in cats) + " |",
+                  "|---|" + "---|" * len(cats)]
+        for m in ms:
+            cells = []
+            for c in cats:
+                e = m["per_category"][c]
+                rec = "" if e["recall_hate"] is None else f" ({e['recall_hate']:.2f})"
+                cells.append(f"{e['accuracy']:.2f}{rec}")
+            lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if any(m.get("extra_tests") for m in ms):
+        lines += ["## Extra test sets", "", "| model | set | rows | accuracy [95% CI] | F1 (macro) | hate P / R |",
+                  "|---|---|---|---|---|---|"]
+        for m in ms:
+            for name, r in (m.get("extra_tests") or {}).items():
+                lines.append(f"| {m['name']} | {name} | {r['rows']} | {r['accuracy']:.3f}{_ci(r, 'accuracy')} | "
+                             f"{r['f1_macro']:.3f} | {r['precision_hate']:.2f} / {r['recall_hate']:.2f} |")
+        lines.append("")
+    if results.get("audit"):
+        lines += audit_lines(results["audit"], results["dataset"]["label_names"])
+    return lines
+
+
+def audit_lines(a: dict, names: list[str]) -> list[str]:
+    lines = ["## Data audit", "", "| split | rows | " + " | ".join(names) + " | duplicates | tokens mean / p95 / max |",
+             "|---|---|" + "---|" * len(names) + "---|---|"]
+    for split, e in a["splits"].items():
+        tok = e.get("tokens") or {}
+        lines.append(f"| {split} | {e['rows']} | " + " | ".join(f"{e['labels'][n]} ({e['share'][n]:.0%})" for n in names)
+                     + f" | {e['duplicates']} | {tok.get('mean', '')} / {tok.get('p95', '')} / {tok.get('max', '')} |")
+    if a.get("dropped_empty"):
+        lines += ["", f"Empty or null texts dropped: {a['dropped_empty']}."]
+    lines += ["", "Split-shift indicators: share of rows containing each feature, per split and label.", "",
+              "| split | label | uppercase | `#` | `@user` | URL |", "|---|---|---|---|---|---|"]
+    for split, per in a["shift"].items():
+        for label, v in per.items():
+            lines.append(f"| {split} | {label} | {v['uppercase']:.1%} | {v['hashtag']:.1%} | {v['at_user']:.1%} | {v['url']:.1%} |")
+    lines += ["", "Overlap between splits: " + "; ".join(f"{k}: {v['exact']} exact, {v['normalised']} normalised"
+                                                     for k, v in a["overlap"].items()) + ".", ""]
+    return lines + [f"- {f}" for f in a.get("findings", [])] + [""]
+
+
 def _table(results: dict) -> list[str]:
-    lines = ["| model | teacher layers | training loss | val F1 | test accuracy | test F1 (macro) | hate P / R "
+    lines = ["| model | teacher layers | training loss | val F1 | test accuracy [95% CI] | test F1 (macro) [95% CI] | hate P / R "
              "| trainable params (%) | size on disk | training time | throughput |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     best = results.get("best_student")
@@ -85,7 +182,8 @@ def _table(results: dict) -> list[str]:
         loss = "" if m["train"]["loss"] is None else f"{m['train']['loss']:.4f}"
         size = _mb(m["size_bytes"]) + (f" (adapter {_mb(m['adapter_size_bytes'])})" if m.get("adapter_size_bytes") else "")
         lines.append(
-            f"| {name} | {layers} | {loss} | {m['validation']['f1_macro']:.3f} | {t['accuracy']:.3f} | {t['f1_macro']:.3f} "
+            f"| {name} | {layers} | {loss} | {m['validation']['f1_macro']:.3f} | {t['accuracy']:.3f}{_ci(t, 'accuracy')} "
+            f"| {t['f1_macro']:.3f}{_ci(t, 'f1_macro')} "
             f"| {t['precision_hate']:.2f} / {t['recall_hate']:.2f} | {m['params_trainable'] / 1e6:.2f}M ({pct:.2f}%) "
             f"| {size} | {_duration(m['train']['seconds'])} | {m['inference']['examples_per_s']:.0f} ex/s |")
     return lines
@@ -149,4 +247,31 @@ def write_report(out: Path, results: dict, cfg: StudyConfig) -> None:
     for caption, path in plots:
         lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
     lines += ["## Analysis", ""] + analysis(results) + [""]
-    write_text(out / "report.md", "\n".join(lines))
+    lines += _sections(results)
+    md = "\n".join(lines)
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", to_html(md, out, results["name"]))
+
+
+def to_html(md: str, out: Path, title: str) -> str:
+    """One self-contained HTML file: the same markdown rendered, plots embedded as data URIs."""
+    import base64
+    import html as html_lib
+    import re
+
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables"])
+
+    def embed(m):
+        path = out / m.group(1)
+        if not path.is_file():
+            return m.group(0)
+        return f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"'
+
+    body = re.sub(r'src="(plots/[^"]+\.png)"', embed, body)
+    style = ("body{font-family:system-ui,sans-serif;max-width:75rem;margin:auto;padding:1rem}"
+             "table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ccc;padding:.2rem .5rem}"
+             "img{max-width:100%}")
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html_lib.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>\n")

@@ -24,16 +24,19 @@ from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from . import bundles
-from .config import StudyConfig, diff, fingerprint, to_dict, to_yaml
-from .data import encode, load_splits
+from .config import StudyConfig, diff, fingerprint, load_config, to_dict, to_yaml
+from .data import encode, load_splits, load_table
 from .errors import UserError
-from .evaluate import count_params, predict_proba, size_on_disk, test_metrics
+from .evaluate import count_params, predict_proba, size_on_disk
 from .fileio import read_json, write_dir, write_json, write_text
 from .stages import StageEnv, baseline as baseline_stage, distill as distill_stage, lora as lora_stage
 from .stages import teacher as teacher_stage
 from .students import parse_layers
 
 log = logging.getLogger("distillora")
+
+
+EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "category_column")
 
 
 def _device() -> torch.device:
@@ -72,10 +75,11 @@ def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) 
     cfg_file = out / "config.yaml"
     if cfg_file.exists():
         try:
-            old = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError):
-            raise UserError(f"{cfg_file} is damaged (not readable YAML); use another --output, or delete that "
-                            f"file and pass --force to redo the run there") from None
+            # through load_config, so keys added to distillora since that run compare as their defaults
+            old = to_dict(load_config(cfg_file))
+        except UserError:
+            raise UserError(f"{cfg_file} is damaged or from an incompatible version; use another --output, or "
+                            f"delete that file and pass --force to redo the run there") from None
         changes = diff(old, resolved)
         if changes and not force:
             raise UserError(f"{out} holds a run with a different configuration:\n  " + "\n  ".join(changes[:20]) +
@@ -198,7 +202,9 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     records: dict[str, dict] = {}
 
     # ---- teacher
-    fp_teacher = fingerprint(resolved["data"], cfg.seed, cfg.selection_metric, resolved["teacher"])
+    # what the trained models depend on (not evaluation-only keys such as extra_tests)
+    data_fp = {k: v for k, v in resolved["data"].items() if k not in EVALUATION_ONLY_DATA_KEYS}
+    fp_teacher = fingerprint(data_fp, cfg.seed, cfg.selection_metric, resolved["teacher"])
     trained: dict[str, object] = {}
 
     def train_teacher():
@@ -272,18 +278,21 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
         return out
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
-    # ---- evaluation: every saved model, reloaded from disk, on the test split once
-    models = []
+    # ---- evaluation: every saved model, reloaded from disk, on the test split once (and on the
+    # validation split, for calibration and a threshold chosen there, and on any extra test sets)
+    extra = {name: load_table(path, cfg.data) for name, path in cfg.data.extra_tests.items()}
+    evaluations = {}
     for name, rec in records.items():
         ev = run.done(name, rec["fingerprint"], ".test")
-        if ev is None:
+        if ev is None or "validation_probabilities_hate" not in ev:
             log.info("evaluating %s on the test split", name)
             model = _load(run.model_dir(name))
             probs, throughput = predict_proba(model, enc["test"], tokenizer)
+            val_probs, _ = predict_proba(model, enc["validation"], tokenizer)
             total, trainable = count_params(model)
             ev = run.finish(name, rec["fingerprint"], {
-                "test": test_metrics(probs, splits.test.labels),
                 "probabilities_hate": [round(float(p), 6) for p in probs[:, 1]],
+                "validation_probabilities_hate": [round(float(p), 6) for p in val_probs[:, 1]],
                 "params_total": total,
                 "params_trainable": rec.get("params_trainable", trainable),
                 "num_layers": model.config.num_hidden_layers,
@@ -291,14 +300,32 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
                               "device": str(_device()), "threads": torch.get_num_threads()},
             }, ".test")
             del model
-        models.append(_model_entry(name, rec, ev, run))
+        for set_name, split in extra.items():
+            path = Path(cfg.data.extra_tests[set_name])
+            fp_extra = fingerprint(rec["fingerprint"], str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+            done = run.done(name, fp_extra, f".extra-{set_name}")
+            if done is None:
+                log.info("evaluating %s on extra test set %s", name, set_name)
+                model = _load(run.model_dir(name))
+                probs, _ = predict_proba(model, encode(split, tokenizer, cfg.data.max_length), tokenizer)
+                done = run.finish(name, fp_extra, {"probabilities_hate": [round(float(p), 6) for p in probs[:, 1]]},
+                                  f".extra-{set_name}")
+                del model
+            ev.setdefault("extra", {})[set_name] = done["probabilities_hate"]
+        evaluations[name] = ev
 
+    from . import analysis  # scipy and the statistics are needed only here
+
+    models = [_model_entry(name, rec, evaluations[name], run) for name, rec in records.items()]
+    analysis.add_to_models(models, evaluations, splits, extra, cfg)
     results = {
         "name": cfg.name,
         "dataset": splits.info,
         "models": models,
         "best_student": _best_student(models, cfg.selection_metric),
         "selection_metric": cfg.selection_metric,
+        "significance": analysis.significance(models, evaluations, splits.test.labels),
+        "audit": analysis.run_audit(splits, cfg, tokenizer),
         "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
         "versions": _versions(),
     }
@@ -339,7 +366,7 @@ def _model_entry(name: str, rec: dict, ev: dict, run: Run) -> dict:
         "train": {"loss": tr["loss"], "seconds": tr["seconds"], "steps": tr["steps"],
                   "epoch_losses": tr.get("epoch_losses"), "best_checkpoint": tr.get("best_checkpoint")},
         "validation": {"accuracy": tr["validation"]["accuracy"], "f1_macro": tr["validation"]["f1_macro"]},
-        "test": ev["test"],
+        "test": {},  # filled by analysis.add_to_models from the stored test probabilities
         "inference": ev["inference"],
         "size_bytes": size_on_disk(run.model_dir(name)),
         "adapter_size_bytes": size_on_disk(run.model_dir(name) / "adapter", ()) if name == "lora" else None,

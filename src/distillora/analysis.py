@@ -1,0 +1,93 @@
+"""From stored probabilities to the numbers a user can trust: test metrics with bootstrap 95%
+intervals, calibration, a validation-tuned threshold reported beside 0.5, per-category results,
+extra test sets, paired significance tests, and the data audit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import stats
+from .audit import audit, findings
+from .evaluate import test_metrics
+
+
+def _probs(p_hate) -> np.ndarray:
+    p = np.asarray(p_hate, dtype=float)
+    return np.stack([1 - p, p], axis=1)
+
+
+def add_to_models(models: list[dict], evaluations: dict, splits, extra: dict, cfg) -> None:
+    labels = splits.test.labels
+    for m in models:
+        ev = evaluations[m["name"]]
+        probs = _probs(ev["probabilities_hate"])
+        pred = probs.argmax(1)
+        test = test_metrics(probs, labels)
+        test["ci95"] = {k: list(stats.bootstrap_ci(labels, pred, k, cfg.bootstrap_resamples, seed=cfg.seed))
+                        for k in ("accuracy", "f1_macro")}
+        m["test"] = test
+        m["calibration"] = {"test": stats.calibration(probs[:, 1], labels)}
+        val_p = np.asarray(ev["validation_probabilities_hate"])
+        m["calibration"]["validation_ece"] = stats.calibration(val_p, splits.validation.labels)["ece"]
+        t = stats.threshold_on_validation(val_p, splits.validation.labels)
+        tuned = _probs(ev["probabilities_hate"])
+        at_t = (tuned[:, 1] > t).astype(int)
+        m["threshold"] = {"value": t, "chosen_on": "validation (macro-F1)",
+                          "test_accuracy": float((at_t == labels).mean()),
+                          "test_f1_macro": float(test_metrics(np.stack([1 - at_t, at_t], 1).astype(float), labels)["f1_macro"])}
+        if splits.test.categories is not None:
+            m["per_category"] = per_category(labels, pred, splits.test.categories)
+        if extra:
+            m["extra_tests"] = {}
+            for name, split in extra.items():
+                p = _probs(ev["extra"][name])
+                r = test_metrics(p, split.labels)
+                r["ci95"] = {"accuracy": list(stats.bootstrap_ci(split.labels, p.argmax(1), "accuracy",
+                                                                 cfg.bootstrap_resamples, seed=cfg.seed))}
+                r["rows"] = len(split)
+                m["extra_tests"][name] = r
+
+
+def per_category(labels: np.ndarray, pred: np.ndarray, categories: list[str]) -> dict:
+    """Accuracy and hate recall per category (rows with an empty category are grouped as `(none)`)."""
+    out = {}
+    cats = np.array([c if c else "(none)" for c in categories])
+    for c in sorted(set(cats.tolist())):
+        m = cats == c
+        pos = m & (labels == 1)
+        out[c] = {"rows": int(m.sum()), "accuracy": float((pred[m] == labels[m]).mean()),
+                  "recall_hate": float((pred[pos] == 1).mean()) if pos.any() else None}
+    return out
+
+
+def comparisons(names: list[str], students: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    if "odd" in names and "even" in names:
+        pairs.append(("odd", "even"))
+    pairs += [(s, "teacher") for s in students if "teacher" in names]
+    if "lora" in names and "baseline" in names:
+        pairs.append(("lora", "baseline"))
+    return pairs
+
+
+def significance(models: list[dict], evaluations: dict, labels: np.ndarray, alpha: float = 0.05) -> list[dict]:
+    """McNemar's exact test on the test split for odd vs even, each student vs the teacher, lora vs
+    baseline."""
+    names = [m["name"] for m in models]
+    preds = {n: (np.asarray(evaluations[n]["probabilities_hate"]) > 0.5).astype(int) for n in names}
+    acc = {m["name"]: m["test"]["accuracy"] for m in models}
+    out = []
+    for a, b in comparisons(names, [n for n in names if n != "teacher"]):
+        r = stats.mcnemar_exact(labels, preds[a], preds[b])
+        r.update({"a": a, "b": b, "accuracy_a": acc[a], "accuracy_b": acc[b], "alpha": alpha,
+                  "significant": r["p_value"] < alpha})
+        out.append(r)
+    return out
+
+
+def run_audit(splits, cfg, tokenizer) -> dict:
+    a = audit({"train": (splits.train.texts, splits.train.labels),
+               "validation": (splits.validation.texts, splits.validation.labels),
+               "test": (splits.test.texts, splits.test.labels)}, cfg.data.label_names, splits.info, tokenizer)
+    a["findings"] = findings(a, cfg.data.label_names)
+    return a
