@@ -112,8 +112,10 @@ def mpnet_dir() -> Path:
     return model_dir
 
 
-def resolve(source: str) -> str:
-    """Return a local directory (bundle or local path) or the Hub id unchanged."""
+def resolve(source: str, allow_pickle: bool = False) -> str:
+    """Return a local directory (bundle or local path) or the Hub id unchanged. A local directory
+    must hold safetensors weights: pickled weights (`.bin`, `.pt`) can run code when loaded, so they
+    are refused unless `allow_pickle`."""
     if source == "minilm-l6":
         return str(minilm_dir())
     if source == "mpnet-base":
@@ -123,6 +125,10 @@ def resolve(source: str) -> str:
         if not (p / "config.json").is_file():
             raise UserError(f"{p}: model directory has no config.json; point to a directory written by "
                             f"save_pretrained, a Hub id, or one of the bundles {', '.join(BUNDLES)}")
+        if not allow_pickle and not any(p.glob("*.safetensors")) and any(p.glob("*.bin")) | any(p.glob("*.pt")):
+            raise UserError(f"{p}: holds only pickled weights (.bin/.pt), which can run code when loaded; "
+                            f"re-save it with save_pretrained (safetensors) where you trust it, or set "
+                            f"teacher.allow_pickle=true if you trust this directory")
         return str(p)
     if source.startswith((".", "/", "~")):
         raise UserError(f"{source}: model directory not found; check the path, or use a Hub id or a bundle "

@@ -62,6 +62,7 @@ class DataConfig:
 @dataclass
 class TeacherConfig:
     source: str = _f("mpnet-base", "Hub id, local Hugging Face directory, or offline bundle (minilm-l6, mpnet-base).")
+    allow_pickle: bool = _f(False, "Load pickled (.bin) teacher weights, which can run code: only for a trusted source.")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=3e-5))
 
 

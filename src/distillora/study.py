@@ -178,7 +178,7 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     out = Path(output)
     resolved = to_dict(cfg)
     splits = load_splits(cfg.data, cfg.seed)          # data errors surface before any file is written
-    source = bundles.resolve(cfg.teacher.source)      # so do missing or tampered bundles
+    source = bundles.resolve(cfg.teacher.source, cfg.teacher.allow_pickle)  # so do tampered bundles, pickles
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
     _check_models(cfg, teacher_config)
     check_disk(out, source)
@@ -204,7 +204,8 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     # ---- teacher
     # what the trained models depend on (not evaluation-only keys such as extra_tests)
     data_fp = {k: v for k, v in resolved["data"].items() if k not in EVALUATION_ONLY_DATA_KEYS}
-    fp_teacher = fingerprint(data_fp, cfg.seed, cfg.selection_metric, resolved["teacher"])
+    teacher_fp = {k: v for k, v in resolved["teacher"].items() if k != "allow_pickle"}  # a permission, not a setting
+    fp_teacher = fingerprint(data_fp, cfg.seed, cfg.selection_metric, teacher_fp)
     trained: dict[str, object] = {}
 
     def train_teacher():

@@ -8,18 +8,18 @@ from ..training import fit
 from . import StageEnv
 
 
-def load_pretrained(source: str, label_names: list[str]):
+def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False):
     """The pretrained encoder with a fresh 2-class head (the head is new by design: it is trained here).
-    Only safetensors weights are read."""
+    Only safetensors weights are read unless `allow_pickle`."""
     return AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=len(label_names), use_safetensors=True,
+        source, num_labels=len(label_names), use_safetensors=None if allow_pickle else True,
         id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
     )
 
 
 def train(env: StageEnv, source: str, fingerprint: str):
     set_seed(env.cfg.seed)
-    model = load_pretrained(source, env.cfg.data.label_names)
+    model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
     return fit(model, env.train, env.validation, env.tokenizer, env.cfg.teacher.train,
                work_dir=env.work_dir("teacher"), log_path=env.log_path("teacher"), stage="teacher",
                seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
