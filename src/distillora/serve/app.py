@@ -73,7 +73,10 @@ def _check_models(p: Predictor, models) -> list[str]:
 
 
 def _json_body() -> dict:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # json's decoder recurses per nesting level; silent=True does not cover this
+        raise BadRequest("the JSON body is nested too deeply; send {\"text\": \"...\"}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object, e.g. {\"text\": \"...\"}, sent as application/json")
     return body
