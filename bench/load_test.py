@@ -39,7 +39,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--max-requests", type=int, default=200_000)
     ap.add_argument("--model", help="model to query (default: the run's best student)")
-    ap.add_argument("--threads", type=int, default=8, help="waitress worker threads")
+    ap.add_argument("--threads", type=int, default=32, help="waitress worker threads (>= clients: a thread waits on the batcher)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args()
     run = Path(a.run).resolve()

@@ -133,3 +133,23 @@ def test_layer_out_of_range_for_teacher_is_a_clear_error(tmp_path, tiny_config, 
 def test_predict_on_unfinished_run(tmp_path, capsys):
     assert main(["predict", "--run", str(tmp_path), "hello"]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+def test_seeds_repeat_every_trainable_stage(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(tiny_config), "--output", str(out), "--quiet", "--seeds", "2",
+                 "data.extra_tests={}", "distill.train.epochs=1"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    for m in r["models"]:
+        assert [x["seed"] for x in m["seeds"]] == [42, 43]
+        assert (out / "models" / f"{m['name']}.seed43" / "model.safetensors").is_file()
+        acc = [x["test"]["accuracy"] for x in m["seeds"]]
+        s = m["seed_summary"]["test_accuracy"]
+        assert s["n"] == 2 and abs(s["mean"] - sum(acc) / 2) < 1e-12
+        assert abs(s["std"] - abs(acc[0] - acc[1]) / 2 ** 0.5) < 1e-12  # sample std of two values
+        assert m["seeds"][0]["test"]["accuracy"] == m["test"]["accuracy"]  # seed 42 is the primary model
+    # the second seed really trained anew (different initial head, different data order)
+    a = json.loads((out / "stages" / "baseline.json").read_text())["train"]["epoch_losses"]
+    b = json.loads((out / "stages" / "baseline.seed43.json").read_text())["train"]["epoch_losses"]
+    assert a != b
+    assert "## Across 2 seeds" in (out / "report.md").read_text()

@@ -48,6 +48,27 @@ def add_to_models(models: list[dict], evaluations: dict, splits, extra: dict, cf
                 m["extra_tests"][name] = r
 
 
+def add_seeds(models: list[dict], seeds: list[int], seed_records: dict, per_seed: dict, splits) -> None:
+    """Per-seed validation and test figures of every model, with their mean and (sample) std."""
+    labels, vlabels = splits.test.labels, splits.validation.labels
+    for m in models:
+        rows = []
+        for seed in seeds:
+            ev, rec = per_seed[seed][m["name"]], seed_records[seed][m["name"]]
+            t = test_metrics(_probs(ev["probabilities_hate"]), labels)
+            v = test_metrics(_probs(ev["validation_probabilities_hate"]), vlabels)
+            rows.append({"seed": seed, "train_loss": rec["train"]["loss"],
+                         "validation": {"accuracy": v["accuracy"], "f1_macro": v["f1_macro"]},
+                         "test": {"accuracy": t["accuracy"], "f1_macro": t["f1_macro"], "recall_hate": t["recall_hate"]}})
+        m["seeds"] = rows
+        summary = {}
+        for split in ("validation", "test"):
+            for k in ("accuracy", "f1_macro"):
+                x = np.array([r[split][k] for r in rows])
+                summary[f"{split}_{k}"] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)), "n": len(x)}
+        m["seed_summary"] = summary
+
+
 def per_category(labels: np.ndarray, pred: np.ndarray, categories: list[str]) -> dict:
     """Accuracy and hate recall per category (rows with an empty category are grouped as `(none)`)."""
     out = {}

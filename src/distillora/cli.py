@@ -15,7 +15,11 @@ def cmd_run(a) -> int:
     from .config import load_config
     from .study import run_study
 
-    cfg = load_config(a.config, a.overrides)
+    overrides = list(a.overrides)
+    if a.seeds:
+        base = load_config(a.config, overrides).seed
+        overrides.append(f"seeds=[{', '.join(str(base + i) for i in range(a.seeds))}]")
+    cfg = load_config(a.config, overrides)
     output = a.output or os.path.join("runs", cfg.name)
     run = run_study(cfg, output, force=a.force, quiet=a.quiet)
     print(f"finished: {run}/report.md")
@@ -95,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="run directory (default: runs/<name>)")
     r.add_argument("--force", action="store_true", help="accept a changed config: redo the stages it affects")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--seeds", type=int, metavar="N", help="train every stage with N seeds (seed, seed+1, ...)")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. teacher.train.epochs=2")
     r.set_defaults(func=cmd_run)
     q = sub.add_parser("predict", help="print JSON predictions from a finished run")

@@ -100,6 +100,8 @@ class BaselineConfig:
 class StudyConfig:
     name: str = _f("study", "A name for the run (shown in the report and the web app).")
     seed: int = _f(42, "Seed for the validation carve, initialisation and data order.")
+    seeds: list[int] = _f([], "Extra training seeds: every trainable stage runs again per seed (same validation "
+                              "carve); results report per-seed figures, mean and std.")
     selection_metric: str = _f("f1_macro", "Validation metric that selects the best epoch: f1_macro or accuracy.")
     bootstrap_resamples: int = _f(1000, "Resamples of the test split for 95% confidence intervals.")
     data: DataConfig = field(default_factory=DataConfig)
@@ -236,6 +238,8 @@ def validate(cfg: StudyConfig) -> list[str]:
         errs.append(f"data.max_length = {d.max_length}: use 8..512 tokens")
     if (d.train_file is None) != (d.test_file is None):
         errs.append("data.train_file and data.test_file: give both or neither")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        errs.append(f"seeds = {cfg.seeds}: each seed may appear once")
     if cfg.bootstrap_resamples < 100:
         errs.append(f"bootstrap_resamples = {cfg.bootstrap_resamples}: use at least 100 (default 1000)")
     for name, path in d.extra_tests.items():

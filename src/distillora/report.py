@@ -89,8 +89,21 @@ def _ci(test: dict, key: str) -> str:
 
 
 def _sections(results: dict) -> list[str]:
-    """Significance, calibration and threshold, per-category, extra test sets, data audit."""
+    """Seeds, significance, calibration and threshold, per-category, extra test sets, data audit."""
     lines = []
+    ms = results["models"]
+    if any(m.get("seed_summary") for m in ms):
+        n = ms[0]["seed_summary"]["test_accuracy"]["n"]
+        lines += [f"## Across {n} seeds", "", "Every trainable stage was repeated per seed (same validation carve). "
+                  "Mean ± sample standard deviation; the intervals in the first table are bootstrap intervals "
+                  "of the primary seed's model.", "",
+                  "| model | validation F1 | test accuracy | test F1 (macro) | per-seed test accuracy |", "|---|---|---|---|---|"]
+        for m in ms:
+            s = m["seed_summary"]
+            f = lambda k: f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"  # noqa: E731
+            per = ", ".join(f"{r['test']['accuracy']:.3f} (seed {r['seed']})" for r in m["seeds"])
+            lines.append(f"| {m['name']} | {f('validation_f1_macro')} | {f('test_accuracy')} | {f('test_f1_macro')} | {per} |")
+        lines.append("")
     sig = results.get("significance") or []
     if sig:
         lines += ["## Are the differences real?", "",
@@ -111,7 +124,6 @@ def _sections(results: dict) -> list[str]:
                 lines.append(f"- `{r['a']}` and `{r['b']}` are not significantly different on this test split "
                              f"(p = {r['p_value']:.3g}): the data does not show one to be better.")
         lines.append("")
-    ms = results["models"]
     if any("calibration" in m for m in ms):
         lines += ["## Calibration and decision threshold", "",
                   "| model | ECE (test) | ECE (validation) | threshold chosen on validation | test accuracy at it | "
@@ -213,8 +225,11 @@ def analysis(results: dict) -> list[str]:
         a, b = students
         d = a["test"]["accuracy"] - b["test"]["accuracy"]
         n = sum(map(sum, a["test"]["confusion"]))
-        out.append(f"- `{a['name']}` minus `{b['name']}` test accuracy: {d:+.3f} ({abs(d) * n:.0f} of {n} examples), from "
-                   f"a single seed; whether that difference is real needs several seeds and a paired test.")
+        sig = next((r for r in results.get("significance") or [] if {r["a"], r["b"]} == {a["name"], b["name"]}), None)
+        verdict = ("" if sig is None else
+                   f"; McNemar's exact test: p = {sig['p_value']:.3g}, "
+                   f"{'a significant' if sig['significant'] else 'not a significant'} difference at 0.05")
+        out.append(f"- `{a['name']}` minus `{b['name']}` test accuracy: {d:+.3f} ({abs(d) * n:.0f} of {n} examples){verdict}.")
     if "lora" in by and "baseline" in by:
         lo, ba = by["lora"], by["baseline"]
         ratio = lo["test"]["accuracy"] / ba["test"]["accuracy"] if ba["test"]["accuracy"] else 0.0

@@ -13,6 +13,7 @@ Run directory:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -197,83 +198,16 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     t0 = time.perf_counter()
     enc = {name: encode(getattr(splits, name), tokenizer, cfg.data.max_length)
            for name in ("train", "validation", "test")}
-    env = StageEnv(cfg, tokenizer, enc["train"], enc["validation"], out, quiet)
-    obj = objectives(cfg)
-    records: dict[str, dict] = {}
-
-    # ---- teacher
-    # what the trained models depend on (not evaluation-only keys such as extra_tests)
-    data_fp = {k: v for k, v in resolved["data"].items() if k not in EVALUATION_ONLY_DATA_KEYS}
-    teacher_fp = {k: v for k, v in resolved["teacher"].items() if k != "allow_pickle"}  # a permission, not a setting
-    fp_teacher = fingerprint(data_fp, cfg.seed, cfg.selection_metric, teacher_fp)
-    trained: dict[str, object] = {}
-
-    def train_teacher():
-        log.info("stage teacher: fine-tuning %s", cfg.teacher.source)
-        model, stats = teacher_stage.train(env, source, fp_teacher)
-        trained["teacher"] = model
-        return model, stats
-
-    records["teacher"] = _run_stage(
-        run, env, "teacher", fp_teacher, train_teacher, lambda model, stats: _save(model, tokenizer, run.model_dir("teacher")),
-        lambda model, stats: {"objective": obj["teacher"],
-                              "teacher_layers": list(range(1, model.config.num_hidden_layers + 1)), "train": stats})
-
-    def get_teacher():
-        if "teacher" not in trained:
-            trained["teacher"] = _load(run.model_dir("teacher"))
-        return trained["teacher"]
-
-    # ---- distilled students (teacher outputs computed once, shared by all of them)
-    cache = {}
-    distill_common = {k: v for k, v in resolved["distill"].items() if k != "students"}
-    for name, layers in cfg.distill.students.items():
-        def train_student(name=name, layers=layers, fp=fingerprint(fp_teacher, distill_common, layers)):
-            t = get_teacher()
-            if not cache:
-                log.info("caching teacher outputs for %d training examples", len(env.train))
-                c0 = time.perf_counter()
-                cache.update(distill_stage.teacher_outputs(t, env.train, tokenizer, with_hidden=cfg.distill.w_cos > 0))
-                log.info("teacher outputs cached in %.1fs", time.perf_counter() - c0)
-            chosen = parse_layers(layers, t.config.num_hidden_layers)
-            log.info("stage %s: distilling teacher layers %s", name, chosen)
-            return distill_stage.train(env, name, t, chosen, cache, fp)
-
-        depth = teacher_config.num_hidden_layers
-        records[name] = _run_stage(
-            run, env, name, fingerprint(fp_teacher, distill_common, layers), train_student,
-            lambda model, stats, name=name: _save(model, tokenizer, run.model_dir(name)),
-            lambda model, stats, layers=layers: {"objective": obj["distill"], "teacher_layers": parse_layers(layers, depth),
-                                                 "train": stats})
-    cache.clear()
-
-    # ---- LoRA student
-    if cfg.lora.enabled:
-        def train_lora(fp=fingerprint(fp_teacher, resolved["lora"])):
-            t = get_teacher()
-            log.info("stage lora: LoRA on teacher layers %s", parse_layers(cfg.lora.layers, t.config.num_hidden_layers))
-            return lora_stage.train(env, t, fp)
-
-        records["lora"] = _run_stage(
-            run, env, "lora", fingerprint(fp_teacher, resolved["lora"]), train_lora,
-            lambda model, stats: write_dir(run.model_dir("lora"), lambda tmp: lora_stage.save(env, model, stats, tmp)),
-            lambda model, stats: {"objective": obj["lora"], "teacher_layers": stats["teacher_layers"],
-                                  "params_trainable": stats["params_trainable"], "train": stats})
-
-    # ---- baseline student
-    if cfg.baseline.enabled:
-        def train_baseline(fp=fingerprint(fp_teacher, resolved["baseline"])):
-            t = get_teacher()
-            log.info("stage baseline: cross-entropy on teacher layers %s",
-                     parse_layers(cfg.baseline.layers, t.config.num_hidden_layers))
-            return baseline_stage.train(env, t, fp)
-
-        records["baseline"] = _run_stage(
-            run, env, "baseline", fingerprint(fp_teacher, resolved["baseline"]), train_baseline,
-            lambda model, stats: _save(model, tokenizer, run.model_dir("baseline")),
-            lambda model, stats: {"objective": obj["baseline"], "train": stats,
-                                  "teacher_layers": parse_layers(cfg.baseline.layers, teacher_config.num_hidden_layers)})
-    trained.clear()
+    seeds = [cfg.seed] + [x for x in cfg.seeds if x != cfg.seed]
+    seed_records: dict[int, dict[str, dict]] = {}
+    for seed in seeds:
+        # The validation carve stays the primary seed's; each seed re-runs every trainable stage.
+        suffix = "" if seed == cfg.seed else f".seed{seed}"
+        if suffix:
+            log.info("seed %d: training every stage again", seed)
+        env = StageEnv(dataclasses.replace(cfg, seed=seed), tokenizer, enc["train"], enc["validation"], out, quiet)
+        seed_records[seed] = _train_models(run, env, source, teacher_config, resolved, suffix)
+    records = seed_records[cfg.seed]
     if not state.is_main_process:
         state.wait_for_everyone()  # the main process evaluates and reports
         return out
@@ -284,23 +218,7 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     extra = {name: load_table(path, cfg.data) for name, path in cfg.data.extra_tests.items()}
     evaluations = {}
     for name, rec in records.items():
-        ev = run.done(name, rec["fingerprint"], ".test")
-        if ev is None or "validation_probabilities_hate" not in ev:
-            log.info("evaluating %s on the test split", name)
-            model = _load(run.model_dir(name))
-            probs, throughput = predict_proba(model, enc["test"], tokenizer)
-            val_probs, _ = predict_proba(model, enc["validation"], tokenizer)
-            total, trainable = count_params(model)
-            ev = run.finish(name, rec["fingerprint"], {
-                "probabilities_hate": [round(float(p), 6) for p in probs[:, 1]],
-                "validation_probabilities_hate": [round(float(p), 6) for p in val_probs[:, 1]],
-                "params_total": total,
-                "params_trainable": rec.get("params_trainable", trainable),
-                "num_layers": model.config.num_hidden_layers,
-                "inference": {"examples_per_s": round(throughput, 1), "batch_size": 128,
-                              "device": str(_device()), "threads": torch.get_num_threads()},
-            }, ".test")
-            del model
+        ev = _evaluate(run, name, rec, enc, tokenizer)
         for set_name, split in extra.items():
             path = Path(cfg.data.extra_tests[set_name])
             fp_extra = fingerprint(rec["fingerprint"], str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
@@ -319,6 +237,11 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
 
     models = [_model_entry(name, rec, evaluations[name], run) for name, rec in records.items()]
     analysis.add_to_models(models, evaluations, splits, extra, cfg)
+    if len(seeds) > 1:
+        per_seed = {seed: {name: _evaluate(run, name + f".seed{seed}", rec, enc, tokenizer)
+                           for name, rec in seed_records[seed].items()} for seed in seeds[1:]}
+        per_seed[cfg.seed] = evaluations
+        analysis.add_seeds(models, seeds, seed_records, per_seed, splits)
     results = {
         "name": cfg.name,
         "dataset": splits.info,
@@ -338,6 +261,90 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     return out
 
 
+def _train_models(run: Run, env: StageEnv, source: str, teacher_config, resolved: dict, suffix: str) -> dict[str, dict]:
+    """Train (or skip, when finished) every stage for `env.cfg.seed`; stage keys are name + `suffix`.
+    Returns each model's stage record, keyed by model name."""
+    cfg, tokenizer = env.cfg, env.tokenizer
+    obj = objectives(cfg)
+    depth = teacher_config.num_hidden_layers
+    records: dict[str, dict] = {}
+    # what the trained models depend on (not evaluation-only keys such as extra_tests)
+    data_fp = {k: v for k, v in resolved["data"].items() if k not in EVALUATION_ONLY_DATA_KEYS}
+    teacher_fp = {k: v for k, v in resolved["teacher"].items() if k != "allow_pickle"}  # a permission, not a setting
+    fp_teacher = fingerprint(data_fp, cfg.seed, cfg.selection_metric, teacher_fp)
+    trained: dict[str, object] = {}
+
+    def save_model(key):
+        return lambda model, stats: _save(model, tokenizer, run.model_dir(key))
+
+    # ---- teacher
+    def train_teacher():
+        log.info("stage teacher%s: fine-tuning %s", suffix, cfg.teacher.source)
+        model, stats = teacher_stage.train(env, source, fp_teacher, "teacher" + suffix)
+        trained["teacher"] = model
+        return model, stats
+
+    records["teacher"] = _run_stage(
+        run, env, "teacher" + suffix, fp_teacher, train_teacher, save_model("teacher" + suffix),
+        lambda model, stats: {"objective": obj["teacher"], "teacher_layers": list(range(1, depth + 1)), "train": stats})
+
+    def get_teacher():
+        if "teacher" not in trained:
+            trained["teacher"] = _load(run.model_dir("teacher" + suffix))
+        return trained["teacher"]
+
+    # ---- distilled students (teacher outputs computed once, shared by all of them)
+    cache = {}
+    distill_common = {k: v for k, v in resolved["distill"].items() if k != "students"}
+    for name, layers in cfg.distill.students.items():
+        chosen = parse_layers(layers, depth)
+        fp = fingerprint(fp_teacher, distill_common, layers)
+
+        def train_student(key=name + suffix, chosen=chosen, fp=fp):
+            t = get_teacher()
+            if not cache:
+                log.info("caching teacher outputs for %d training examples", len(env.train))
+                c0 = time.perf_counter()
+                cache.update(distill_stage.teacher_outputs(t, env.train, tokenizer, with_hidden=cfg.distill.w_cos > 0))
+                log.info("teacher outputs cached in %.1fs", time.perf_counter() - c0)
+            log.info("stage %s: distilling teacher layers %s", key, chosen)
+            return distill_stage.train(env, key, t, chosen, cache, fp)
+
+        records[name] = _run_stage(
+            run, env, name + suffix, fp, train_student, save_model(name + suffix),
+            lambda model, stats, chosen=chosen: {"objective": obj["distill"], "teacher_layers": chosen, "train": stats})
+    cache.clear()
+
+    # ---- LoRA student
+    if cfg.lora.enabled:
+        fp = fingerprint(fp_teacher, resolved["lora"])
+
+        def train_lora():
+            log.info("stage lora%s: LoRA on teacher layers %s", suffix, parse_layers(cfg.lora.layers, depth))
+            return lora_stage.train(env, get_teacher(), fp, "lora" + suffix)
+
+        records["lora"] = _run_stage(
+            run, env, "lora" + suffix, fp, train_lora,
+            lambda model, stats: write_dir(run.model_dir("lora" + suffix),
+                                           lambda tmp: lora_stage.save(env, model, stats, tmp)),
+            lambda model, stats: {"objective": obj["lora"], "teacher_layers": stats["teacher_layers"],
+                                  "params_trainable": stats["params_trainable"], "train": stats})
+
+    # ---- baseline student
+    if cfg.baseline.enabled:
+        fp = fingerprint(fp_teacher, resolved["baseline"])
+        chosen = parse_layers(cfg.baseline.layers, depth)
+
+        def train_baseline():
+            log.info("stage baseline%s: cross-entropy on teacher layers %s", suffix, chosen)
+            return baseline_stage.train(env, get_teacher(), fp, "baseline" + suffix)
+
+        records["baseline"] = _run_stage(
+            run, env, "baseline" + suffix, fp, train_baseline, save_model("baseline" + suffix),
+            lambda model, stats: {"objective": obj["baseline"], "teacher_layers": chosen, "train": stats})
+    return records
+
+
 def _run_stage(run: Run, env: StageEnv, name: str, fp: str, train, save, describe) -> dict:
     """Skip a stage finished with fingerprint `fp`; otherwise train it (on every process, when
     data-parallel), then save and mark it finished on the main process only."""
@@ -353,6 +360,28 @@ def _run_stage(run: Run, env: StageEnv, name: str, fp: str, train, save, describ
         shutil.rmtree(env.work_dir(name), ignore_errors=True)
     state.wait_for_everyone()
     return read_json(run.marker(name))
+
+
+def _evaluate(run: Run, key: str, rec: dict, enc: dict, tokenizer) -> dict:
+    """Test and validation probabilities of the saved model `key` (reloaded from disk), computed once
+    per trained model and kept in stages/<key>.test.json."""
+    ev = run.done(key, rec["fingerprint"], ".test")
+    if ev is not None and "validation_probabilities_hate" in ev:
+        return ev
+    log.info("evaluating %s on the test split", key)
+    model = _load(run.model_dir(key))
+    probs, throughput = predict_proba(model, enc["test"], tokenizer)
+    val_probs, _ = predict_proba(model, enc["validation"], tokenizer)
+    total, trainable = count_params(model)
+    return run.finish(key, rec["fingerprint"], {
+        "probabilities_hate": [round(float(p), 6) for p in probs[:, 1]],
+        "validation_probabilities_hate": [round(float(p), 6) for p in val_probs[:, 1]],
+        "params_total": total,
+        "params_trainable": rec.get("params_trainable", trainable),
+        "num_layers": model.config.num_hidden_layers,
+        "inference": {"examples_per_s": round(throughput, 1), "batch_size": 128,
+                      "device": str(_device()), "threads": torch.get_num_threads()},
+    }, ".test")
 
 
 def _model_entry(name: str, rec: dict, ev: dict, run: Run) -> dict:

@@ -5,10 +5,12 @@ Thread safety: torch inference on shared weights is safe, but a fast tokenizer o
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +21,46 @@ from ..export import load_for_inference, served_method
 from ..predict import finished_run, max_length
 
 
+class Batcher:
+    """Coalesces concurrent requests for one model into one forward pass: a worker thread takes the
+    first waiting request, gathers whatever else arrives within `max_wait_s` (up to `max_texts`), runs
+    them together and hands each caller its rows. Under load, one batched pass costs far less than
+    many single ones, and the cores are not oversubscribed by parallel forwards."""
+
+    def __init__(self, run_batch, max_texts: int = 64, max_wait_s: float = 0.002):
+        self.run_batch, self.max_texts, self.max_wait_s = run_batch, max_texts, max_wait_s
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def submit(self, texts: list[str]) -> Future:
+        fut: Future = Future()
+        self.queue.put((texts, fut))
+        return fut
+
+    def _loop(self):
+        while True:
+            jobs = [self.queue.get()]
+            size = len(jobs[0][0])
+            deadline = time.perf_counter() + self.max_wait_s
+            while size < self.max_texts:
+                try:
+                    job = self.queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                jobs.append(job)
+                size += len(job[0])
+            try:
+                probs = self.run_batch([t for texts, _ in jobs for t in texts])
+            except Exception as e:  # hand the failure to every caller of this batch
+                for _, fut in jobs:
+                    fut.set_exception(e)
+                continue
+            i = 0
+            for texts, fut in jobs:
+                fut.set_result(probs[i:i + len(texts)])
+                i += len(texts)
+
+
 @dataclass
 class Loaded:
     name: str
@@ -26,6 +68,7 @@ class Loaded:
     tokenizer: object
     lock: threading.Lock
     method: str  # fp32, or the export that passed (see distillora.export)
+    batcher: Batcher | None = field(default=None)
 
 
 class Predictor:
@@ -39,8 +82,10 @@ class Predictor:
         for m in self.results["models"]:
             path = self.run_dir / m["path"]
             method = served_method(self.run_dir, m["name"])
-            self.models[m["name"]] = Loaded(m["name"], load_for_inference(path, method),
-                                            AutoTokenizer.from_pretrained(str(path)), threading.Lock(), method)
+            loaded = Loaded(m["name"], load_for_inference(path, method), AutoTokenizer.from_pretrained(str(path)),
+                            threading.Lock(), method)
+            loaded.batcher = Batcher(lambda texts, name=m["name"]: self._forward(name, texts))
+            self.models[m["name"]] = loaded
 
     @property
     def name(self) -> str:
@@ -57,15 +102,22 @@ class Predictor:
         return out
 
     @torch.inference_mode()
-    def probabilities(self, name: str, texts: list[str]) -> tuple[list[list[float]], float]:
-        """(per-text class probabilities, milliseconds for the whole batch)."""
+    def _forward(self, name: str, texts: list[str]) -> list[list[float]]:
         m = self.models[name]
         with m.lock:
-            start = time.perf_counter()
             batch = m.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
-            probs = torch.softmax(m.model(**batch).logits.float(), -1).tolist()
-            ms = (time.perf_counter() - start) * 1000
-        return probs, ms
+            return torch.softmax(m.model(**batch).logits.float(), -1).tolist()
+
+    def probabilities(self, name: str, texts: list[str]) -> tuple[list[list[float]], float]:
+        """(per-text class probabilities, milliseconds from request to answer, queueing included).
+        Requests of up to 64 texts go through the model's batcher; larger ones run directly."""
+        start = time.perf_counter()
+        m = self.models[name]
+        if len(texts) <= 64 and m.batcher is not None:
+            probs = m.batcher.submit(texts).result()
+        else:
+            probs = self._forward(name, texts)
+        return probs, (time.perf_counter() - start) * 1000
 
     def predict(self, texts: list[str], models: list[str]) -> list[dict]:
         per_model = {name: self.probabilities(name, texts) for name in models}

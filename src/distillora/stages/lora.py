@@ -21,14 +21,14 @@ from . import StageEnv
 MERGE_TOLERANCE = 1e-4
 
 
-def train(env: StageEnv, teacher, fingerprint: str):
+def train(env: StageEnv, teacher, fingerprint: str, key: str = "lora"):
     c = env.cfg.lora
     set_seed(env.cfg.seed)
     student = build_student(teacher, c.layers)
     model = lora.wrap(student, c.r, c.alpha, c.dropout, c.target_modules)
     total, trainable = count_params(model)
     model, stats = fit(model, env.train, env.validation, env.tokenizer, c.train,
-                       work_dir=env.work_dir("lora"), log_path=env.log_path("lora"), stage="lora",
+                       work_dir=env.work_dir(key), log_path=env.log_path(key), stage=key,
                        seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
                fingerprint=fingerprint)
     stats["params_trainable"] = trainable
