@@ -104,6 +104,16 @@ def _sections(results: dict) -> list[str]:
             per = ", ".join(f"{r['test']['accuracy']:.3f} (seed {r['seed']})" for r in m["seeds"])
             lines.append(f"| {m['name']} | {f('validation_f1_macro')} | {f('test_accuracy')} | {f('test_f1_macro')} | {per} |")
         lines.append("")
+        by = {m["name"]: m for m in ms}
+        for r in results.get("significance") or []:
+            a, b = by[r["a"]]["seeds"], by[r["b"]]["seeds"]
+            d = [x["test"]["accuracy"] - y["test"]["accuracy"] for x, y in zip(a, b)]
+            consistent = all(v > 0 for v in d) or all(v < 0 for v in d)
+            lines.append(f"- `{r['a']}` − `{r['b']}` test accuracy per seed: {', '.join(f'{v:+.3f}' for v in d)}: " +
+                         ("the same sign for every seed." if consistent else
+                          "the sign changes across seeds, so the McNemar verdict below (one seed, the primary) "
+                          "speaks about those two trained models, not about the method."))
+        lines.append("")
     sig = results.get("significance") or []
     if sig:
         lines += ["## Are the differences real?", "",
