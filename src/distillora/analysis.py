@@ -5,6 +5,7 @@ extra test sets, paired significance tests, and the data audit."""
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import f1_score
 
 from . import stats
 from .audit import audit, findings
@@ -30,11 +31,10 @@ def add_to_models(models: list[dict], evaluations: dict, splits, extra: dict, cf
         val_p = np.asarray(ev["validation_probabilities_hate"])
         m["calibration"]["validation_ece"] = stats.calibration(val_p, splits.validation.labels)["ece"]
         t = stats.threshold_on_validation(val_p, splits.validation.labels)
-        tuned = _probs(ev["probabilities_hate"])
-        at_t = (tuned[:, 1] > t).astype(int)
+        at_t = (probs[:, 1] > t).astype(int)
         m["threshold"] = {"value": t, "chosen_on": "validation (macro-F1)",
                           "test_accuracy": float((at_t == labels).mean()),
-                          "test_f1_macro": float(test_metrics(np.stack([1 - at_t, at_t], 1).astype(float), labels)["f1_macro"])}
+                          "test_f1_macro": float(f1_score(labels, at_t, average="macro", zero_division=0))}
         if splits.test.categories is not None:
             m["per_category"] = per_category(labels, pred, splits.test.categories)
         if extra:

@@ -265,3 +265,15 @@ class Collator:
                 out[i, : h.shape[0]] = h
             batch["teacher_hidden"] = out
         return batch
+
+
+def length_sorted_batches(encoded: Encoded, tokenizer: PreTrainedTokenizerBase, batch_size: int, device):
+    """Yield (indices, batch on `device`) over `encoded` in order of length, so padding stays small;
+    only the model inputs are collated (no labels, no cached teacher outputs)."""
+    order = np.argsort(encoded.lengths(), kind="stable")
+    collate = Collator(tokenizer)
+    for i in range(0, len(order), batch_size):
+        idx = order[i: i + batch_size]
+        batch = collate([{k: v for k, v in encoded[j].items() if k != "labels" and not k.startswith("teacher_")}
+                         for j in idx])
+        yield idx, {k: v.to(device) for k, v in batch.items()}

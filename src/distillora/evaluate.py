@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from .data import Collator, Encoded
+from .data import Encoded, length_sorted_batches
 
 
 @torch.inference_mode()
@@ -17,16 +17,9 @@ def predict_proba(model, encoded: Encoded, tokenizer, batch_size: int = 128) -> 
     """Class probabilities (N, C) in the original order, and examples/s of the pass.
     Batches are formed from length-sorted examples so padding stays small."""
     model.eval()
-    device = next(model.parameters()).device
-    order = np.argsort(encoded.lengths(), kind="stable")
-    collate = Collator(tokenizer)
     out = np.zeros((len(encoded), model.config.num_labels), dtype=np.float64)
     start = time.perf_counter()
-    for i in range(0, len(order), batch_size):
-        idx = order[i: i + batch_size]
-        batch = collate([{k: v for k, v in encoded[j].items() if k != "labels" and not k.startswith("teacher_")}
-                         for j in idx])
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for idx, batch in length_sorted_batches(encoded, tokenizer, batch_size, next(model.parameters()).device):
         logits = model(**batch).logits.float()
         out[idx] = torch.softmax(logits, -1).cpu().numpy()
     seconds = time.perf_counter() - start

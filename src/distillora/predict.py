@@ -42,8 +42,13 @@ def load_model(run_dir: str | Path, name: str | None = None):
 
 
 @torch.inference_mode()
-def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
+def probabilities(model, tokenizer, texts: list[str], max_length: int = 128) -> list[list[float]]:
+    """Class probabilities per text: the one tokenise-and-forward path of `predict` and the web app."""
     batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    probs = torch.softmax(model(**batch).logits.float(), -1).tolist()
+    return torch.softmax(model(**batch).logits.float(), -1).tolist()
+
+
+def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
+    probs = probabilities(model, tokenizer, texts, max_length)
     return [{"text": t, "label": label_names[max(range(len(p)), key=p.__getitem__)],
              "probabilities": {n: round(x, 6) for n, x in zip(label_names, p)}} for t, p in zip(texts, probs)]

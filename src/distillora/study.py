@@ -126,15 +126,13 @@ def _load_source(name: str, source: str):
 def _check_models(cfg: StudyConfig, teacher_config) -> None:
     """Every layer list against the teacher's depth, and the LoRA targets against its architecture,
     before anything is trained or written."""
-    from transformers import AutoModelForSequenceClassification as Auto
-
     depth = teacher_config.num_hidden_layers
     errors = []
     if cfg.lora.enabled:
         from . import lora
 
         with torch.device("meta"):  # structure only: no weights are allocated
-            skeleton = Auto.from_config(teacher_config)
+            skeleton = AutoModelForSequenceClassification.from_config(teacher_config)
         try:
             lora.target_modules(skeleton, cfg.lora.target_modules)
             lora.head_modules(skeleton)

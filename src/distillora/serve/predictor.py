@@ -13,12 +13,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer
 
 from ..export import load_for_inference, served_method
 
-from ..predict import finished_run, max_length
+from ..predict import finished_run, max_length, probabilities
 
 
 class Batcher:
@@ -101,12 +100,10 @@ class Predictor:
                         "test": {k: v for k, v in m["test"].items()}})
         return out
 
-    @torch.inference_mode()
     def _forward(self, name: str, texts: list[str]) -> list[list[float]]:
         m = self.models[name]
         with m.lock:
-            batch = m.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
-            return torch.softmax(m.model(**batch).logits.float(), -1).tolist()
+            return probabilities(m.model, m.tokenizer, texts, self.max_length)
 
     def probabilities(self, name: str, texts: list[str]) -> tuple[list[list[float]], float]:
         """(per-text class probabilities, milliseconds from request to answer, queueing included).

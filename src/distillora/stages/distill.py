@@ -5,11 +5,10 @@ so they do not change) and reused across epochs and across every student."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from transformers import set_seed
 
-from ..data import Collator, Encoded
+from ..data import Encoded, length_sorted_batches
 from ..students import build_student
 from ..training import fit
 from . import StageEnv
@@ -21,14 +20,8 @@ def teacher_outputs(teacher, encoded: Encoded, tokenizer, with_hidden: bool, bat
     Hidden states are stored unpadded and in float16 (the cosine loss is scale-free, and fp16 halves
     the cache: about 5k tweets x 25 tokens x 768 x 2 bytes = 0.2 GB for MPNet-base)."""
     teacher.eval()
-    device = next(teacher.parameters()).device
-    order = np.argsort(encoded.lengths(), kind="stable")
-    collate = Collator(tokenizer)
     logits, hidden = [None] * len(encoded), [None] * len(encoded)
-    for i in range(0, len(order), batch_size):
-        idx = order[i: i + batch_size]
-        batch = collate([{k: v for k, v in encoded[j].items() if k != "labels"} for j in idx])
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for idx, batch in length_sorted_batches(encoded, tokenizer, batch_size, next(teacher.parameters()).device):
         out = teacher(**batch, output_hidden_states=with_hidden)
         lg = out.logits.float().cpu()
         hs = out.hidden_states[-1].to(torch.float16).cpu() if with_hidden else None
