@@ -1,0 +1,152 @@
+"""Where a training step's time goes: runs a few steps of the project's own distillation pipeline
+(the DistillTrainer, its collator, length-grouped batches and optimizer) under torch.profiler and
+prints the share of self CPU time per kind of work, with the matmul kernels' own FLOP rate against
+this machine's fp32 matmul rate measured in the same run.
+
+usage: python bench/profile_step.py [--teacher runs/seed/models/teacher] [--steps 12] [--rows 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from study_wall import matmul_rate  # noqa: E402
+
+# First match wins: the op's name (aten:: or a torch.autograd backward node) → kind of work.
+KINDS = [
+    ("matmul", r"aten::(addmm|mm|bmm|matmul|linear|_addmm_activation|baddbmm)$"),
+    ("optimizer", r"(adam|Optimizer|_foreach|_fused)"),
+    ("attention", r"(softmax|_softmax|scaled_dot_product|_efficient_attention|_flash_attention)"),
+    ("layernorm", r"layer_norm"),
+    ("gelu", r"gelu"),
+    ("dropout", r"(dropout|bernoulli|native_dropout)"),
+    ("embedding", r"(embedding|index_select|index_add|scatter|gather)"),
+    ("copy/layout", r"aten::(copy_|to|_to_copy|contiguous|clone|cat|stack|t|transpose|view|reshape|permute|"
+                    r"expand|as_strided|empty|empty_like|zeros|zero_|fill_|ones|new_zeros|slice|select|unsqueeze)$"),
+    ("elementwise", r"aten::(add|add_|mul|mul_|div|div_|sub|rsub|sum|mean|pow|sqrt|exp|log|where|masked_fill|"
+                    r"tanh|neg|abs|clamp|max|min|argmax|cumsum|ne|eq|gt|lt|ge|le|sign|log_softmax|"
+                    r"_log_softmax|nll_loss|.*_backward)"),
+]
+
+
+def kind(name: str) -> str:
+    for k, pat in KINDS:
+        if re.search(pat, name):
+            return k
+    return "other"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--teacher", default=str(REPO / "runs" / "seed" / "models" / "teacher"),
+                    help="a fine-tuned teacher directory (the seed run's) or a bundle name such as mpnet-base")
+    ap.add_argument("--layers", default="odd")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    a = ap.parse_args()
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distillora.bundles import resolve
+    from distillora.config import DataConfig, DistillConfig, TrainConfig
+    from distillora.data import Collator, encode, load_splits
+    from distillora.stages.distill import teacher_outputs
+    from distillora.students import build_student
+    from distillora.training import DistillTrainer, training_args
+
+    torch.manual_seed(0)
+    source = resolve(a.teacher) if not Path(a.teacher).is_dir() else a.teacher
+    tok = AutoTokenizer.from_pretrained(source)
+    teacher = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+    splits = load_splits(DataConfig(source=str(REPO.parent / "shared" / "data" / "hate_speech_twitter")), 42)
+    train = splits.train
+    train = type(train)(train.texts[: a.rows], train.labels[: a.rows])  # a slice: the step is what is timed
+    enc = encode(train, tok, 128)
+    distill = DistillConfig()
+    cache = teacher_outputs(teacher, enc, tok, with_hidden=distill.w_cos > 0)
+    student = build_student(teacher, a.layers)
+    del teacher
+    tc = TrainConfig(epochs=1, batch_size=a.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = training_args(tc, Path(tmp), 42, "f1_macro", quiet=True)
+        trainer = DistillTrainer(model=student, args=args, train_dataset=enc.with_fields(**cache), eval_dataset=enc,
+                                 data_collator=Collator(tok), processing_class=tok, distill=distill)
+        trainer.create_optimizer_and_scheduler(num_training_steps=a.steps + a.warmup)
+        batches = list(trainer.get_train_dataloader())[: a.steps + a.warmup]
+        opt, sched = trainer.optimizer, trainer.lr_scheduler
+        student.train()
+        trainer.current_gradient_accumulation_steps = 1  # normally set by the Trainer's own loop
+
+        def step(b):
+            trainer.training_step(student, dict(b))
+            torch.nn.utils.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+            opt.step()
+            sched.step()
+            student.zero_grad(set_to_none=True)
+
+        for b in batches[: a.warmup]:
+            step(b)
+        peak = matmul_rate()
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches[a.warmup:])
+        padded = sum(b["attention_mask"].numel() for b in batches[a.warmup:])
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=False, with_flops=True) as prof:
+            for b in batches[a.warmup:]:
+                step(b)
+        wall = time.perf_counter() - start
+
+    by_kind, flops_by_kind, top = defaultdict(float), defaultdict(float), defaultdict(float)
+    for e in prof.key_averages():
+        k = kind(e.key)
+        by_kind[k] += e.self_cpu_time_total / 1e6
+        flops_by_kind[k] += e.flops or 0
+        top[e.key] += e.self_cpu_time_total / 1e6
+    total = sum(by_kind.values())
+    params = sum(p.numel() for n, p in student.named_parameters() if "embeddings" not in n)
+    useful = 6 * params * tokens
+    print(f"student {a.layers} of {a.teacher}: {a.steps} steps of batch {a.batch_size}, {tokens} real tokens "
+          f"({100 * tokens / padded:.0f}% of padded), {wall:.2f} s wall under the profiler "
+          f"({wall / a.steps:.3f} s/step)")
+    print(f"fp32 matmul peak (2048^2, this run): {peak / 1e9:.1f} GFLOP/s; useful 6PT FLOP/s: "
+          f"{useful / wall / 1e9:.1f} G = {100 * useful / wall / peak:.0f}% of peak")
+    print("| kind of work | self CPU s | share | GFLOP/s of its own ops |")
+    print("|---|---|---|---|")
+    for k, s in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        rate = f"{flops_by_kind[k] / s / 1e9:.1f}" if flops_by_kind[k] and s else ""
+        print(f"| {k} | {s:.2f} | {100 * s / total:.1f}% | {rate} |")
+    print("\ntop ops by self CPU time:")
+    for name, s in sorted(top.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"  {s:7.3f} s  {100 * s / total:5.1f}%  {name}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile_step.json").write_text(json.dumps({
+        "teacher": a.teacher, "layers": a.layers, "steps": a.steps, "batch_size": a.batch_size,
+        "real_tokens": tokens, "padded_tokens": padded, "wall_seconds": wall, "matmul_peak_flops_per_s": peak,
+        "useful_flops_per_s": useful / wall, "self_cpu_seconds_by_kind": by_kind,
+        "flops_by_kind": flops_by_kind, "top_ops": dict(sorted(top.items(), key=lambda kv: -kv[1])[:30]),
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
