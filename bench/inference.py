@@ -1,5 +1,5 @@
-"""Inference speed of every model of a finished run, fp32 and int8-dynamic, side by side in one
-process: batch 1 (single-sentence latency) and batch 32 (throughput), p50/p95, ratios to the fp32
+"""Inference speed of every model of a finished run, fp32 and every export candidate (int8-dynamic,
+bf16), side by side in one process: batch 1 (single-sentence latency) and batch 32 (throughput), p50/p95, ratios to the fp32
 teacher. Sentences are the run's test split in its original order; warm-up before timing.
 
 usage: python bench/inference.py --run runs/quick [--sentences 200] [--out bench/results]
@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from distillora.export import _splits, load_for_inference  # noqa: E402
+from distillora.export import METHODS, _splits, load_for_inference  # noqa: E402
 from distillora.predict import finished_run, max_length  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main() -> int:
     rows = []
     for m in results["models"]:
         tok = AutoTokenizer.from_pretrained(str(run / m["path"]))
-        for method in ("fp32", "int8-dynamic"):
+        for method in ("fp32", *METHODS):
             model = load_for_inference(run / m["path"], method)
             row = {"model": m["name"], "method": method, "params": m["params_total"]}
             for bs in (1, 32):

@@ -1,19 +1,29 @@
 import json
 
-from distillora.export import export_run, served_method
+import pytest
+import torch
+
+from conftest import tiny_bert, tiny_mpnet
+from distillora.export import METHODS, PackedLinear, _choose, convert, export_run, served_method
 
 
 def test_export_measures_gates_and_follows_the_model(tiny_run):
     out = export_run(tiny_run, ["odd", "even"])
     assert set(out["models"]) == {"odd", "even"}
     for e in out["models"].values():
-        for split in ("validation", "test"):
-            assert 0 <= e[split]["int8_accuracy"] <= 1 and abs(e[split]["drop"]) <= 1
-        assert e["serve"] in ("fp32", "int8-dynamic") and e["reason"]
-        assert e["passed"] == (max(e["validation"]["drop"], e["test"]["drop"]) <= 0.005)
+        assert set(e["candidates"]) == set(METHODS) and set(e["speed"]) == {"fp32", *METHODS}
+        for c in e["candidates"].values():
+            for split in ("validation", "test"):
+                assert 0 <= c[split]["accuracy"] <= 1 and abs(c[split]["drop"]) <= 1
+            assert c["passed"] == (max(c["validation"]["drop"], c["test"]["drop"]) <= 0.005)
+        for s in e["speed"].values():
+            assert s["p50_ms_b1"] > 0 and s["examples_per_s_b32"] > 0
+        assert e["serve"] in ("fp32", *METHODS) and e["reason"]
+        if e["serve"] != "fp32":
+            assert e["candidates"][e["serve"]]["passed"]
     assert served_method(tiny_run, "odd") == out["models"]["odd"]["serve"]
     # a second export of other models keeps the first entries
-    export_run(tiny_run, ["lora"])
+    export_run(tiny_run, ["lora"], methods=("bf16",))
     saved = json.loads((tiny_run / "exports.json").read_text())["models"]
     assert set(saved) == {"odd", "even", "lora"}
     # once the model is retrained (new stage fingerprint), the old export is not served
@@ -22,3 +32,37 @@ def test_export_measures_gates_and_follows_the_model(tiny_run):
     (tiny_run / "exports.json").write_text(json.dumps({"models": saved}))
     assert served_method(tiny_run, "odd") == "fp32"
     (tiny_run / "exports.json").unlink()
+
+
+def _entry(drops: dict, b1: dict, b32: dict) -> dict:
+    return {"candidates": {m: {"worst_drop": d, "passed": d <= 0.005} for m, d in drops.items()},
+            "speed": {m: {"p50_ms_b1": b1[m], "examples_per_s_b32": b32[m]} for m in b1}}
+
+
+def test_choice_is_the_fastest_copy_that_passes_and_beats_fp32():
+    b32 = {"fp32": 100, "int8-dynamic": 350, "bf16": 400}
+    # the fastest single-sentence copy fails the accuracy gate: the next one is served
+    e = _entry({"int8-dynamic": 0.07, "bf16": 0.0}, {"fp32": 20, "int8-dynamic": 7, "bf16": 9}, b32)
+    assert _choose(e)[0] == "bf16"
+    e = _entry({"int8-dynamic": 0.0, "bf16": 0.0}, {"fp32": 20, "int8-dynamic": 7, "bf16": 9}, b32)
+    assert _choose(e)[0] == "int8-dynamic"
+    # a copy slower than fp32 at either batch size is not served, and the reason says so
+    e = _entry({"int8-dynamic": 0.07, "bf16": 0.0}, {"fp32": 20, "int8-dynamic": 7, "bf16": 25}, b32)
+    method, reason = _choose(e)
+    assert method == "fp32" and "bf16 is not faster" in reason and "int8-dynamic loses 7.0" in reason
+
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_mpnet])
+def test_bf16_copy_matches_fp32_and_leaves_it_alone(make):
+    model = make(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy_ = convert(model, "bf16")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the original is untouched
+    assert any(isinstance(m, PackedLinear) for m in copy_.modules()) or not torch.backends.mkldnn.is_available()
+    ids = torch.randint(5, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.inference_mode():
+        ref = torch.softmax(model(input_ids=ids, attention_mask=mask).logits, -1)
+        got = torch.softmax(copy_(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    assert (ref - got).abs().max() < 0.02  # bf16 keeps about 3 significant digits

@@ -68,12 +68,16 @@ def cmd_export(a) -> int:
     from .export import export_run
 
     out = export_run(a.run, a.models or None)
-    print("model      | test acc fp32 -> int8 | val acc fp32 -> int8 | ex/s b32 fp32 -> int8 | served")
+    print("model      | copy         | val acc | test acc | 1 sentence p50 | batch 32 ex/s | passed")
     for name, e in out["models"].items():
-        t, v, x = e["test"], e["validation"], e["examples_per_s_b32"]
-        print(f"{name:10s} | {t['fp32_accuracy']:.3f} -> {t['int8_accuracy']:.3f}        | "
-              f"{v['fp32_accuracy']:.3f} -> {v['int8_accuracy']:.3f}       | {x['fp32']:6.0f} -> {x['int8-dynamic']:6.0f}"
-              f"        | {e['serve']} ({e['reason']})")
+        rows = [("fp32", e["fp32_accuracy"]["validation"], e["fp32_accuracy"]["test"], "")]
+        rows += [(m, c["validation"]["accuracy"], c["test"]["accuracy"], "yes" if c["passed"] else "no")
+                 for m, c in e["candidates"].items()]
+        for method, val, test, passed in rows:
+            s = e["speed"][method]
+            print(f"{name:10s} | {method:12s} | {val:.3f}   | {test:.3f}    | {s['p50_ms_b1']:8.1f} ms    | "
+                  f"{s['examples_per_s_b32']:9.0f}     | {passed}")
+        print(f"{name:10s} | served: {e['serve']} ({e['reason']})")
     print(f"written: {a.run}/exports.json")
     return 0
 
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", help="also write the audit as JSON to this file")
     d.add_argument("overrides", nargs="*", metavar="key=value")
     d.set_defaults(func=cmd_audit)
-    e = sub.add_parser("export", help="optimised inference copies (int8), re-measured on test; picks what to serve")
+    e = sub.add_parser("export", help="optimised inference copies (int8, bf16), re-measured on validation and test; picks what to serve")
     e.add_argument("--run", required=True, help="finished run directory")
     e.add_argument("--models", nargs="*", help="only these models (default: all)")
     e.set_defaults(func=cmd_export)
