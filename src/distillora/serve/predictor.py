@@ -22,12 +22,14 @@ from ..predict import finished_run, max_length, probabilities
 
 class Batcher:
     """Coalesces concurrent requests for one model into one forward pass: a worker thread takes the
-    first waiting request, gathers whatever else arrives within `max_wait_s` (up to `max_texts`), runs
-    them together and hands each caller its rows. Under load, one batched pass costs far less than
-    many single ones, and the cores are not oversubscribed by parallel forwards."""
+    first waiting request together with every request already queued behind it (up to `max_texts`),
+    runs them as one batch and hands each caller its rows. It never waits for company: a lone request
+    goes straight through, and under load the requests that arrive during one forward pass form the
+    next batch. One batched pass costs far less than many single ones, and the cores are not
+    oversubscribed by parallel forwards."""
 
-    def __init__(self, run_batch, max_texts: int = 64, max_wait_s: float = 0.002):
-        self.run_batch, self.max_texts, self.max_wait_s = run_batch, max_texts, max_wait_s
+    def __init__(self, run_batch, max_texts: int = 64):
+        self.run_batch, self.max_texts = run_batch, max_texts
         self.queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._loop, daemon=True).start()
 
@@ -40,10 +42,9 @@ class Batcher:
         while True:
             jobs = [self.queue.get()]
             size = len(jobs[0][0])
-            deadline = time.perf_counter() + self.max_wait_s
             while size < self.max_texts:
                 try:
-                    job = self.queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    job = self.queue.get_nowait()
                 except queue.Empty:
                     break
                 jobs.append(job)
