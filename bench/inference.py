@@ -22,14 +22,13 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from distillora.export import METHODS, _splits, load_for_inference  # noqa: E402
-from distillora.predict import finished_run, max_length  # noqa: E402
+from distillora.predict import finished_run, max_length, probabilities  # noqa: E402
 
 
 @torch.inference_mode()
 def measure(model, tok, texts, batch_size, limit) -> dict:
-    def run(batch):
-        enc = tok(batch, truncation=True, max_length=limit, padding=True, return_tensors="pt")
-        model(**enc)
+    def run(batch):  # the tokenise-and-forward path `predict` and the web app use
+        probabilities(model, tok, batch, limit)
 
     for i in range(3):
         run(texts[i * batch_size:(i + 1) * batch_size] or texts[:batch_size])
@@ -48,6 +47,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True)
     ap.add_argument("--sentences", type=int, default=320)
+    ap.add_argument("--models", nargs="*", help="only these models (the fp32 teacher is always measured: ratios need it)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args()
     run = Path(a.run)
@@ -57,8 +57,11 @@ def main() -> int:
     limit = max_length(run)
     rows = []
     for m in results["models"]:
+        if a.models and m["name"] not in a.models and m["name"] != "teacher":
+            continue
         tok = AutoTokenizer.from_pretrained(str(run / m["path"]))
-        for method in ("fp32", *METHODS):
+        wanted = ("fp32", *METHODS) if not a.models or m["name"] in a.models else ("fp32",)
+        for method in wanted:
             model = load_for_inference(run / m["path"], method)
             row = {"model": m["name"], "method": method, "params": m["params_total"]}
             for bs in (1, 32):

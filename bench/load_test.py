@@ -111,7 +111,7 @@ def main() -> int:
     print(f"\nmodel {model} of {run}, waitress {a.threads} threads, loopback only")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "load_test.json").write_text(json.dumps(result, indent=2))
+    (out / f"load_test_{a.clients}clients.json").write_text(json.dumps(result, indent=2))
     return 0 if not errors else 1
 
 

@@ -66,3 +66,13 @@ def test_bf16_copy_matches_fp32_and_leaves_it_alone(make):
         ref = torch.softmax(model(input_ids=ids, attention_mask=mask).logits, -1)
         got = torch.softmax(copy_(input_ids=ids, attention_mask=mask).logits.float(), -1)
     assert (ref - got).abs().max() < 0.02  # bf16 keeps about 3 significant digits
+
+
+def test_single_sentence_without_mask_matches_the_padded_batch(minilm_tokenizer):
+    from distillora.predict import probabilities
+
+    model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+    texts = ["a short one", "a much longer sentence that forces padding onto the short one"]
+    batch = probabilities(model, minilm_tokenizer, texts)
+    for i, t in enumerate(texts):
+        assert torch.allclose(torch.tensor(probabilities(model, minilm_tokenizer, [t])), torch.tensor([batch[i]]), atol=1e-5)

@@ -45,6 +45,10 @@ def load_model(run_dir: str | Path, name: str | None = None):
 def probabilities(model, tokenizer, texts: list[str], max_length: int = 128) -> list[list[float]]:
     """Class probabilities per text: the one tokenise-and-forward path of `predict` and the web app."""
     batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    if len(texts) == 1:
+        # One sentence has no padding: an all-ones mask changes nothing but costs the model its mask
+        # arithmetic (about 0.5 ms of a 9 ms bf16 student forward here).
+        batch.pop("attention_mask", None)
     return torch.softmax(model(**batch).logits.float(), -1).tolist()
 
 
