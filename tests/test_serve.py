@@ -202,3 +202,37 @@ def test_app_py_without_runs_explains_how_to_train_one(tmp_path, capsys):
 
     assert main(["serve", "--runs", str(tmp_path / "none")]) == 2
     assert "distillora run --config configs/quick.yaml" in capsys.readouterr().err
+
+
+def test_torch_thread_batches_queued_requests_per_model_and_runs_all_torch_work_on_one_thread():
+    import threading
+
+    from distillora.serve.predictor import TorchThread
+
+    worker = TorchThread(max_texts=3)
+    calls, threads, gate = [], set(), threading.Event()
+
+    def run(tag):
+        def run_batch(texts):
+            threads.add(threading.get_ident())
+            if "boom" in texts:
+                raise ValueError("boom")
+            calls.append((tag, list(texts)))
+            return [f"{tag}:{t}" for t in texts]
+        return run_batch
+
+    blocker = threading.Thread(target=worker.call, args=(gate.wait,))
+    blocker.start()  # occupies the thread while the requests below queue up
+    while worker.queue.qsize():
+        pass
+    futs = [worker.submit("a", ["1"], run("a")), worker.submit("b", ["2"], run("b")),
+            worker.submit("a", ["3", "4"], run("a")), worker.submit("a", ["5"], run("a")),
+            worker.submit("c", ["boom"], run("c"))]
+    gate.set()
+    blocker.join()
+    assert [f.result() for f in futs[:4]] == [["a:1"], ["b:2"], ["a:3", "a:4"], ["a:5"]]
+    with pytest.raises(ValueError, match="boom"):
+        futs[4].result()
+    # same-model requests queued together run as one batch, up to max_texts; other models wait their turn
+    assert calls == [("a", ["1", "3", "4"]), ("b", ["2"]), ("a", ["5"])]
+    assert worker.call(threading.get_ident) in threads and len(threads) == 1
