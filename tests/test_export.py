@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from conftest import tiny_bert, tiny_mpnet
-from distillora.export import METHODS, PackedLinear, _choose, convert, export_run, served_method
+from distillora import export
+from distillora.export import (METHODS, PackedLinear, _can_pack, _choose, convert, export_run, load_for_inference,
+                               served_method)
 
 
 def test_export_measures_gates_and_follows_the_model(tiny_run):
@@ -58,7 +60,7 @@ def test_bf16_copy_matches_fp32_and_leaves_it_alone(make):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     copy_ = convert(model, "bf16")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the original is untouched
-    assert any(isinstance(m, PackedLinear) for m in copy_.modules()) or not torch.backends.mkldnn.is_available()
+    assert any(isinstance(m, PackedLinear) for m in copy_.modules()) == _can_pack()
     ids = torch.randint(5, 100, (3, 9))
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
@@ -76,3 +78,50 @@ def test_single_sentence_without_mask_matches_the_padded_batch(minilm_tokenizer)
     batch = probabilities(model, minilm_tokenizer, texts)
     for i, t in enumerate(texts):
         assert torch.allclose(torch.tensor(probabilities(model, minilm_tokenizer, [t])), torch.tensor([batch[i]]), atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [tiny_bert, tiny_mpnet])
+def test_one_sentence_gives_the_same_logits_with_or_without_its_all_ones_mask(make):
+    model = make(2)
+    ids = torch.randint(5, 100, (1, 11))
+    with torch.inference_mode():
+        assert torch.allclose(model(input_ids=ids).logits, model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits,
+                              atol=1e-6)
+
+
+def test_bf16_without_onednn_support_runs_plain_bf16(monkeypatch):
+    monkeypatch.setattr(export, "_can_pack", lambda: False)
+    model = tiny_bert(2)
+    copy_ = convert(model, "bf16")
+    assert not any(isinstance(m, PackedLinear) for m in copy_.modules())
+    assert next(copy_.parameters()).dtype == torch.bfloat16
+
+
+def test_a_copy_this_machine_cannot_build_is_served_in_fp32(monkeypatch, tiny_run, caplog):
+    def fail(model, method):
+        raise RuntimeError("bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq")
+
+    monkeypatch.setattr(export, "convert", fail)
+    model = load_for_inference(tiny_run / "models" / "odd", "bf16")
+    assert next(model.parameters()).dtype == torch.float32
+    assert "serving fp32" in caplog.text
+
+
+def test_web_app_serves_the_bf16_copy_named_in_exports_json(tiny_run):
+    from distillora.serve.predictor import Predictor
+
+    fingerprint = json.loads((tiny_run / "stages" / "odd.json").read_text())["fingerprint"]
+    (tiny_run / "exports.json").write_text(json.dumps({"models": {"odd": {"fingerprint": fingerprint, "serve": "bf16"}}}))
+    try:
+        p = Predictor(tiny_run)
+        assert p.models["odd"].method == "bf16" and p.models["even"].method == "fp32"
+        assert next(p.models["odd"].model.parameters()).dtype == torch.bfloat16
+        texts = ["you people are the worst", "lovely weather today"]
+        got, _ = p.probabilities("odd", texts)
+        fp32 = load_for_inference(tiny_run / "models" / "odd")
+        tok = p.models["odd"].tokenizer
+        from distillora.predict import probabilities
+        want = probabilities(fp32, tok, texts, p.max_length)
+        assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=0.02)
+    finally:
+        (tiny_run / "exports.json").unlink()

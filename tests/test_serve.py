@@ -221,10 +221,15 @@ def test_torch_thread_batches_queued_requests_per_model_and_runs_all_torch_work_
             return [f"{tag}:{t}" for t in texts]
         return run_batch
 
-    blocker = threading.Thread(target=worker.call, args=(gate.wait,))
-    blocker.start()  # occupies the thread while the requests below queue up
-    while worker.queue.qsize():
-        pass
+    started = threading.Event()
+
+    def hold():
+        started.set()
+        gate.wait()
+
+    blocker = threading.Thread(target=worker.call, args=(hold,))
+    blocker.start()  # occupies the torch thread while the requests below queue up
+    assert started.wait(10)
     futs = [worker.submit("a", ["1"], run("a")), worker.submit("b", ["2"], run("b")),
             worker.submit("a", ["3", "4"], run("a")), worker.submit("a", ["5"], run("a")),
             worker.submit("c", ["boom"], run("c"))]
@@ -236,3 +241,6 @@ def test_torch_thread_batches_queued_requests_per_model_and_runs_all_torch_work_
     # same-model requests queued together run as one batch, up to max_texts; other models wait their turn
     assert calls == [("a", ["1", "3", "4"]), ("b", ["2"]), ("a", ["5"])]
     assert worker.call(threading.get_ident) in threads and len(threads) == 1
+    # a call made from the torch thread itself runs in place instead of waiting on its own queue
+    assert worker.call(lambda: worker.call(lambda: 7)) == 7
+    assert worker.call(lambda: worker.submit("a", ["x"], run("a")).result()) == ["a:x"]

@@ -1,3 +1,4 @@
+import platform
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ def _faults(mode: str) -> list[int]:
     return [int(x) for x in out.stdout.split()]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc malloc tuning")
 def test_freed_large_buffers_are_reused_instead_of_faulted_in_every_step():
     pages = 30527 * 768 * 4 // 4096
     default, kept = _faults("default"), _faults("keep")

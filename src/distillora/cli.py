@@ -70,9 +70,14 @@ def cmd_export(a) -> int:
     out = export_run(a.run, a.models or None)
     print("model      | copy         | val acc | test acc | 1 sentence p50 | batch 32 ex/s | passed")
     for name, e in out["models"].items():
+        if (a.models and name not in a.models) or "candidates" not in e:
+            continue  # entries kept from earlier exports (possibly in an older layout)
         rows = [("fp32", e["fp32_accuracy"]["validation"], e["fp32_accuracy"]["test"], "")]
-        rows += [(m, c["validation"]["accuracy"], c["test"]["accuracy"], "yes" if c["passed"] else "no")
-                 for m, c in e["candidates"].items()]
+        for m, c in e["candidates"].items():
+            if "error" in c:
+                print(f"{name:10s} | {m:12s} | cannot run here: {c['error']}")
+            else:
+                rows.append((m, c["validation"]["accuracy"], c["test"]["accuracy"], "yes" if c["passed"] else "no"))
         for method, val, test, passed in rows:
             s = e["speed"][method]
             print(f"{name:10s} | {method:12s} | {val:.3f}   | {test:.3f}    | {s['p50_ms_b1']:8.1f} ms    | "

@@ -5,8 +5,9 @@ Candidates (the choice between them is made by measurement on this machine, neve
 - `int8-dynamic`: torch.ao dynamic quantisation of the Linear layers (int8 weights, activations
   quantised per batch). Fast everywhere, but it can cost accuracy on models with outlier activations.
 - `bf16`: weights and activations in bfloat16. On CPUs with native bf16 matrix units (AMX, AVX512-BF16)
-  it is several times faster than fp32 at near-fp32 accuracy; elsewhere it is slow and loses the vote.
-  Its Linear weights are pre-packed once into oneDNN's blocked layout (see `PackedLinear`).
+  it is several times faster than fp32 at near-fp32 accuracy. Its Linear weights are pre-packed once
+  into oneDNN's blocked layout (see `PackedLinear`) where oneDNN supports bf16; elsewhere the copy runs
+  on plain bf16 kernels, measures slow and is not chosen.
 
 Every copy is deterministic given the fp32 weights, so it is stored as its recipe (`exports.json`) over
 the run's own safetensors and rebuilt in about a second at load: no pickle file is written or read.
@@ -64,16 +65,27 @@ class PackedLinear(torch.nn.Module):
 
 
 def _can_pack() -> bool:
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    """oneDNN can pack and run bf16 weights here (it refuses on CPUs without AVX512-BW/VL/DQ or
+    AVX-NE-CONVERT, for example AMD Zen 2/3 and most desktop Intel chips)."""
+    try:
+        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def pack_linears(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap plain Linear layers for `PackedLinear` where oneDNN supports it; elsewhere leave the bf16
+    model as it is (slower, and the export measurement then says so). Linear weights shared with
+    another module (tied) stay as they are."""
     if not _can_pack():
         return model
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear):
+            if type(child) is torch.nn.Linear and counts.get(id(child.weight), 0) == 1:
                 setattr(module, name, PackedLinear(child))
     return model
 
@@ -99,8 +111,14 @@ def convert(model: torch.nn.Module, method: str) -> torch.nn.Module:
 
 
 def load_for_inference(path: str | Path, method: str = "fp32") -> torch.nn.Module:
+    """The model at `path` as `method` builds it; fp32 (with a warning) if this machine cannot build
+    that copy, e.g. a run exported on a bf16-capable CPU and served on another."""
     model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).eval()
-    return convert(model, method)
+    try:
+        return convert(model, method)
+    except (RuntimeError, NotImplementedError) as e:
+        log.warning("%s: cannot build its %s copy on this machine (%s); serving fp32", path, method, e)
+        return model
 
 
 def _stage_fingerprint(run_dir: Path, name: str) -> str | None:
@@ -158,6 +176,9 @@ def _choose(entry: dict) -> tuple[str, str]:
         c = entry["candidates"].get(method)
         if c is None:
             continue
+        if "error" in c:
+            why.append(f"{method} cannot run on this machine ({c['error']})")
+            continue
         s = entry["speed"][method]
         if not c["passed"]:
             why.append(f"{method} loses {100 * c['worst_drop']:.1f} accuracy points (limit {100 * MAX_ACCURACY_DROP:.1f})")
@@ -206,9 +227,13 @@ def export_run(run_dir: str | Path, models: list[str] | None = None, methods: tu
                  "speed": {"fp32": speed}, "candidates": {}}
         for method in methods:
             t0 = time.perf_counter()
-            copy_ = convert(fp32, method)  # every conversion copies; fp32 stays as it is
-            c = {"build_seconds": round(time.perf_counter() - t0, 2)}
-            probs, entry["speed"][method] = _measure(copy_, enc, tok, texts, limit)
+            try:
+                copy_ = convert(fp32, method)  # every conversion copies; fp32 stays as it is
+                c = {"build_seconds": round(time.perf_counter() - t0, 2)}
+                probs, entry["speed"][method] = _measure(copy_, enc, tok, texts, limit)
+            except (RuntimeError, NotImplementedError) as e:  # a kernel this CPU lacks
+                entry["candidates"][method] = {"error": str(e).splitlines()[0][:300], "passed": False}
+                continue
             for s in labels:
                 acc = test_metrics(probs[s], labels[s])["accuracy"]
                 c[s] = {"accuracy": acc, "drop": round(entry["fp32_accuracy"][s] - acc, 4),

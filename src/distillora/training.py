@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import platform
 import shutil
 import sys
 import time
@@ -214,17 +216,20 @@ def keep_freed_memory() -> bool:
     blocks above 32 MB with a fresh mmap and unmaps them on free, so every step page-faults the whole
     buffer in again. Measured here with `bench/profile_step.py` (MPNet odd student, 16 steps of batch 32,
     three alternating pairs): 0.786-0.790 s/step by default, 0.671-0.695 s/step with this (1.15x), at
-    about 4% more peak memory. It changes no arithmetic. This is what the jemalloc/tcmalloc advice in
+    about 4% more peak memory. It changes no arithmetic. It holds for the rest of the process (a
+    `distillora run` is one study; evaluation reuses the same buffers). This is what the jemalloc/tcmalloc advice in
     PyTorch's CPU performance guides achieves, without preloading another allocator. Returns whether
-    it applied (glibc Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return False
+    it applied (glibc Linux only; `DISTILLORA_KEEP_FREED_MEMORY=0` turns it off)."""
+    if os.environ.get("DISTILLORA_KEEP_FREED_MEMORY", "1") == "0":
+        return False  # the user's choice (to compare, or where memory is tight)
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False  # other allocators (musl, macOS, Windows) are left alone
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl): leave the allocator alone
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # from malloc.h
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,

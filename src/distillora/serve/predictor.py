@@ -30,70 +30,87 @@ from ..predict import finished_run, max_length, probabilities
 class _Job:
     fut: Future
     fn: object  # run_batch(texts) for a batch job, a plain callable otherwise
-    key: str | None = None  # the model of a batch job
+    key: object = None  # what may share a batch (predictor and model) for a batch job
     texts: list[str] | None = None
 
 
 class TorchThread:
     """The one thread that runs torch. `call(fn, ...)` runs any function there and returns its result.
     `submit(key, texts, run_batch)` coalesces requests: the thread takes the first waiting request
-    together with every request for the same model already queued behind it (up to `max_texts`), runs
+    together with every request of the same key already queued behind it (up to `max_texts`), runs
     them as one batch and hands each caller its rows. It never waits for company: a lone request goes
     straight through, and under load the requests that queue during one forward pass form the next
-    batch."""
+    batch. Use `torch_thread()`, the process's one instance."""
 
     def __init__(self, max_texts: int = 64):
         self.max_texts = max_texts
         self.queue: queue.Queue = queue.Queue()
-        threading.Thread(target=self._loop, name="distillora-torch", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="distillora-torch", daemon=True)
+        self._thread.start()
 
     def call(self, fn, *args, **kwargs):
+        if threading.current_thread() is self._thread:  # already here: queueing would wait for ever
+            return fn(*args, **kwargs)
         fut: Future = Future()
         self.queue.put(_Job(fut, lambda: fn(*args, **kwargs)))
         return fut.result()
 
-    def submit(self, key: str, texts: list[str], run_batch) -> Future:
-        fut: Future = Future()
+    def submit(self, key, texts: list[str], run_batch) -> Future:
+        if threading.current_thread() is self._thread:
+            fut: Future = Future()
+            fut.set_result(run_batch(texts))
+            return fut
+        fut = Future()
         self.queue.put(_Job(fut, run_batch, key, texts))
         return fut
 
     def _loop(self):
         waiting: deque[_Job] = deque()
         while True:
-            first = waiting.popleft() if waiting else self.queue.get()
-            if first.key is None:
-                self._run(first)
-                continue
-            while True:  # everything queued so far, in order
-                try:
-                    waiting.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            jobs, size, rest = [first], len(first.texts), deque()
-            for job in waiting:
-                if job.key == first.key and size + len(job.texts) <= self.max_texts:
-                    jobs.append(job)
-                    size += len(job.texts)
-                else:
-                    rest.append(job)
-            waiting = rest
+            jobs = []
             try:
+                first = waiting.popleft() if waiting else self.queue.get()
+                jobs = [first]
+                if first.key is None:
+                    first.fut.set_result(first.fn())
+                    continue
+                while True:  # everything queued so far, in order
+                    try:
+                        waiting.append(self.queue.get_nowait())
+                    except queue.Empty:
+                        break
+                size, rest = len(first.texts), deque()
+                for job in waiting:
+                    if job.key == first.key and size + len(job.texts) <= self.max_texts:
+                        jobs.append(job)
+                        size += len(job.texts)
+                    else:
+                        rest.append(job)
+                waiting = rest
                 probs = first.fn([t for job in jobs for t in job.texts])
-            except Exception as e:  # hand the failure to every caller of this batch
+                i = 0
                 for job in jobs:
-                    job.fut.set_exception(e)
-                continue
-            i = 0
-            for job in jobs:
-                job.fut.set_result(probs[i:i + len(job.texts)])
-                i += len(job.texts)
+                    job.fut.set_result(probs[i:i + len(job.texts)])
+                    i += len(job.texts)
+            except BaseException as e:  # hand any failure to the callers; the thread lives on
+                for job in jobs:
+                    if not job.fut.done():
+                        job.fut.set_exception(e)
+            finally:
+                first = jobs = None  # hold no model or predictor between requests
 
-    @staticmethod
-    def _run(job: _Job):
-        try:
-            job.fut.set_result(job.fn())
-        except Exception as e:
-            job.fut.set_exception(e)
+
+_TORCH_THREAD: TorchThread | None = None
+_TORCH_THREAD_LOCK = threading.Lock()
+
+
+def torch_thread() -> TorchThread:
+    """The process's one torch thread (several predictors, as in tests, share it)."""
+    global _TORCH_THREAD
+    with _TORCH_THREAD_LOCK:
+        if _TORCH_THREAD is None:
+            _TORCH_THREAD = TorchThread()
+        return _TORCH_THREAD
 
 
 @dataclass
@@ -111,7 +128,7 @@ class Predictor:
         self.label_names: list[str] = self.results["dataset"]["label_names"]
         self.best_student: str | None = self.results.get("best_student")
         self.max_length = max_length(self.run_dir)  # as the run trained and evaluated
-        self.torch = TorchThread()
+        self.torch = torch_thread()
         self.models: dict[str, Loaded] = {}
         for m in self.results["models"]:
             path = self.run_dir / m["path"]
@@ -143,7 +160,7 @@ class Predictor:
         Requests of up to 64 texts are batched with concurrent ones; larger ones run alone."""
         start = time.perf_counter()
         if len(texts) <= self.torch.max_texts:
-            probs = self.torch.submit(name, texts, lambda batch: self._forward(name, batch)).result()
+            probs = self.torch.submit((id(self), name), texts, lambda batch: self._forward(name, batch)).result()
         else:
             probs = self.torch.call(self._forward, name, texts)
         return probs, (time.perf_counter() - start) * 1000
