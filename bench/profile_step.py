@@ -3,8 +3,7 @@
 prints the share of self CPU time per kind of work, with the matmul kernels' own FLOP rate against
 this machine's fp32 matmul rate measured in the same run.
 
-usage: python bench/profile_step.py [--teacher runs/seed/models/teacher] [--steps 12] [--rows 1024]
-       [--default-malloc] [--compile]
+usage: python bench/profile_step.py [--teacher runs/seed/models/teacher] [--steps 12] [--rows 1024] [--compile]
 """
 
 from __future__ import annotations
@@ -63,8 +62,6 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rows", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="leave glibc's malloc as it is (the pipeline's `fit` keeps freed memory; compare the two)")
     ap.add_argument("--compile", action="store_true",
                     help="also time the same steps with torch.compile (inductor fuses the element-wise work); "
                          "prints compile seconds and step time, without the profiler")
@@ -78,10 +75,7 @@ def main() -> int:
     from distillora.data import Collator, encode, load_splits
     from distillora.stages.distill import teacher_outputs
     from distillora.students import build_student
-    from distillora.training import DistillTrainer, keep_freed_memory, training_args
-
-    if not a.default_malloc:
-        keep_freed_memory()  # as `distillora.training.fit` does
+    from distillora.training import DistillTrainer, training_args
 
     torch.manual_seed(0)
     source = resolve(a.teacher) if not Path(a.teacher).is_dir() else a.teacher

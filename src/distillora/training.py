@@ -6,12 +6,8 @@ batches, mixed precision and multi-GPU via accelerate."""
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -208,37 +204,12 @@ def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> None:
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the kernel.
-
-    Why: a training step frees and re-allocates the same large buffers, the biggest being the dense
-    gradient of the word embeddings (30527 x 768 fp32 = 94 MB for MPNet, most of it zeros). glibc serves
-    blocks above 32 MB with a fresh mmap and unmaps them on free, so every step page-faults the whole
-    buffer in again. Measured here with `bench/profile_step.py` (MPNet odd student, 16 steps of batch 32,
-    three alternating pairs): 0.786-0.790 s/step by default, 0.671-0.695 s/step with this (1.15x), at
-    about 4% more peak memory. It changes no arithmetic. It holds for the rest of the process (a
-    `distillora run` is one study; evaluation reuses the same buffers). This is what the jemalloc/tcmalloc advice in
-    PyTorch's CPU performance guides achieves, without preloading another allocator. Returns whether
-    it applied (glibc Linux only; `DISTILLORA_KEEP_FREED_MEMORY=0` turns it off)."""
-    if os.environ.get("DISTILLORA_KEEP_FREED_MEMORY", "1") == "0":
-        return False  # the user's choice (to compare, or where memory is tight)
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False  # other allocators (musl, macOS, Windows) are left alone
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from malloc.h
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-
-
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
         log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool, fingerprint: str,
         distill: DistillConfig | None = None) -> tuple[torch.nn.Module, dict]:
     """Train `model`, keep the epoch best on validation, resume from `work_dir`'s last checkpoint if
     one exists and was made with the same `fingerprint`. Returns the best model and
     {loss (mean of last epoch), seconds, steps, validation}."""
-    keep_freed_memory()
     state = PartialState()
     if state.is_main_process:
         _prepare_work_dir(work_dir, log_path, fingerprint)
