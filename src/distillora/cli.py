@@ -43,7 +43,7 @@ def cmd_audit(a) -> int:
     from transformers import AutoTokenizer
 
     from . import bundles
-    from .audit import audit, findings
+    from .analysis import run_audit
     from .config import load_config
     from .data import load_splits
     from .fileio import write_json
@@ -53,11 +53,7 @@ def cmd_audit(a) -> int:
     cfg = load_config(a.config, overrides)
     splits = load_splits(cfg.data, cfg.seed)
     tok = AutoTokenizer.from_pretrained(bundles.resolve(a.tokenizer)) if a.tokenizer else None
-    parts = {"train": (splits.train.texts, splits.train.labels),
-             "validation": (splits.validation.texts, splits.validation.labels),
-             "test": (splits.test.texts, splits.test.labels)}
-    result = audit(parts, cfg.data.label_names, splits.info, tok)
-    result["findings"] = findings(result, cfg.data.label_names)
+    result = run_audit(splits, cfg, tok)  # the same audit every run report carries
     print("\n".join(audit_lines(result, cfg.data.label_names)))
     if a.json:
         write_json(a.json, result)

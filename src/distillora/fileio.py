@@ -8,10 +8,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 from typing import Any, Callable
+
+_UMASK = os.umask(0)  # read once: the permissions written artefacts get (mkstemp creates 0600)
+os.umask(_UMASK)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -214,18 +214,19 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     # ---- evaluation: every saved model, reloaded from disk, on the test split once (and on the
     # validation split, for calibration and a threshold chosen there, and on any extra test sets)
     extra = {name: load_table(path, cfg.data) for name, path in cfg.data.extra_tests.items()}
+    extra_enc = {name: encode(split, tokenizer, cfg.data.max_length) for name, split in extra.items()}
     evaluations = {}
     for name, rec in records.items():
         ev = _evaluate(run, name, rec, enc, tokenizer)
         model = None  # loaded at most once, only if an extra set still needs this model
-        for set_name, split in extra.items():
+        for set_name in extra:
             path = Path(cfg.data.extra_tests[set_name])
             fp_extra = fingerprint(rec["fingerprint"], str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
             done = run.done(name, fp_extra, f".extra-{set_name}")
             if done is None:
                 log.info("evaluating %s on extra test set %s", name, set_name)
                 model = model or _load(run.model_dir(name))
-                probs, _ = predict_proba(model, encode(split, tokenizer, cfg.data.max_length), tokenizer)
+                probs, _ = predict_proba(model, extra_enc[set_name], tokenizer)
                 done = run.finish(name, fp_extra, {"probabilities_hate": [round(float(p), 6) for p in probs[:, 1]]},
                                   f".extra-{set_name}")
             ev.setdefault("extra", {})[set_name] = done["probabilities_hate"]

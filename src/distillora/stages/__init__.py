@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import StudyConfig
 from ..data import Encoded
+from ..training import fit
 
 
 @dataclass
@@ -26,3 +27,11 @@ class StageEnv:
 
     def log_path(self, stage: str) -> Path:
         return self.run_dir / "logs" / f"{stage}.jsonl"
+
+    def fit(self, model, tc, key: str, fingerprint: str, train: Encoded | None = None, distill=None):
+        """`training.fit` with what every stage shares: this run's splits, tokenizer, seed, selection
+        metric and quietness, and the stage `key`'s work directory and log."""
+        return fit(model, self.train if train is None else train, self.validation, self.tokenizer, tc,
+                   work_dir=self.work_dir(key), log_path=self.log_path(key), stage=key, seed=self.cfg.seed,
+                   selection_metric=self.cfg.selection_metric, quiet=self.quiet, fingerprint=fingerprint,
+                   distill=distill)

@@ -6,14 +6,10 @@ from __future__ import annotations
 from transformers import set_seed
 
 from ..students import build_student
-from ..training import fit
 from . import StageEnv
 
 
 def train(env: StageEnv, teacher, fingerprint: str, key: str = "baseline"):
     set_seed(env.cfg.seed)
     student = build_student(teacher, env.cfg.baseline.layers)
-    return fit(student, env.train, env.validation, env.tokenizer, env.cfg.baseline.train,
-               work_dir=env.work_dir(key), log_path=env.log_path(key), stage=key,
-               seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
-               fingerprint=fingerprint)
+    return env.fit(student, env.cfg.baseline.train, key, fingerprint)

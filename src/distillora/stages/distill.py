@@ -10,7 +10,6 @@ from transformers import set_seed
 
 from ..data import Encoded, length_sorted_batches
 from ..students import build_student
-from ..training import fit
 from . import StageEnv
 
 
@@ -39,8 +38,5 @@ def teacher_outputs(teacher, encoded: Encoded, tokenizer, with_hidden: bool, bat
 def train(env: StageEnv, name: str, teacher, layers, cache: dict, fingerprint: str):
     set_seed(env.cfg.seed)
     student = build_student(teacher, layers)
-    train_set = env.train.with_fields(**cache)
-    return fit(student, train_set, env.validation, env.tokenizer, env.cfg.distill.train,
-               work_dir=env.work_dir(name), log_path=env.log_path(name), stage=name,
-               seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
-               fingerprint=fingerprint, distill=env.cfg.distill)
+    return env.fit(student, env.cfg.distill.train, name, fingerprint, train=env.train.with_fields(**cache),
+                   distill=env.cfg.distill)

@@ -15,7 +15,6 @@ from .. import lora
 from ..evaluate import count_params, predict_proba
 from ..fileio import write_json
 from ..students import build_student, parse_layers
-from ..training import fit
 from . import StageEnv
 
 MERGE_TOLERANCE = 1e-4
@@ -27,10 +26,7 @@ def train(env: StageEnv, teacher, fingerprint: str, key: str = "lora"):
     student = build_student(teacher, c.layers)
     model = lora.wrap(student, c.r, c.alpha, c.dropout, c.target_modules)
     total, trainable = count_params(model)
-    model, stats = fit(model, env.train, env.validation, env.tokenizer, c.train,
-                       work_dir=env.work_dir(key), log_path=env.log_path(key), stage=key,
-                       seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
-               fingerprint=fingerprint)
+    model, stats = env.fit(model, c.train, key, fingerprint)
     stats["params_trainable"] = trainable
     stats["target_modules"] = list(model.peft_config["default"].target_modules)
     stats["teacher_layers"] = parse_layers(c.layers, teacher.config.num_hidden_layers)

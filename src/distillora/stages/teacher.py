@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from transformers import AutoModelForSequenceClassification, set_seed
 
-from ..training import fit
 from . import StageEnv
 
 
@@ -20,7 +19,4 @@ def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = Fa
 def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
     set_seed(env.cfg.seed)
     model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
-    return fit(model, env.train, env.validation, env.tokenizer, env.cfg.teacher.train,
-               work_dir=env.work_dir(key), log_path=env.log_path(key), stage=key,
-               seed=env.cfg.seed, selection_metric=env.cfg.selection_metric, quiet=env.quiet,
-               fingerprint=fingerprint)
+    return env.fit(model, env.cfg.teacher.train, key, fingerprint)
