@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from distillora.cli import main
 
 MODELS = ["teacher", "odd", "even", "lora", "baseline"]
-TEST_KEYS = {"accuracy", "f1_macro", "precision_hate", "recall_hate", "f1_hate", "roc_auc", "loss", "confusion"}
+TEST_KEYS = {"accuracy", "balanced_accuracy", "f1_macro", "precision_hate", "recall_hate", "f1_hate", "roc_auc", "loss", "confusion"}
 
 
 @pytest.fixture()
@@ -56,7 +56,7 @@ def test_tiny_study_end_to_end(tmp_path, tiny_config, capsys):
         assert set(m) >= {"name", "num_layers", "teacher_layers", "objective", "params_total", "params_trainable",
                           "train", "validation", "test", "path"}
         assert set(m["train"]) >= {"loss", "seconds", "steps"} and m["train"]["steps"] > 0
-        assert set(m["validation"]) == {"accuracy", "f1_macro"}
+        assert set(m["validation"]) == {"accuracy", "balanced_accuracy", "f1_macro"}
         assert set(m["test"]) == TEST_KEYS | {"ci95"}
         lo, hi = m["test"]["ci95"]["accuracy"]
         assert lo <= m["test"]["accuracy"] <= hi

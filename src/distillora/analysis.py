@@ -25,7 +25,7 @@ def add_to_models(models: list[dict], evaluations: dict, splits, extra: dict, cf
         pred = probs.argmax(1)
         test = test_metrics(probs, labels)
         test["ci95"] = {k: list(stats.bootstrap_ci(labels, pred, k, cfg.bootstrap_resamples, seed=cfg.seed))
-                        for k in ("accuracy", "f1_macro")}
+                        for k in ("accuracy", "balanced_accuracy", "f1_macro")}
         m["test"] = test
         m["calibration"] = {"test": stats.calibration(probs[:, 1], labels)}
         val_p = np.asarray(ev["validation_probabilities_hate"])
@@ -58,12 +58,13 @@ def add_seeds(models: list[dict], seeds: list[int], seed_records: dict, per_seed
             t = test_metrics(_probs(ev["probabilities_hate"]), labels)
             v = test_metrics(_probs(ev["validation_probabilities_hate"]), vlabels)
             rows.append({"seed": seed, "train_loss": rec["train"]["loss"],
-                         "validation": {"accuracy": v["accuracy"], "f1_macro": v["f1_macro"]},
-                         "test": {"accuracy": t["accuracy"], "f1_macro": t["f1_macro"], "recall_hate": t["recall_hate"]}})
+                         "validation": {k: v[k] for k in ("accuracy", "balanced_accuracy", "f1_macro")},
+                         "test": {"accuracy": t["accuracy"], "balanced_accuracy": t["balanced_accuracy"],
+                                  "f1_macro": t["f1_macro"], "recall_hate": t["recall_hate"]}})
         m["seeds"] = rows
         summary = {}
         for split in ("validation", "test"):
-            for k in ("accuracy", "f1_macro"):
+            for k in ("accuracy", "balanced_accuracy", "f1_macro"):
                 x = np.array([r[split][k] for r in rows])
                 summary[f"{split}_{k}"] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)), "n": len(x)}
         m["seed_summary"] = summary

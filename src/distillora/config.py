@@ -39,6 +39,8 @@ class TrainConfig:
     warmup_ratio: float = _f(0.06, "Share of steps with linear warm-up.")
     early_stopping_patience: int = _f(0, "Stop after this many epochs without validation gain (0: never).")
     logging_steps: int = _f(10, "Steps between log lines (loss, learning rate, examples/s).")
+    precision: str = _f("auto", "fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the device runs "
+                                "bf16 matrix products natively and measurably faster than fp32, else fp32.")
 
 
 @dataclass
@@ -55,6 +57,9 @@ class DataConfig:
     validation_fraction: float = _f(0.1, "Share of train carved (stratified, seeded) as the validation split.")
     max_train_rows: int | None = _f(None, "Use a stratified sample of this many train rows (before the carve).")
     max_length: int = _f(128, "Tokens kept per text (longer texts are truncated).")
+    normalize: Union[str, list[str]] = _f("basic", "Text normaliser saved with every model and applied to every "
+                                                   "text (train, test, predict, the app): a preset (none, basic, "
+                                                   "hate_speech_twitter) or a list of steps; see distillora.normalize.")
     extra_tests: dict[str, str] = _f({}, "Extra labelled test sets, name -> file (csv/jsonl/parquet with the same "
                                          "text and label columns); every model is evaluated on each.")
 
@@ -73,6 +78,8 @@ class DistillConfig:
     w_ce: float = _f(0.5, "Weight of cross-entropy on the hard labels.")
     w_kd: float = _f(0.5, "Weight of T^2 * KL(teacher || student) on logits softened by `temperature`.")
     w_cos: float = _f(1.0, "Weight of the cosine loss between final hidden states (non-padding tokens).")
+    w_layer: float = _f(0.0, "Weight of the layer-to-layer term (Patient KD): each student layer's normalised "
+                             "first-token state matched to the teacher layer it was copied from.")
     temperature: float = _f(2.0, "Softmax temperature T of the KL term.")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=5e-5))
 
@@ -84,8 +91,11 @@ class LoraConfig:
     r: int = _f(8, "LoRA rank.")
     alpha: int = _f(16, "LoRA alpha (scaling = alpha / r).")
     dropout: float = _f(0.1, "Dropout on the LoRA path.")
-    target_modules: list[str] | None = _f(None, "Modules to adapt; detected per architecture when null "
-                                                "(BERT query,value; MPNet q,v; DistilBERT q_lin,v_lin).")
+    target_modules: Union[str, list[str], None] = _f(
+        None, "Modules to adapt: a list of Linear names, `all-linear` (every Linear inside the transformer layers), "
+              "or null for the attention query and value (BERT query,value; MPNet q,v; DistilBERT q_lin,v_lin).")
+    objective: str = _f("ce", "ce: cross-entropy on the labels; distill: the distilled students' loss (the "
+                              "teacher's soft targets, distill.* weights and temperature).")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=5e-4))
 
 
@@ -102,6 +112,10 @@ class StudyConfig:
     seed: int = _f(42, "Seed for the validation carve, initialisation and data order.")
     seeds: list[int] = _f([], "Extra training seeds: every trainable stage runs again per seed (same validation "
                               "carve); results report per-seed figures, mean and std.")
+    class_weights: Union[str, list[float], None] = _f(
+        "balanced", "Cross-entropy class weights of every stage: balanced (n / (C * n_c) from the training "
+                    "split), a list of one weight per label, or null for none. Default balanced: the deployment "
+                    "prior is unknown, so no class is favoured for being frequent in train.")
     selection_metric: str = _f("f1_macro", "Validation metric that selects the best epoch: f1_macro or accuracy.")
     bootstrap_resamples: int = _f(1000, "Resamples of the test split for 95% confidence intervals.")
     data: DataConfig = field(default_factory=DataConfig)
@@ -245,15 +259,27 @@ def validate(cfg: StudyConfig) -> list[str]:
     for name, path in d.extra_tests.items():
         if name in ("train", "validation", "test"):
             errs.append(f"data.extra_tests.{name}: that name is taken by a split; pick another")
-    if cfg.selection_metric not in ("f1_macro", "accuracy"):
-        errs.append(f"selection_metric = {cfg.selection_metric!r}: use f1_macro or accuracy")
+    if cfg.selection_metric not in ("f1_macro", "accuracy", "balanced_accuracy"):
+        errs.append(f"selection_metric = {cfg.selection_metric!r}: use f1_macro, balanced_accuracy or accuracy")
+    try:
+        from .normalize import resolve
+
+        resolve(d.normalize)
+    except ValueError as e:
+        errs.append(f"data.normalize = {d.normalize!r}: {e}")
+    cw = cfg.class_weights
+    if isinstance(cw, str) and cw != "balanced":
+        errs.append(f"class_weights = {cw!r}: use balanced, a list of one weight per label, or null")
+    if isinstance(cw, list) and (len(cw) != len(d.label_names) or not all(0 < w < float("inf") for w in cw)):
+        errs.append(f"class_weights = {cw!r}: give {len(d.label_names)} positive finite weights, one per label "
+                    f"({', '.join(d.label_names)})")
     if cfg.distill.temperature <= 0:
         errs.append(f"distill.temperature = {cfg.distill.temperature}: must be > 0 (try 2.0)")
-    for w in ("w_ce", "w_kd", "w_cos"):
+    for w in ("w_ce", "w_kd", "w_cos", "w_layer"):
         if getattr(cfg.distill, w) < 0:
             errs.append(f"distill.{w} = {getattr(cfg.distill, w)}: weights must be >= 0")
-    if cfg.distill.w_ce + cfg.distill.w_kd + cfg.distill.w_cos == 0:
-        errs.append("distill.w_ce, w_kd, w_cos are all 0: at least one loss term needs a positive weight")
+    if cfg.distill.w_ce + cfg.distill.w_kd + cfg.distill.w_cos + cfg.distill.w_layer == 0:
+        errs.append("distill.w_ce, w_kd, w_cos, w_layer are all 0: at least one loss term needs a positive weight")
     names = set()
     for name, layers in cfg.distill.students.items():
         if name in ("teacher", "lora", "baseline") or not name.replace("_", "").replace("-", "").isalnum():
@@ -268,6 +294,10 @@ def validate(cfg: StudyConfig) -> list[str]:
             parse_layers(getattr(cfg, sec).layers, None)
         except ValueError as e:
             errs.append(f"{sec}.layers = {getattr(cfg, sec).layers!r}: {e}")
+    if cfg.lora.objective not in ("ce", "distill"):
+        errs.append(f"lora.objective = {cfg.lora.objective!r}: use ce or distill")
+    if isinstance(cfg.lora.target_modules, str) and cfg.lora.target_modules != "all-linear":
+        errs.append(f"lora.target_modules = {cfg.lora.target_modules!r}: use all-linear, a list of names, or null")
     if cfg.lora.r < 1:
         errs.append(f"lora.r = {cfg.lora.r}: must be >= 1 (default 8)")
     if not 0 <= cfg.lora.dropout < 1:
@@ -284,6 +314,8 @@ def validate(cfg: StudyConfig) -> list[str]:
             errs.append(f"{sec}.train.logging_steps = {t.logging_steps}: must be >= 1")
         if not 0 <= t.warmup_ratio < 1:
             errs.append(f"{sec}.train.warmup_ratio = {t.warmup_ratio}: use a share of steps in [0, 1), e.g. 0.06")
+        if t.precision not in ("auto", "fp32", "bf16"):
+            errs.append(f"{sec}.train.precision = {t.precision!r}: use auto, fp32 or bf16")
         if t.early_stopping_patience < 0:
             errs.append(f"{sec}.train.early_stopping_patience = {t.early_stopping_patience}: must be >= 0")
     return errs

@@ -15,6 +15,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from .config import DataConfig
 from .errors import UserError
+from .normalize import Normalizer
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +125,14 @@ def _validate(df: pd.DataFrame, path: str, cfg: DataConfig, first_row: int = 1) 
             raise UserError(f"{path}: row {row}{line}, column {cfg.label_column!r}: label {value!r} is not one of "
                             f"{allowed}; fix the value or set data.label_names")
         labels[i] = idx
-    texts_raw = df[text_col].tolist()
+    norm = Normalizer(cfg.normalize)
+    texts_raw = [norm(t) if isinstance(t, str) else t for t in df[text_col].tolist()]
     keep = [isinstance(t, str) and t.strip() != "" for t in texts_raw]
     texts = [t for t, k in zip(texts_raw, keep) if k]
     dropped = len(keep) - sum(keep)
     if dropped:
-        log.warning("%s: dropped %d empty or null text(s)", path, dropped)
+        log.warning("%s: dropped %d empty or null text(s)%s", path, dropped,
+                    f" (empty after data.normalize {norm.steps})" if norm else "")
     labels = labels[np.asarray(keep, dtype=bool)]
     counts = {"rows": len(df), "dropped_empty": dropped, "duplicates": int(len(texts) - len(set(texts)))}
     if cfg.category_column and cfg.category_column in df.columns:
@@ -246,18 +249,19 @@ def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) ->
 
 class Collator:
     """Dynamic padding of token fields (via `DataCollatorWithPadding`) plus cached teacher outputs:
-    `teacher_logits` (C,) are stacked, `teacher_hidden` (L_i, H) are zero-padded to the batch length."""
+    `teacher_logits` (C,) and `teacher_layers` (depth, H) are stacked, `teacher_hidden` (L_i, H) are
+    zero-padded to the batch length."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.pad = DataCollatorWithPadding(tokenizer)
 
     def __call__(self, features: list[dict]) -> dict:
-        logits = [f["teacher_logits"] for f in features] if "teacher_logits" in features[0] else None
         hidden = [f["teacher_hidden"] for f in features] if "teacher_hidden" in features[0] else None
         plain = [{k: v for k, v in f.items() if not k.startswith("teacher_")} for f in features]
         batch = dict(self.pad(plain))
-        if logits is not None:
-            batch["teacher_logits"] = torch.stack(logits)
+        for key in features[0]:
+            if key.startswith("teacher_") and key != "teacher_hidden":  # fixed shapes: (C,), (depth, H)
+                batch[key] = torch.stack([f[key] for f in features]).float()
         if hidden is not None:
             length = batch["input_ids"].shape[1]
             out = hidden[0].new_zeros((len(hidden), length, hidden[0].shape[-1]))

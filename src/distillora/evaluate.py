@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 from .data import Encoded, length_sorted_batches
 
@@ -32,6 +32,7 @@ def test_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     both = len(set(labels.tolist())) == 2
     return {
         "accuracy": float(accuracy_score(labels, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
         "f1_macro": float(f1_score(labels, pred, average="macro", zero_division=0)),
         "precision_hate": float(p[0]),
         "recall_hate": float(r[0]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import peft
+import torch
 from peft import PeftModel, get_peft_model
 
 from .fileio import read_json
@@ -35,7 +36,15 @@ HEADS = {
 }
 
 
-def target_modules(model, override: list[str] | None = None) -> list[str]:
+def target_modules(model, override: str | list[str] | None = None) -> list[str]:
+    if override == "all-linear":
+        # Every Linear inside the transformer layers (attention projections and feed-forward), by short
+        # name. peft's own "all-linear" would also take the head's dense layer, which HEADS handles.
+        from .students import layer_list_path
+
+        path = layer_list_path(model)
+        return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                       if n.startswith(path + ".") and isinstance(m, torch.nn.Linear)})
     if override:
         names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
         missing = [t for t in override if t not in names]
@@ -61,7 +70,7 @@ def head_modules(model) -> tuple[list[str], list[str]]:
                      f"and add the architecture to distillora.lora.HEADS")
 
 
-def wrap(model, r: int, alpha: int, dropout: float, targets: list[str] | None = None) -> PeftModel:
+def wrap(model, r: int, alpha: int, dropout: float, targets: str | list[str] | None = None) -> PeftModel:
     """Freeze `model`, add LoRA adapters on the attention projections, keep the head trainable."""
     save, adapt = head_modules(model)
     # No task_type: peft's SEQ_CLS wrapper always adds the whole `classifier` to modules_to_save, which

@@ -1,4 +1,6 @@
-"""The distillation loss: hard-label CE + T^2 * KL on softened logits + hidden-state cosine."""
+"""The distillation loss: hard-label CE + T^2 * KL on softened logits + hidden-state cosine +
+layer-to-layer (Patient KD) term. Adding a term: write its function here and give it a weight in
+`DistillConfig` (config.py); `distillation_loss` adds every term whose weight is positive."""
 
 from __future__ import annotations
 
@@ -18,14 +20,19 @@ def distillation_loss(
     w_ce: float = 0.5,
     w_kd: float = 0.5,
     w_cos: float = 1.0,
+    class_weights: torch.Tensor | None = None,  # (C,) weights of the hard-label CE
+    student_layers: torch.Tensor | None = None,  # (B, K, H) first-token states of the K student layers
+    teacher_layers: torch.Tensor | None = None,  # (B, K, H) the same for the teacher layers they map to
+    w_layer: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Returns (total, parts) with parts `ce`, `kd`, `cos` (detached, for logging).
 
     kd = T^2 * KL(p_teacher^T || p_student^T), batch mean (Hinton et al., 2015): the T^2 keeps the
     gradient scale of the soft term independent of T. cos = mean over non-padding tokens of
-    1 - cos(h_student, h_teacher), as DistilBERT's cosine embedding loss.
+    1 - cos(h_student, h_teacher), as DistilBERT's cosine embedding loss. layer: see `patient_loss`.
     """
-    ce = F.cross_entropy(student_logits.float(), labels)
+    ce = F.cross_entropy(student_logits.float(), labels,
+                         weight=None if class_weights is None else class_weights.to(student_logits.device))
     t = temperature
     kd = F.kl_div(
         F.log_softmax(student_logits.float() / t, dim=-1),
@@ -42,4 +49,20 @@ def distillation_loss(
         mask = attention_mask.to(sim.dtype)
         cos = ((1.0 - sim) * mask).sum() / mask.sum().clamp_min(1.0)
         total = total + w_cos * cos
-    return total, {"ce": ce.detach(), "kd": kd.detach(), "cos": cos.detach()}
+    layer = torch.zeros((), device=student_logits.device)
+    if w_layer > 0:
+        if student_layers is None or teacher_layers is None:
+            raise ValueError("w_layer > 0 needs student_layers and teacher_layers")
+        layer = patient_loss(student_layers, teacher_layers)
+        total = total + w_layer * layer
+    return total, {"ce": ce.detach(), "kd": kd.detach(), "cos": cos.detach(), "layer": layer.detach()}
+
+
+def patient_loss(student_layers: torch.Tensor, teacher_layers: torch.Tensor) -> torch.Tensor:
+    """Patient KD's intermediate-layer term (Sun et al., EMNLP 2019, eq. 4): the squared distance
+    between the L2-normalised first-token ([CLS] / <s>) states of each student layer and of the teacher
+    layer it maps to, summed over the hidden size, averaged over layers and batch.
+    Shapes: (B, K, H) each. Normalising makes the term independent of the layers' scale."""
+    s = F.normalize(student_layers.float(), dim=-1)
+    t = F.normalize(teacher_layers.float(), dim=-1)
+    return (s - t).pow(2).sum(-1).mean()

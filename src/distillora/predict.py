@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from . import normalize
 from .errors import UserError
 from .fileio import read_json
 
@@ -43,7 +44,9 @@ def load_model(run_dir: str | Path, name: str | None = None):
 
 @torch.inference_mode()
 def probabilities(model, tokenizer, texts: list[str], max_length: int = 128) -> list[list[float]]:
-    """Class probabilities per text: the one tokenise-and-forward path of `predict` and the web app."""
+    """Class probabilities per text: the one normalise-tokenise-forward path of `predict`, the web app,
+    export's timings and the benchmarks. The normaliser is the one saved with the model."""
+    texts = normalize.of_model(model).many(texts)
     batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     if len(texts) == 1:
         # One sentence has no padding: an all-ones mask changes nothing but costs the model its mask

@@ -97,12 +97,14 @@ def _sections(results: dict) -> list[str]:
         lines += [f"## Across {n} seeds", "", "Every trainable stage was repeated per seed (same validation carve). "
                   "Mean ± sample standard deviation; the intervals in the first table are bootstrap intervals "
                   "of the primary seed's model.", "",
-                  "| model | validation F1 | test accuracy | test F1 (macro) | per-seed test accuracy |", "|---|---|---|---|---|"]
+                  "| model | validation F1 | test accuracy | test balanced accuracy | test F1 (macro) | per-seed test accuracy |",
+                  "|---|---|---|---|---|---|"]
         for m in ms:
             s = m["seed_summary"]
             f = lambda k: f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}"  # noqa: E731
             per = ", ".join(f"{r['test']['accuracy']:.3f} (seed {r['seed']})" for r in m["seeds"])
-            lines.append(f"| {m['name']} | {f('validation_f1_macro')} | {f('test_accuracy')} | {f('test_f1_macro')} | {per} |")
+            lines.append(f"| {m['name']} | {f('validation_f1_macro')} | {f('test_accuracy')} | "
+                         f"{f('test_balanced_accuracy')} | {f('test_f1_macro')} | {per} |")
         lines.append("")
         by = {m["name"]: m for m in ms}
         for r in results.get("significance") or []:
@@ -192,9 +194,9 @@ def audit_lines(a: dict, names: list[str]) -> list[str]:
 
 
 def _table(results: dict) -> list[str]:
-    lines = ["| model | teacher layers | training loss | val F1 | test accuracy [95% CI] | test F1 (macro) [95% CI] | hate P / R "
-             "| trainable params (%) | size on disk | training time | throughput |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | teacher layers | training loss | val F1 | test accuracy [95% CI] | test balanced accuracy [95% CI] "
+             "| test F1 (macro) [95% CI] | hate P / R | trainable params (%) | size on disk | training time | throughput |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     best = results.get("best_student")
     for m in results["models"]:
         t = m["test"]
@@ -205,7 +207,7 @@ def _table(results: dict) -> list[str]:
         size = _mb(m["size_bytes"]) + (f" (adapter {_mb(m['adapter_size_bytes'])})" if m.get("adapter_size_bytes") else "")
         lines.append(
             f"| {name} | {layers} | {loss} | {m['validation']['f1_macro']:.3f} | {t['accuracy']:.3f}{_ci(t, 'accuracy')} "
-            f"| {t['f1_macro']:.3f}{_ci(t, 'f1_macro')} "
+            f"| {t['balanced_accuracy']:.3f}{_ci(t, 'balanced_accuracy')} | {t['f1_macro']:.3f}{_ci(t, 'f1_macro')} "
             f"| {t['precision_hate']:.2f} / {t['recall_hate']:.2f} | {m['params_trainable'] / 1e6:.2f}M ({pct:.2f}%) "
             f"| {size} | {_duration(m['train']['seconds'])} | {m['inference']['examples_per_s']:.0f} ex/s |")
     return lines

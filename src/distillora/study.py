@@ -165,8 +165,11 @@ def objectives(cfg: StudyConfig) -> dict[str, str]:
     d, c = cfg.distill, cfg.lora
     return {
         "teacher": "cross-entropy, all weights fine-tuned",
-        "distill": f"distillation: {d.w_ce:g}*CE + {d.w_kd:g}*T^2*KL (T={d.temperature:g}) + {d.w_cos:g}*cosine(hidden)",
-        "lora": f"cross-entropy, LoRA r={c.r} alpha={c.alpha} dropout={c.dropout:g}; adapters + head trainable",
+        "distill": (f"distillation: {d.w_ce:g}*CE + {d.w_kd:g}*T^2*KL (T={d.temperature:g}) + {d.w_cos:g}*cosine(hidden)"
+                    + (f" + {d.w_layer:g}*layer-to-layer (PKD)" if d.w_layer > 0 else "")),
+        "lora": (f"{'distillation (as distill)' if c.objective == 'distill' else 'cross-entropy'}, LoRA r={c.r} "
+                 f"alpha={c.alpha} dropout={c.dropout:g} on {c.target_modules or 'query, value'}; adapters + head "
+                 f"trainable"),
         "baseline": "cross-entropy, all weights fine-tuned (no teacher signal)",
     }
 
@@ -270,7 +273,7 @@ def _train_models(run: Run, env: StageEnv, source: str, teacher_config, resolved
     # what the trained models depend on (not evaluation-only keys such as extra_tests)
     data_fp = {k: v for k, v in resolved["data"].items() if k not in EVALUATION_ONLY_DATA_KEYS}
     teacher_fp = {k: v for k, v in resolved["teacher"].items() if k != "allow_pickle"}  # a permission, not a setting
-    fp_teacher = fingerprint(data_fp, cfg.seed, cfg.selection_metric, teacher_fp)
+    fp_teacher = fingerprint(data_fp, cfg.seed, cfg.selection_metric, teacher_fp, cfg.class_weights)
     trained: dict[str, object] = {}
 
     def save_model(key):
@@ -294,33 +297,39 @@ def _train_models(run: Run, env: StageEnv, source: str, teacher_config, resolved
 
     # ---- distilled students (teacher outputs computed once, shared by all of them)
     cache = {}
+
+    def teacher_cache():
+        if not cache:
+            log.info("caching teacher outputs for %d training examples", len(env.train))
+            c0 = time.perf_counter()
+            cache.update(distill_stage.teacher_outputs(get_teacher(), env.train, tokenizer,
+                                                       with_hidden=cfg.distill.w_cos > 0,
+                                                       with_layers=cfg.distill.w_layer > 0))
+            log.info("teacher outputs cached in %.1fs", time.perf_counter() - c0)
+        return cache
+
     distill_common = {k: v for k, v in resolved["distill"].items() if k != "students"}
     for name, layers in cfg.distill.students.items():
         chosen = parse_layers(layers, depth)
         fp = fingerprint(fp_teacher, distill_common, layers)
 
         def train_student(key=name + suffix, chosen=chosen, fp=fp):
-            t = get_teacher()
-            if not cache:
-                log.info("caching teacher outputs for %d training examples", len(env.train))
-                c0 = time.perf_counter()
-                cache.update(distill_stage.teacher_outputs(t, env.train, tokenizer, with_hidden=cfg.distill.w_cos > 0))
-                log.info("teacher outputs cached in %.1fs", time.perf_counter() - c0)
             log.info("stage %s: distilling teacher layers %s", key, chosen)
-            return distill_stage.train(env, key, t, chosen, cache, fp)
+            return distill_stage.train(env, key, get_teacher(), chosen, teacher_cache(), fp)
 
         records[name] = _run_stage(
             run, env, name + suffix, fp, train_student, save_model(name + suffix),
             lambda model, stats, chosen=chosen: {"objective": obj["distill"], "teacher_layers": chosen, "train": stats})
-    cache.clear()
 
     # ---- LoRA student
     if cfg.lora.enabled:
-        fp = fingerprint(fp_teacher, resolved["lora"])
+        # the distill objective reads distill.*'s weights and temperature
+        fp = fingerprint(fp_teacher, resolved["lora"], distill_common if cfg.lora.objective == "distill" else None)
 
         def train_lora():
             log.info("stage lora%s: LoRA on teacher layers %s", suffix, parse_layers(cfg.lora.layers, depth))
-            return lora_stage.train(env, get_teacher(), fp, "lora" + suffix)
+            return lora_stage.train(env, get_teacher(), fp, "lora" + suffix,
+                                    teacher_cache() if cfg.lora.objective == "distill" else None)
 
         records["lora"] = _run_stage(
             run, env, "lora" + suffix, fp, train_lora,
@@ -328,6 +337,7 @@ def _train_models(run: Run, env: StageEnv, source: str, teacher_config, resolved
                                            lambda tmp: lora_stage.save(env, model, stats, tmp)),
             lambda model, stats: {"objective": obj["lora"], "teacher_layers": stats["teacher_layers"],
                                   "params_trainable": stats["params_trainable"], "train": stats})
+    cache.clear()
 
     # ---- baseline student
     if cfg.baseline.enabled:
@@ -394,7 +404,8 @@ def _model_entry(name: str, rec: dict, ev: dict, run: Run) -> dict:
         "params_trainable": ev["params_trainable"],
         "train": {"loss": tr["loss"], "seconds": tr["seconds"], "steps": tr["steps"],
                   "epoch_losses": tr.get("epoch_losses"), "best_checkpoint": tr.get("best_checkpoint")},
-        "validation": {"accuracy": tr["validation"]["accuracy"], "f1_macro": tr["validation"]["f1_macro"]},
+        "validation": {k: tr["validation"][k] for k in ("accuracy", "balanced_accuracy", "f1_macro")
+                       if k in tr["validation"]},
         "test": {},  # filled by analysis.add_to_models from the stored test probabilities
         "inference": ev["inference"],
         "size_bytes": size_on_disk(run.model_dir(name)),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from transformers import (EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments)
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -30,7 +30,54 @@ def compute_metrics(eval_pred) -> dict:
     logits, labels = eval_pred
     pred = np.asarray(logits).argmax(-1)
     return {"accuracy": float(accuracy_score(labels, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
             "f1_macro": float(f1_score(labels, pred, average="macro", zero_division=0))}
+
+
+def class_weight_vector(spec, labels: np.ndarray, num_labels: int) -> torch.Tensor | None:
+    """Cross-entropy weights from config `class_weights`: None, "balanced" (sklearn's n / (C * n_c),
+    counted on the training split) or one weight per label."""
+    if spec is None:
+        return None
+    if spec == "balanced":
+        counts = np.bincount(np.asarray(labels), minlength=num_labels).astype(float)
+        w = counts.sum() / (num_labels * np.maximum(counts, 1.0))
+        return torch.tensor(w, dtype=torch.float32)
+    return torch.tensor([float(x) for x in spec], dtype=torch.float32)
+
+
+_BF16_CACHE: dict[str, bool] = {}
+
+
+def bf16_pays(device: str = "cpu", n: int = 1024, reps: int = 5) -> bool:
+    """Whether bf16 matrix products run at least 1.5x faster than fp32 here: a short measurement
+    (about 0.2 s, once per process), as `export` decides its copies by measured speed. A CPU without
+    native bf16 (AVX512-BF16 or AMX) emulates it and loses."""
+    if device in _BF16_CACHE:
+        return _BF16_CACHE[device]
+    if device == "cuda":
+        _BF16_CACHE[device] = torch.cuda.is_bf16_supported()
+        return _BF16_CACHE[device]
+    a32 = torch.randn(n, n)
+    times = {}
+    for dt in (torch.float32, torch.bfloat16):
+        a = a32.to(dt)
+        a @ a  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ a
+        times[dt] = time.perf_counter() - t0
+    _BF16_CACHE[device] = times[torch.float32] / times[torch.bfloat16] >= 1.5
+    return _BF16_CACHE[device]
+
+
+def use_bf16(precision: str) -> bool:
+    if precision == "fp32":
+        return False
+    cuda = torch.cuda.is_available()
+    if precision == "bf16":
+        return True
+    return bf16_pays("cuda" if cuda else "cpu")
 
 
 def training_args(tc: TrainConfig, out_dir: Path, seed: int, selection_metric: str, quiet: bool,
@@ -64,7 +111,7 @@ def training_args(tc: TrainConfig, out_dir: Path, seed: int, selection_metric: s
         disable_tqdm=quiet,
         remove_unused_columns=False,  # cached teacher outputs ride in the batch
         label_names=["labels"],
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=use_bf16(tc.precision),  # autocast; the master weights and the optimiser stay fp32
         dataloader_pin_memory=cuda,
         use_cpu=not cuda,
         # Each process averages its own half of a split batch and DDP averages the gradients: the same
@@ -102,7 +149,8 @@ class JsonlLog(TrainerCallback):
             speed = f" {row['examples_per_s']:.1f} ex/s" if "examples_per_s" in row else ""
             return f"{head} loss {row['loss']:.4f} lr {row.get('learning_rate', 0):.2e}{speed}"
         if "eval_accuracy" in row:
-            return (f"{head} validation accuracy {row['eval_accuracy']:.4f} f1_macro {row['eval_f1_macro']:.4f} "
+            return (f"{head} validation accuracy {row['eval_accuracy']:.4f} balanced "
+                    f"{row.get('eval_balanced_accuracy', 0):.4f} f1_macro {row['eval_f1_macro']:.4f} "
                     f"loss {row['eval_loss']:.4f}")
         return f"{head} " + " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                      for k, v in row.items() if k not in ("stage", "step", "epoch"))
@@ -120,11 +168,23 @@ class StudyTrainer(Trainer):
     """Trainer that also records the mean training loss over each epoch (summed on the device; read
     once per epoch, so no host sync per step)."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a, class_weights: torch.Tensor | None = None, **kw):
         super().__init__(*a, **kw)
+        self.class_weights = class_weights
         self._loss_sum, self._loss_n = None, 0
         self.epoch_losses: list[float] = []
         self.add_callback(_EpochLoss(self))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's own cross-entropy, or a class-weighted one when `class_weights` is set
+        (transformers' heads take no weights)."""
+        if self.class_weights is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels,
+                                                 weight=self.class_weights.to(outputs.logits.device))
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -148,26 +208,40 @@ class _EpochLoss(TrainerCallback):
 
 
 class DistillTrainer(StudyTrainer):
-    """Reads cached teacher outputs (`teacher_logits`, `teacher_hidden`) from the batch; evaluation
-    batches without them fall back to the model's own cross-entropy."""
+    """Reads cached teacher outputs (`teacher_logits`, `teacher_hidden`, `teacher_layers`) from the
+    batch; evaluation batches without them fall back to the (class-weighted) cross-entropy.
 
-    def __init__(self, *a, distill: DistillConfig, **kw):
+    `layer_map[i]` is the teacher layer (1-based) that student layer i+1 is matched to by the
+    layer-to-layer term; `teacher_layers` in the batch holds the first-token state of every teacher
+    layer, (B, depth, H)."""
+
+    def __init__(self, *a, distill: DistillConfig, layer_map: list[int] | None = None, **kw):
         super().__init__(*a, **kw)
         self.distill = distill
+        self.layer_map = layer_map
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         t_logits = inputs.pop("teacher_logits", None)
         t_hidden = inputs.pop("teacher_hidden", None)
+        t_layers = inputs.pop("teacher_layers", None)
         if t_logits is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         d = self.distill
-        outputs = model(**inputs, output_hidden_states=d.w_cos > 0)
+        use_layers = d.w_layer > 0 and self.layer_map is not None
+        outputs = model(**inputs, output_hidden_states=d.w_cos > 0 or use_layers)
+        s_layers = t_sel = None
+        if use_layers:
+            # hidden_states[0] is the embedding output, [i] the output of layer i
+            s_layers = torch.stack([outputs.hidden_states[i + 1][:, 0] for i in range(len(self.layer_map))], 1)
+            t_sel = t_layers[:, [k - 1 for k in self.layer_map]]
         loss, _ = distillation_loss(
             outputs.logits, t_logits, inputs["labels"],
             outputs.hidden_states[-1] if d.w_cos > 0 else None,
             t_hidden if d.w_cos > 0 else None,
             inputs["attention_mask"],
             temperature=d.temperature, w_ce=d.w_ce, w_kd=d.w_kd, w_cos=d.w_cos,
+            class_weights=self.class_weights, student_layers=s_layers, teacher_layers=t_sel,
+            w_layer=d.w_layer if use_layers else 0.0,
         )
         return (loss, outputs) if return_outputs else loss
 
@@ -206,7 +280,8 @@ def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> None:
 
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
         log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool, fingerprint: str,
-        distill: DistillConfig | None = None) -> tuple[torch.nn.Module, dict]:
+        distill: DistillConfig | None = None, class_weights: torch.Tensor | None = None,
+        layer_map: list[int] | None = None) -> tuple[torch.nn.Module, dict]:
     """Train `model`, keep the epoch best on validation, resume from `work_dir`'s last checkpoint if
     one exists and was made with the same `fingerprint`. Returns the best model and
     {loss (mean of last epoch), seconds, steps, validation}."""
@@ -222,7 +297,9 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     callbacks = [JsonlLog(log_path, stage, tc.batch_size), elapsed]
     if tc.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
-    cls, extra = (DistillTrainer, {"distill": distill}) if distill is not None else (StudyTrainer, {})
+    cls, extra = ((DistillTrainer, {"distill": distill, "layer_map": layer_map}) if distill is not None
+                  else (StudyTrainer, {}))
+    extra["class_weights"] = class_weights
     trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=Collator(tokenizer), processing_class=tokenizer,
                   compute_metrics=compute_metrics, callbacks=callbacks, **extra)
@@ -240,7 +317,9 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
         "steps": trainer.state.global_step,
         "best_checkpoint": Path(trainer.state.best_model_checkpoint).name if trainer.state.best_model_checkpoint else None,
         "resumed_from": Path(last).name if last else None,
-        "validation": {"accuracy": best["eval_accuracy"], "f1_macro": best["eval_f1_macro"],
+        "precision": "bf16" if args.bf16 else "fp32",
+        "validation": {"accuracy": best["eval_accuracy"], "balanced_accuracy": best["eval_balanced_accuracy"],
+                       "f1_macro": best["eval_f1_macro"],
                        "loss": best.get("eval_loss")},
     }
     append_jsonl(log_path, {"stage": stage, "event": "best", **stats["validation"]})

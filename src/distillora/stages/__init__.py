@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import StudyConfig
 from ..data import Encoded
-from ..training import fit
+from ..training import class_weight_vector, fit
 
 
 @dataclass
@@ -28,10 +28,13 @@ class StageEnv:
     def log_path(self, stage: str) -> Path:
         return self.run_dir / "logs" / f"{stage}.jsonl"
 
-    def fit(self, model, tc, key: str, fingerprint: str, train: Encoded | None = None, distill=None):
+    def fit(self, model, tc, key: str, fingerprint: str, train: Encoded | None = None, distill=None,
+            layer_map: list[int] | None = None):
         """`training.fit` with what every stage shares: this run's splits, tokenizer, seed, selection
-        metric and quietness, and the stage `key`'s work directory and log."""
+        metric, class weights and quietness, and the stage `key`'s work directory and log."""
+        labels = [x["labels"] for x in self.train.items]
+        weights = class_weight_vector(self.cfg.class_weights, labels, len(self.cfg.data.label_names))
         return fit(model, self.train if train is None else train, self.validation, self.tokenizer, tc,
                    work_dir=self.work_dir(key), log_path=self.log_path(key), stage=key, seed=self.cfg.seed,
                    selection_metric=self.cfg.selection_metric, quiet=self.quiet, fingerprint=fingerprint,
-                   distill=distill)
+                   distill=distill, class_weights=weights, layer_map=layer_map)

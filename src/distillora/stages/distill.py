@@ -14,24 +14,33 @@ from . import StageEnv
 
 
 @torch.inference_mode()
-def teacher_outputs(teacher, encoded: Encoded, tokenizer, with_hidden: bool, batch_size: int = 64) -> dict:
-    """{"teacher_logits": list of (C,) float32, "teacher_hidden": list of (L_i, H) float16} per example.
-    Hidden states are stored unpadded and in float16 (the cosine loss is scale-free, and fp16 halves
-    the cache: about 5k tweets x 25 tokens x 768 x 2 bytes = 0.2 GB for MPNet-base)."""
+def teacher_outputs(teacher, encoded: Encoded, tokenizer, with_hidden: bool, with_layers: bool = False,
+                    batch_size: int = 64) -> dict:
+    """Per example, in `encoded`'s order: {"teacher_logits": (C,) float32, "teacher_hidden": (L_i, H)
+    float16 final hidden states, "teacher_layers": (depth, H) float16 first-token state of every layer}.
+    Hidden states are stored unpadded and in float16 (both terms that read them are scale-free, and
+    fp16 halves the cache: about 5k tweets x 25 tokens x 768 x 2 bytes = 0.2 GB for MPNet-base; the
+    first-token states of all 12 layers add 5k x 12 x 768 x 2 bytes = 0.09 GB)."""
     teacher.eval()
-    logits, hidden = [None] * len(encoded), [None] * len(encoded)
+    n = len(encoded)
+    logits, hidden, layers = [None] * n, [None] * n, [None] * n
     for idx, batch in length_sorted_batches(encoded, tokenizer, batch_size, next(teacher.parameters()).device):
-        out = teacher(**batch, output_hidden_states=with_hidden)
+        out = teacher(**batch, output_hidden_states=with_hidden or with_layers)
         lg = out.logits.float().cpu()
         hs = out.hidden_states[-1].to(torch.float16).cpu() if with_hidden else None
+        ls = torch.stack([h[:, 0] for h in out.hidden_states[1:]], 1).to(torch.float16).cpu() if with_layers else None
         lengths = batch["attention_mask"].sum(-1).tolist()
         for row, j in enumerate(idx):
             logits[j] = lg[row]
             if with_hidden:
                 hidden[j] = hs[row, : lengths[row]].clone()
+            if with_layers:
+                layers[j] = ls[row].clone()
     cache = {"teacher_logits": logits}
     if with_hidden:
         cache["teacher_hidden"] = hidden
+    if with_layers:
+        cache["teacher_layers"] = layers
     return cache
 
 
@@ -39,4 +48,4 @@ def train(env: StageEnv, name: str, teacher, layers, cache: dict, fingerprint: s
     set_seed(env.cfg.seed)
     student = build_student(teacher, layers)
     return env.fit(student, env.cfg.distill.train, name, fingerprint, train=env.train.with_fields(**cache),
-                   distill=env.cfg.distill)
+                   distill=env.cfg.distill, layer_map=list(layers))

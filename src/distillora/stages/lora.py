@@ -20,13 +20,19 @@ from . import StageEnv
 MERGE_TOLERANCE = 1e-4
 
 
-def train(env: StageEnv, teacher, fingerprint: str, key: str = "lora"):
+def train(env: StageEnv, teacher, fingerprint: str, key: str = "lora", cache: dict | None = None):
+    """`cache`: the cached teacher outputs, needed when `lora.objective` is distill."""
     c = env.cfg.lora
     set_seed(env.cfg.seed)
-    student = build_student(teacher, c.layers)
+    layers = parse_layers(c.layers, teacher.config.num_hidden_layers)
+    student = build_student(teacher, layers)
     model = lora.wrap(student, c.r, c.alpha, c.dropout, c.target_modules)
     total, trainable = count_params(model)
-    model, stats = env.fit(model, c.train, key, fingerprint)
+    if c.objective == "distill":
+        model, stats = env.fit(model, c.train, key, fingerprint, train=env.train.with_fields(**cache),
+                               distill=env.cfg.distill, layer_map=layers)
+    else:
+        model, stats = env.fit(model, c.train, key, fingerprint)
     stats["params_trainable"] = trainable
     stats["target_modules"] = list(model.peft_config["default"].target_modules)
     stats["teacher_layers"] = parse_layers(c.layers, teacher.config.num_hidden_layers)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from transformers import AutoModelForSequenceClassification, set_seed
 
+from .. import normalize
 from . import StageEnv
 
 
@@ -16,7 +18,26 @@ def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = Fa
     )
 
 
+@torch.no_grad()
+def wise_ft(finetuned, pretrained, alpha: float):
+    """WiSE-FT (Wortsman et al., CVPR 2022): every weight the two models share becomes
+    alpha * fine-tuned + (1 - alpha) * pretrained; the head, which the pretrained model does not have
+    (it is new), stays the fine-tuned one. Returns a new model; neither input is changed."""
+    import copy
+
+    out = copy.deepcopy(finetuned)
+    pre = pretrained.state_dict()
+    state = out.state_dict()
+    for name, tensor in state.items():
+        if name in pre and not name.startswith("classifier") and pre[name].shape == tensor.shape \
+                and tensor.is_floating_point():
+            tensor.mul_(alpha).add_(pre[name].to(tensor.dtype), alpha=1 - alpha)
+    return out
+
+
 def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
     set_seed(env.cfg.seed)
     model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
+    # saved in config.json and copied into every student built from this teacher
+    normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
     return env.fit(model, env.cfg.teacher.train, key, fingerprint)
