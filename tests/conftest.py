@@ -85,6 +85,6 @@ def tiny_run(tmp_path_factory, tiny_teacher_dir, shared_data) -> Path:
         "name=tiny", f"data.train_file={root / 'train.csv'}", f"data.test_file={root / 'test.csv'}",
         "data.validation_fraction=0.25", "data.max_length=32", f"teacher.source={tiny_teacher_dir}",
         "teacher.train.epochs=1", "distill.train.epochs=1", "lora.train.epochs=1", "baseline.train.epochs=1",
-        "lora.r=4", "lora.alpha=8",
+        "lora.r=4", "lora.alpha=8", "data.normalize=hate_speech_twitter",
     ])
     return run_study(cfg, root / "runs" / "tiny", quiet=True)

@@ -47,12 +47,48 @@ def audit(splits: dict[str, tuple[list[str], np.ndarray]], label_names: list[str
             for k in range(len(label_names))}
     if info:
         out["dropped_empty"] = info.get("dropped_empty")
+    if "train" in splits:
+        out["unseen"] = {name: unseen(splits["train"][0], texts) for name, (texts, _) in splits.items() if name != "train"}
     names = list(splits)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             ta, tb = set(splits[a][0]), set(splits[b][0])
             na, nb = {normalise(t) for t in ta}, {normalise(t) for t in tb}
             out["overlap"][f"{a}/{b}"] = {"exact": len(ta & tb), "normalised": len((na & nb) - {""})}
+    return out
+
+
+def unseen(train: list[str], other: list[str], top: int = 8) -> dict:
+    """Characters and words of `other` that no training text contains: rows affected, the most
+    frequent of each, and which preset of `distillora.normalize`, applied to both sides, leaves no row
+    with an unseen character (None when none does)."""
+    from .normalize import PRESETS, Normalizer
+
+    def gap(tr: list[str], ot: list[str]) -> tuple[int, dict, dict]:
+        chars = set("".join(tr))
+        words = {w for t in tr for w in t.split()}
+        rows, cc, wc = 0, {}, {}
+        for t in ot:
+            new = set(t) - chars
+            rows += bool(new)
+            for c in new:
+                cc[c] = cc.get(c, 0) + 1
+            for w in set(t.split()) - words:
+                wc[w] = wc.get(w, 0) + 1
+        return rows, cc, wc
+
+    rows, cc, wc = gap(train, other)
+    out = {"rows": rows, "share": round(rows / max(1, len(other)), 4),
+           "chars": dict(sorted(cc.items(), key=lambda kv: -kv[1])[:top]),
+           # words that no train row has but at least 1% of these rows do: a vocabulary the model never saw
+           "words": {w: n for w, n in sorted(wc.items(), key=lambda kv: -kv[1])[:top] if n >= max(2, len(other) // 100)},
+           "closed_by": None}
+    if rows:
+        for name in ("basic", "hate_speech_twitter"):
+            norm = Normalizer(PRESETS[name])
+            if gap(norm.many(train), norm.many(other))[0] == 0:
+                out["closed_by"] = name
+                break
     return out
 
 
@@ -68,6 +104,13 @@ def findings(a: dict, label_names: list[str]) -> list[str]:
                 if share >= 0.3 and other and max(other) <= share / 3:
                     notes.append(f"{share:.0%} of `{split}` rows labelled `{label}` contain {ind.replace('_', ' ')}, "
                                  f"against at most {max(other):.0%} elsewhere: a surface cue a model can exploit.")
+    for split, u in a.get("unseen", {}).items():
+        if u["share"] >= 0.01:
+            chars = " ".join(repr(c) for c in u["chars"])
+            fix = (f"data.normalize: {u['closed_by']} closes the gap" if u["closed_by"] else
+                   "no preset of data.normalize closes it; add steps or clean the data")
+            notes.append(f"{u['share']:.0%} of `{split}` rows contain characters no training text contains "
+                         f"({chars}): the model never saw them in training; {fix}.")
     for pair, o in a["overlap"].items():
         if o["exact"] or o["normalised"]:
             notes.append(f"{pair}: {o['exact']} exact and {o['normalised']} normalised texts in common.")

@@ -1,0 +1,87 @@
+"""The model's own text normaliser: its steps, its round trip through save and load, and parity of
+`predict` and `/api/predict` with the evaluation for a raw test sentence."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from distillora import normalize
+from distillora.audit import unseen
+from distillora.config import load_config
+from distillora.errors import UserError
+from distillora.predict import load_model, predict, probabilities
+from distillora.serve import create_app
+
+from conftest import tiny_bert
+
+
+def test_hate_speech_twitter_preset_reproduces_the_datasets_cleaning():
+    n = normalize.Normalizer("hate_speech_twitter")
+    assert n("RT @user: Look at THIS!!! https://t.co/x #Blessed 2day\u200b") == "look at this blessed 2day"
+    assert n("rt rt") == "rt"  # only a leading retweet marker goes
+    assert n(n("Hello, @World!")) == n("Hello, @World!") == "hello"  # idempotent
+    assert normalize.Normalizer("none")("  A b  ") == "  A b  "
+    assert normalize.Normalizer(["lowercase", "collapse_spaces"])("  A   B ") == "a b"
+
+
+@pytest.mark.parametrize("spec, needle", [("shout", "unknown preset"), (["lowercase", "nope"], "unknown step"),
+                                          ([3], "list of step names")])
+def test_bad_normalize_settings_are_refused(spec, needle):
+    with pytest.raises(ValueError, match=needle):
+        normalize.resolve(spec)
+    with pytest.raises(UserError, match="data.normalize"):
+        load_config(None, [f"data.normalize={json.dumps(spec)}"])
+
+
+def test_normaliser_round_trips_through_save_and_load(tmp_path, minilm_tokenizer):
+    model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+    normalize.attach(model.config, normalize.resolve("hate_speech_twitter"))
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["distillora_normalize"] == normalize.PRESETS["hate_speech_twitter"]
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert normalize.of_model(loaded).steps == normalize.PRESETS["hate_speech_twitter"]
+    raw, clean = "@user You ARE awful!!! http://x.co", "you are awful"
+    assert probabilities(loaded, minilm_tokenizer, [raw]) == probabilities(loaded, minilm_tokenizer, [clean])
+    bare = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)  # no normaliser recorded: text as given
+    assert normalize.of_model(bare).steps == []
+    assert probabilities(bare, minilm_tokenizer, [raw]) != probabilities(bare, minilm_tokenizer, [clean])
+
+
+def test_every_saved_model_of_a_run_carries_the_runs_normaliser(tiny_run):
+    for d in (tiny_run / "models").iterdir():
+        if (d / "config.json").is_file():
+            cfg = json.loads((d / "config.json").read_text())
+            assert cfg["distillora_normalize"] == normalize.PRESETS["hate_speech_twitter"], d.name
+
+
+def test_raw_test_sentence_gets_the_evaluations_probability_in_predict_and_the_api(tiny_run):
+    """A raw test row (capitals, @user, punctuation) scored by `predict` and `/api/predict` matches the
+    probability the evaluation stored for that row, which it computed on the normalised split."""
+    cfg = load_config(tiny_run / "config.yaml")
+    test = pd.read_csv(cfg.data.test_file, keep_default_na=False)
+    rows = [i for i, t in enumerate(test.tweet) if t != normalize.Normalizer(cfg.data.normalize)(t)]
+    assert rows, "the slice should hold raw rows that the normaliser changes"
+    i = rows[0]
+    raw = test.tweet[i]
+    client = create_app(tiny_run).test_client()
+    for name in ("teacher", "odd", "lora"):
+        stored = json.loads((tiny_run / "stages" / f"{name}.test.json").read_text())["probabilities_hate"][i]
+        _, model, tok = load_model(tiny_run, name)
+        (cli,) = predict(model, tok, [raw], cfg.data.label_names, cfg.data.max_length)
+        assert cli["probabilities"]["hate"] == pytest.approx(stored, abs=1e-5), name
+        r = client.post("/api/predict", json={"text": raw, "models": [name]})
+        (res,) = r.get_json()["predictions"][0]["results"]
+        assert res["probabilities"]["hate"] == pytest.approx(stored, abs=1e-5), name
+
+
+def test_audit_flags_unseen_characters_and_names_the_preset_that_closes_the_gap():
+    train = ["you are all great", "what a day"]
+    other = ["@user You are GREAT!", "what a day"]
+    u = unseen(train, other)
+    assert u["rows"] == 1 and {"@", "G", "!"} <= set(u["chars"])
+    assert u["closed_by"] == "hate_speech_twitter"
+    assert unseen(train, ["what a great day"])["rows"] == 0

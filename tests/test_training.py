@@ -1,0 +1,71 @@
+"""Training options on tiny models: class weights, the precision choice and the layer-to-layer term
+reaching the Trainer."""
+
+import numpy as np
+import pytest
+import torch
+
+from distillora import training
+from distillora.config import TrainConfig, load_config
+from distillora.data import Encoded
+from distillora.errors import UserError
+
+from conftest import tiny_bert
+
+
+def _encoded(n: int, label_of) -> Encoded:
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        ids = [101] + torch.randint(1000, 1100, (6,), generator=g).tolist() + [102]
+        items.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": label_of(i)})
+    return Encoded(items)
+
+
+def test_balanced_class_weights_follow_sklearns_formula():
+    w = training.class_weight_vector("balanced", np.array([0, 0, 0, 1]), 2)
+    assert w.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
+    assert training.class_weight_vector(None, np.array([0, 1]), 2) is None
+    assert training.class_weight_vector([1, 5], np.array([0, 1]), 2).tolist() == [1.0, 5.0]
+
+
+def test_class_weights_are_validated():
+    with pytest.raises(UserError, match="class_weights"):
+        load_config(None, ["class_weights=[1, 2, 3]"])
+    with pytest.raises(UserError, match="class_weights"):
+        load_config(None, ["class_weights=square"])
+    assert load_config(None, ["class_weights=null"]).class_weights is None
+
+
+def test_class_weights_move_a_tiny_models_decisions(tmp_path, minilm_tokenizer):
+    """Labels are noise (no signal in the tokens), 3:1 for class 0. Unweighted, the model learns the
+    prior and predicts class 0; with class 1 weighted 9x, it predicts class 1 for most examples."""
+    data = _encoded(64, lambda i: int(i % 4 == 0))
+    preds = {}
+    for name, weights in (("none", None), ("heavy", torch.tensor([1.0, 9.0]))):
+        model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+        tc = TrainConfig(epochs=1, learning_rate=3e-3, batch_size=8, logging_steps=100, precision="fp32")
+        model, _ = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / name,
+                                log_path=tmp_path / f"{name}.jsonl", stage=name, seed=0, selection_metric="accuracy",
+                                quiet=True, fingerprint=name, class_weights=weights)
+        with torch.no_grad():
+            batch = training.Collator(minilm_tokenizer)([{k: v for k, v in x.items() if k != "labels"} for x in data])
+            preds[name] = model(**batch).logits.argmax(-1).float().mean().item()
+    assert preds["none"] < 0.5 < preds["heavy"], preds
+
+
+def test_precision_choice(monkeypatch):
+    assert training.use_bf16("fp32") is False
+    assert training.use_bf16("bf16") is True
+    monkeypatch.setattr(training, "bf16_pays", lambda device="cpu": False)
+    assert training.use_bf16("auto") is False
+    monkeypatch.setattr(training, "bf16_pays", lambda device="cpu": True)
+    assert training.use_bf16("auto") is True
+    with pytest.raises(UserError, match="precision"):
+        load_config(None, ["teacher.train.precision=fp8"])
+
+
+def test_bf16_measurement_is_cached_and_boolean():
+    training._BF16_CACHE.pop("cpu", None)
+    first = training.bf16_pays("cpu", n=128, reps=1)
+    assert isinstance(first, bool) and training._BF16_CACHE["cpu"] is first
