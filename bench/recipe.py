@@ -83,6 +83,8 @@ def main() -> None:
             p.requires_grad_(True)
     model, stats = env.fit(model, cfg.teacher.train, "teacher", a.name)
     seconds = time.perf_counter() - t0
+    model.save_pretrained(str(work / "model"))  # for bench/lora_recipe.py --teacher
+    tok.save_pretrained(str(work / "model"))
     pretrained = load_pretrained(source, cfg.data.label_names)
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     for alpha in [float(x) for x in a.wise.split(",")]:

@@ -69,3 +69,16 @@ def test_bf16_measurement_is_cached_and_boolean():
     training._BF16_CACHE.pop("cpu", None)
     first = training.bf16_pays("cpu", n=128, reps=1)
     assert isinstance(first, bool) and training._BF16_CACHE["cpu"] is first
+
+
+def test_frozen_word_embeddings_stay_fixed_while_the_rest_trains(tmp_path, minilm_tokenizer):
+    model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+    emb = model.get_input_embeddings().weight.detach().clone()
+    layer = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    data = _encoded(16, lambda i: i % 2)
+    tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
+                     freeze_word_embeddings=True)
+    model, _ = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / "w", log_path=tmp_path / "l",
+                            stage="s", seed=0, selection_metric="accuracy", quiet=True, fingerprint="f")
+    assert torch.equal(model.get_input_embeddings().weight, emb)
+    assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, layer)

@@ -39,6 +39,8 @@ class TrainConfig:
     warmup_ratio: float = _f(0.06, "Share of steps with linear warm-up.")
     early_stopping_patience: int = _f(0, "Stop after this many epochs without validation gain (0: never).")
     logging_steps: int = _f(10, "Steps between log lines (loss, learning rate, examples/s).")
+    freeze_word_embeddings: bool = _f(False, "Keep the word-embedding matrix fixed (a student's is the fine-tuned "
+                                             "teacher's): no gradient for its ~30k x hidden entries.")
     precision: str = _f("auto", "fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the device runs "
                                 "bf16 matrix products natively and measurably faster than fp32, else fp32.")
 
@@ -68,6 +70,8 @@ class DataConfig:
 class TeacherConfig:
     source: str = _f("mpnet-base", "Hub id, local Hugging Face directory, or offline bundle (minilm-l6, mpnet-base).")
     allow_pickle: bool = _f(False, "Load pickled (.bin) teacher weights, which can run code: only for a trusted source.")
+    wise_alpha: float = _f(1.0, "WiSE-FT: keep alpha * fine-tuned + (1 - alpha) * pretrained weights (the new head "
+                                "stays fine-tuned); 1 keeps the fine-tuned teacher as it is.")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=3e-5))
 
 
@@ -294,6 +298,8 @@ def validate(cfg: StudyConfig) -> list[str]:
             parse_layers(getattr(cfg, sec).layers, None)
         except ValueError as e:
             errs.append(f"{sec}.layers = {getattr(cfg, sec).layers!r}: {e}")
+    if not 0 < cfg.teacher.wise_alpha <= 1:
+        errs.append(f"teacher.wise_alpha = {cfg.teacher.wise_alpha}: use a value in (0, 1]; 1 turns WiSE-FT off")
     if cfg.lora.objective not in ("ce", "distill"):
         errs.append(f"lora.objective = {cfg.lora.objective!r}: use ce or distill")
     if isinstance(cfg.lora.target_modules, str) and cfg.lora.target_modules != "all-linear":

@@ -285,6 +285,8 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     """Train `model`, keep the epoch best on validation, resume from `work_dir`'s last checkpoint if
     one exists and was made with the same `fingerprint`. Returns the best model and
     {loss (mean of last epoch), seconds, steps, validation}."""
+    if tc.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     state = PartialState()
     if state.is_main_process:
         _prepare_work_dir(work_dir, log_path, fingerprint)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, set_seed
 
 from .. import normalize
+from ..evaluate import predict_proba
+from ..training import compute_metrics
 from . import StageEnv
 
 
@@ -40,4 +43,14 @@ def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
     model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
     # saved in config.json and copied into every student built from this teacher
     normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
-    return env.fit(model, env.cfg.teacher.train, key, fingerprint)
+    model, stats = env.fit(model, env.cfg.teacher.train, key, fingerprint)
+    alpha = env.cfg.teacher.wise_alpha
+    if alpha < 1:
+        model = wise_ft(model, load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle), alpha)
+        # the kept model is the interpolated one: its validation figures replace the fine-tuned model's
+        probs, _ = predict_proba(model, env.validation, env.tokenizer)
+        labels = np.array([x["labels"] for x in env.validation.items])
+        stats["validation_before_wise"] = stats["validation"]
+        stats["validation"] = {k: v for k, v in compute_metrics((probs, labels)).items()}
+        stats["wise_alpha"] = alpha
+    return model, stats

@@ -1,0 +1,82 @@
+"""Measure a student recipe (distilled, LoRA or baseline) on validation and on the development set
+of short sentences, never on the test split, from a fine-tuned teacher saved by bench/recipe.py.
+
+    python bench/student_recipe.py --teacher /tmp/distillora-recipe/base/model --stage lora --name lora-all \\
+        lora.target_modules=all-linear lora.objective=distill
+
+One JSON line per student goes to `--log` (default bench/results/student_recipe.jsonl)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+from distillora.config import load_config  # noqa: E402
+from distillora.data import encode, load_splits, load_table  # noqa: E402
+from distillora.evaluate import count_params, predict_proba  # noqa: E402
+from distillora.stages import StageEnv  # noqa: E402
+from distillora.stages import baseline as baseline_stage, distill as distill_stage, lora as lora_stage  # noqa: E402
+from distillora.students import parse_layers  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipe import DEV, REPO, _cpu, scores  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "configs" / "seed.yaml"))
+    ap.add_argument("--teacher", required=True, help="a fine-tuned teacher directory (bench/recipe.py saves one)")
+    ap.add_argument("--stage", choices=["distill", "lora", "baseline"], required=True)
+    ap.add_argument("--layers", default="even", help="teacher layers of a distilled student")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--work", default="/tmp/distillora-student-recipe")
+    ap.add_argument("--log", default=str(REPO / "bench" / "results" / "student_recipe.jsonl"))
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+
+    cfg = load_config(a.config, a.overrides)
+    splits = load_splits(cfg.data, cfg.seed)
+    dev = load_table(DEV, cfg.data)
+    tok = AutoTokenizer.from_pretrained(a.teacher)
+    teacher = AutoModelForSequenceClassification.from_pretrained(a.teacher).eval()
+    enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
+    enc["dev"] = encode(dev, tok, cfg.data.max_length)
+    env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True)
+    t0 = time.perf_counter()
+    needs_cache = a.stage == "distill" or (a.stage == "lora" and cfg.lora.objective == "distill")
+    cache = distill_stage.teacher_outputs(teacher, enc["train"], tok, with_hidden=cfg.distill.w_cos > 0,
+                                          with_layers=cfg.distill.w_layer > 0) if needs_cache else None
+    if a.stage == "distill":
+        layers = parse_layers(a.layers if a.layers in ("odd", "even") else json.loads(a.layers),
+                              teacher.config.num_hidden_layers)
+        model, stats = distill_stage.train(env, a.name, teacher, layers, cache, a.name)
+    elif a.stage == "lora":
+        model, stats = lora_stage.train(env, teacher, a.name, a.name, cache)
+    else:
+        model, stats = baseline_stage.train(env, teacher, a.name, a.name)
+    total, trainable = count_params(model)
+    row = {"name": a.name, "stage": a.stage, "config": Path(a.config).name, "overrides": a.overrides,
+           "teacher": a.teacher, "train_seconds": round(time.perf_counter() - t0, 1),
+           "params_trainable": stats.get("params_trainable", trainable), "params_total": total,
+           "trainable_pct": round(100 * stats.get("params_trainable", trainable) / total, 3), "cpu": _cpu()}
+    for split in ("validation", "dev"):
+        probs, _ = predict_proba(model, enc[split], tok)
+        row[split] = scores(probs, (splits.validation if split == "validation" else dev).labels)
+    print(json.dumps(row))
+    Path(a.log).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.log, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
