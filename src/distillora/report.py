@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .config import StudyConfig  # noqa: E402
 from .fileio import read_jsonl, write_text  # noqa: E402
 
-# The seed's quality bar (issue 2); the report states whether each is met.
-TEACHER_MIN_ACC = 0.83
+# The seed's quality bar (issue 10); the report states whether each is met.
+TEACHER_MIN_ACC = 0.80
+LORA_MIN_ACC = 0.75
 STUDENT_MIN_RATIO = 0.97
 LORA_MIN_RATIO = 0.95
 LORA_MAX_TRAINABLE = 0.01
@@ -162,12 +163,13 @@ def _sections(results: dict) -> list[str]:
             lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
         lines.append("")
     if any(m.get("extra_tests") for m in ms):
-        lines += ["## Extra test sets", "", "| model | set | rows | accuracy [95% CI] | F1 (macro) | hate P / R |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["## Extra test sets", "",
+                  "| model | set | rows | accuracy [95% CI] | balanced accuracy | F1 (macro) | hate P / R |",
+                  "|---|---|---|---|---|---|---|"]
         for m in ms:
             for name, r in (m.get("extra_tests") or {}).items():
                 lines.append(f"| {m['name']} | {name} | {r['rows']} | {r['accuracy']:.3f}{_ci(r, 'accuracy')} | "
-                             f"{r['f1_macro']:.3f} | {r['precision_hate']:.2f} / {r['recall_hate']:.2f} |")
+                             f"{r.get('balanced_accuracy', float('nan')):.3f} | {r['f1_macro']:.3f} | {r['precision_hate']:.2f} / {r['recall_hate']:.2f} |")
         lines.append("")
     if results.get("audit"):
         lines += audit_lines(results["audit"], results["dataset"]["label_names"])
@@ -246,10 +248,11 @@ def analysis(results: dict) -> list[str]:
         lo, ba = by["lora"], by["baseline"]
         ratio = lo["test"]["accuracy"] / ba["test"]["accuracy"] if ba["test"]["accuracy"] else 0.0
         share = lo["params_trainable"] / lo["params_total"]
-        ok = ratio >= LORA_MIN_RATIO and share < LORA_MAX_TRAINABLE
-        out.append(f"- LoRA keeps {100 * ratio:.1f}% of the baseline's test accuracy with {100 * share:.2f}% of its "
-                   f"parameters trainable: the target ({100 * LORA_MIN_RATIO:.0f}% with under {100 * LORA_MAX_TRAINABLE:.0f}% "
-                   f"trainable) is {'met' if ok else 'not met'}.")
+        ok = ratio >= LORA_MIN_RATIO and share <= LORA_MAX_TRAINABLE and lo["test"]["accuracy"] >= LORA_MIN_ACC
+        out.append(f"- LoRA reaches test accuracy {lo['test']['accuracy']:.3f}, {100 * ratio:.1f}% of the baseline's, with "
+                   f"{100 * share:.2f}% of its parameters trainable: the target (at least {LORA_MIN_ACC:.2f} and "
+                   f"{100 * LORA_MIN_RATIO:.0f}% of the baseline, at most {100 * LORA_MAX_TRAINABLE:.0f}% trainable) is "
+                   f"{'met' if ok else 'not met'}.")
     if results.get("best_student"):
         out.append(f"- Best student on validation ({results['selection_metric']}): `{results['best_student']}`.")
     ds = results["dataset"]
