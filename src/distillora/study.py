@@ -403,7 +403,8 @@ def _model_entry(name: str, rec: dict, ev: dict, run: Run) -> dict:
         "params_total": ev["params_total"],
         "params_trainable": ev["params_trainable"],
         "train": {"loss": tr["loss"], "seconds": tr["seconds"], "steps": tr["steps"],
-                  "epoch_losses": tr.get("epoch_losses"), "best_checkpoint": tr.get("best_checkpoint")},
+                  "epoch_losses": tr.get("epoch_losses"), "best_checkpoint": tr.get("best_checkpoint"),
+                  "precision": tr.get("precision", "fp32")},
         "validation": {k: tr["validation"][k] for k in ("accuracy", "balanced_accuracy", "f1_macro")
                        if k in tr["validation"]},
         "test": {},  # filled by analysis.add_to_models from the stored test probabilities
