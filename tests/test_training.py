@@ -112,3 +112,20 @@ def test_distill_trainer_matches_each_student_layer_to_the_teacher_layer_it_was_
         want = want + 2.0 * patient_loss(s_layers, t_layers)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     assert patient_loss(s_layers, t_layers).item() > 0  # the term is part of what the Trainer returned
+
+
+def test_a_model_trained_in_bf16_runs_in_fp32_afterwards(tmp_path, minilm_tokenizer):
+    """accelerate wraps forward in autocast while training; the returned model must not keep it, or a
+    LoRA adapter (bf16) and its merged copy (fp32) disagree, and cached teacher outputs are bf16."""
+    model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+    data = _encoded(16, lambda i: i % 2)
+    tc = TrainConfig(epochs=1, learning_rate=1e-3, batch_size=8, logging_steps=100, precision="bf16")
+    model, stats = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / "w",
+                                log_path=tmp_path / "l", stage="s", seed=0, selection_metric="accuracy", quiet=True,
+                                fingerprint="f")
+    assert stats["precision"] == "bf16"
+    seen = []
+    model.bert.encoder.layer[0].register_forward_hook(lambda m, i, o: seen.append(torch.is_autocast_enabled("cpu")))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([data[0]["input_ids"]]))
+    assert seen == [False]

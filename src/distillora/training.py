@@ -325,4 +325,6 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
                        "loss": best.get("eval_loss")},
     }
     append_jsonl(log_path, {"stage": stage, "event": "best", **stats["validation"]})
-    return trainer.model, stats
+    # With bf16, accelerate wrapped the model's forward in autocast; take the wrapper off so that what
+    # the stage saves, caches from or checks (LoRA's merged copy) runs in the model's own precision.
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False), stats
