@@ -245,7 +245,8 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
             for j, q in zip(rows, probs):
                 labels[j], p_hate[j] = p.label_names[int(q[1] > q[0])], round(q[1], 6)
             df[f"{name}_label"], df[f"{name}_p_hate"] = labels, p_hate
-        return Response(neutralise_formulas(df).to_csv(index=False), mimetype="text/csv",
+        # CRLF rows (RFC 4180): with them the csv writer also quotes a cell holding a bare CR
+        return Response(neutralise_formulas(df).to_csv(index=False, lineterminator="\r\n"), mimetype="text/csv",
                         headers={"Content-Disposition": "attachment; filename=predictions.csv"})
 
     return app
