@@ -5,7 +5,9 @@ Run directory:
   config.yaml              resolved configuration
   stages/<name>.json       a finished stage: fingerprint + training statistics
   stages/<name>.test.json  its test-split evaluation
-  models/<name>/           save_pretrained output (lora: merged, adapter in models/lora/adapter)
+  .lock                    held by the one process writing here (see runlock)
+  models/<name>/           save_pretrained output (lora: merged, adapter in models/lora/adapter),
+                           with weights.sha256.json (see integrity)
   checkpoints/<name>/      Trainer checkpoints while a stage runs (removed when it finishes)
   logs/<name>.jsonl        training logs
   results.json, report.md, plots/   written last; results.json marks the run finished
