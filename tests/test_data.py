@@ -110,3 +110,81 @@ def test_collator_pads_inputs_and_teacher_hidden(minilm_tokenizer):
     assert batch["teacher_hidden"].shape == (2, max(lengths), 3)
     assert batch["teacher_hidden"][1, lengths[1]:].abs().sum() == 0
     assert batch["teacher_logits"].shape == (2, 2) and batch["labels"].tolist() == [0, 1]
+
+
+class _Recording:
+    """A tokenizer that records the longest text it was given, then delegates."""
+
+    def __init__(self, tok):
+        self.tok, self.longest = tok, 0
+
+    def __call__(self, texts, **kw):
+        self.longest = max([self.longest] + [len(t) for t in texts])
+        return self.tok(texts, **kw)
+
+
+def test_a_huge_text_is_clipped_before_tokenising(minilm_tokenizer):
+    """Issue 11 H: one 5 MB text reaches the tokenizer as at most 20 * max_length characters (training,
+    prediction and the audit alike), with the same tokens as truncating the whole text."""
+    from distillora.analysis import run_audit
+    from distillora.data import MAX_CHARS_PER_TOKEN, Split, Splits
+    from distillora.config import StudyConfig
+    from distillora.predict import probabilities
+    from conftest import tiny_bert
+
+    huge = "they said hello again " * 250_000
+    split = Split([huge, "short one"], np.array([0, 1]))
+    rec = _Recording(minilm_tokenizer)
+    enc = encode(split, rec, 32)
+    assert rec.longest <= MAX_CHARS_PER_TOKEN * 32
+    assert enc[0]["input_ids"] == minilm_tokenizer(huge, truncation=True, max_length=32)["input_ids"]
+
+    rec = _Recording(minilm_tokenizer)
+    probabilities(tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size), rec, [huge, "hi"], 32)
+    assert rec.longest <= MAX_CHARS_PER_TOKEN * 32
+
+    rec = _Recording(minilm_tokenizer)
+    splits = Splits(split, split, split, {"dropped_empty": {}})
+    a = run_audit(splits, StudyConfig(), rec)
+    assert rec.longest <= MAX_CHARS_PER_TOKEN * 512 and a["splits"]["train"]["tokens"]["max"] == 512
+
+
+def _mpnet_tokenizer(minilm_tokenizer):
+    """An MPNet tokenizer (special tokens <s>, </s>, <pad>, <mask>) over MiniLM's WordPiece vocabulary."""
+    from transformers import MPNetTokenizer
+
+    words = sorted(minilm_tokenizer.get_vocab(), key=minilm_tokenizer.get_vocab().get)
+    return MPNetTokenizer(vocab={w: i for i, w in enumerate(["<s>", "<pad>", "</s>", "<unk>", *words, "<mask>"])})
+
+
+def test_special_token_strings_in_user_text_stay_text(minilm_tokenizer):
+    """Issue 11 J: `[SEP]`/`[CLS]` (BERT) and `</s>`/`<s>` (MPNet) typed in a text are tokenised as the
+    characters they are, in training (`encode`) and prediction (`probabilities`) alike."""
+    from distillora.data import Split
+    from distillora.predict import probabilities
+    from conftest import tiny_bert
+
+    bert = minilm_tokenizer
+    ids = encode(Split(["hi [SEP] there [CLS]"], np.array([0])), bert, 32)[0]["input_ids"]
+    assert ids[0] == bert.cls_token_id and ids[-1] == bert.sep_token_id
+    assert bert.sep_token_id not in ids[1:-1] and bert.cls_token_id not in ids[1:-1]
+    assert ids == bert("hi [ sep ] there [ cls ]")["input_ids"]  # uncased: the same characters
+    model = tiny_bert(2, vocab_size=bert.vocab_size)
+    assert probabilities(model, bert, ["hi [SEP] there"]) == probabilities(model, bert, ["hi [ sep ] there"])
+
+    mpnet = _mpnet_tokenizer(minilm_tokenizer)
+    ids = encode(Split(["hi </s> <s> there"], np.array([0])), mpnet, 32)[0]["input_ids"]
+    assert ids[0] == mpnet.cls_token_id and ids[-1] == mpnet.sep_token_id
+    assert mpnet.sep_token_id not in ids[1:-1] and mpnet.cls_token_id not in ids[1:-1]
+    assert ids == mpnet("hi < / s > < s > there")["input_ids"]
+
+
+def test_sep_reads_tab_separated_files(tmp_path):
+    """Issue 11 K: `data.sep` reads a tab-separated file (which, by default, gets a hint to set it)."""
+    tsv = "tweet\tlabel\n" + _rows(8, 4).replace(",", "\t")
+    cfg = _write(tmp_path, tsv, "tweet\tlabel\nhello, there\t0\nvermin\t1\n")
+    with pytest.raises(UserError, match="use commas, or set data.sep"):
+        load_splits(cfg, 0)
+    cfg.sep = "\t"
+    s = load_splits(cfg, 0)
+    assert s.info["rows"]["test"] == 2 and s.test.texts[0] == "hello, there"

@@ -244,3 +244,32 @@ def test_torch_thread_batches_queued_requests_per_model_and_runs_all_torch_work_
     # a call made from the torch thread itself runs in place instead of waiting on its own queue
     assert worker.call(lambda: worker.call(lambda: 7)) == 7
     assert worker.call(lambda: worker.submit("a", ["x"], run("a")).result()) == ["a:x"]
+
+
+def test_batch_csv_neutralises_formulas(client):
+    """Issue 11 J: cells a spreadsheet would run as formulas come back prefixed with a quote (OWASP)."""
+    import csv
+
+    rows = ["=1+1", "+SUM(A1:A2)", "-2+3", "@cmd", "\tx", "\r=1", "plain text"]
+    body = io.StringIO()
+    csv.writer(body).writerows([["text"], *[[r] for r in rows]])
+    r = client.post("/batch", data={"file": (io.BytesIO(body.getvalue().encode()), "in.csv"), "models": ["odd"]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200
+    got = list(csv.reader(io.StringIO(r.data.decode(), newline="")))
+    assert [g[0] for g in got[1:]] == ["'" + t for t in rows[:-1]] + ["plain text"]
+    assert all(g[1] in ("hate", "not_hate") for g in got[1:])
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\x00", "\ufeff", " \u200b\ufeff\u2060\u200d \x00 "])
+def test_invisible_text_is_empty(client, text):
+    """Issue 11 J: a text of only invisible characters gets the 400 for an empty text."""
+    assert "empty" in _err(client.post("/api/predict", json={"text": text}), 400)
+    assert "empty" in _err(client.post("/api/explain", json={"text": text}), 400)
+
+
+def test_api_responses_are_not_cached(client):
+    """Issue 11 J: answers that hold user text carry Cache-Control: no-store."""
+    for r in (client.post("/api/predict", json={"text": "hello"}), client.get("/api/models"), client.get("/healthz"),
+              client.post("/api/predict", json={}), client.get("/")):
+        assert r.headers["Cache-Control"] == "no-store"

@@ -9,6 +9,9 @@ import unicodedata
 
 import numpy as np
 
+from .data import clip
+
+AUDIT_MAX_TOKENS = 512  # the longest max_length a run accepts
 URL = re.compile(r"https?://|www\.", re.I)
 INDICATORS = {
     "uppercase": lambda t: any(c.isupper() for c in t),
@@ -37,7 +40,11 @@ def audit(splits: dict[str, tuple[list[str], np.ndarray]], label_names: list[str
                  "share": {n: round(c / max(1, len(texts)), 4) for n, c in zip(label_names, counts)},
                  "duplicates": len(texts) - len(set(texts))}
         if tokenizer is not None and texts:
-            lengths = np.array([len(x) for x in tokenizer(texts, truncation=False)["input_ids"]])
+            # clipped first, as training clips (a 50 MB text would otherwise be tokenised whole);
+            # lengths are counted up to AUDIT_MAX_TOKENS
+            clipped = [clip(t, AUDIT_MAX_TOKENS) for t in texts]
+            ids = tokenizer(clipped, truncation=True, max_length=AUDIT_MAX_TOKENS, split_special_tokens=True)["input_ids"]
+            lengths = np.array([len(x) for x in ids])
             entry["tokens"] = {"mean": round(float(lengths.mean()), 1), "p50": int(np.percentile(lengths, 50)),
                                "p95": int(np.percentile(lengths, 95)), "max": int(lengths.max())}
         out["splits"][name] = entry

@@ -27,12 +27,12 @@ def cmd_run(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from .predict import finished_run, load_model, max_length, predict
+    from .predict import blank, finished_run, load_model, max_length, predict
 
     results = finished_run(a.run)
     name, model, tok = load_model(a.run, a.model)
     texts = [t for t in a.texts]
-    if not texts or any(not t.strip() for t in texts):
+    if not texts or any(blank(t) for t in texts):
         raise UserError("predict: give at least one non-empty TEXT argument")
     preds = predict(model, tok, texts, results["dataset"]["label_names"], max_length(a.run))
     print(json.dumps({"model": name, "predictions": preds}, indent=2, ensure_ascii=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,12 +59,14 @@ class DataConfig:
                                                    "results); ignored when absent.")
     validation_fraction: float = _f(0.1, "Share of train carved (stratified, seeded) as the validation split.")
     max_train_rows: int | None = _f(None, "Use a stratified sample of this many train rows (before the carve).")
-    max_length: int = _f(128, "Tokens kept per text (longer texts are truncated).")
+    max_length: int = _f(128, "Tokens kept per text (longer texts are truncated; only the first "
+                              "20 * max_length characters are tokenised).")
     normalize: Union[str, list[str]] = _f("basic", "Text normaliser saved with every model and applied to every "
                                                    "text (train, test, predict, the app): a preset (none, basic, "
                                                    "hate_speech_twitter) or a list of steps; see distillora.normalize.")
     extra_tests: dict[str, str] = _f({}, "Extra labelled test sets, name -> file (csv/jsonl/parquet with the same "
                                          "text and label columns); every model is evaluated on each.")
+    sep: str = _f(",", "Field separator of csv files (one character, e.g. \"\\t\" for tab-separated files).")
 
 
 @dataclass
@@ -244,8 +247,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> St
 def validate(cfg: StudyConfig) -> list[str]:
     from .students import parse_layers  # late import: students imports torch
 
-    errs = []
+    errs = _non_finite(cfg)
     d = cfg.data
+    for key, seed in [("seed", cfg.seed)] + [(f"seeds[{i}]", s) for i, s in enumerate(cfg.seeds)]:
+        if not 0 <= seed < 2 ** 32:
+            errs.append(f"{key} = {seed}: use a seed in 0..4294967295 (2**32 - 1)")
+    if len(d.sep) != 1 or d.sep in ('"', "\n", "\r"):
+        errs.append(f"data.sep = {d.sep!r}: use one character other than a quote or a newline, e.g. ',' or '\\t'")
     if len(d.label_names) != 2 or len(set(d.label_names)) != 2:
         errs.append(f"data.label_names = {d.label_names!r}: give two distinct names, e.g. [not_hate, hate]")
     if not 0 < d.validation_fraction < 0.5:
@@ -324,6 +332,19 @@ def validate(cfg: StudyConfig) -> list[str]:
             errs.append(f"{sec}.train.precision = {t.precision!r}: use auto, fp32 or bf16")
         if t.early_stopping_patience < 0:
             errs.append(f"{sec}.train.early_stopping_patience = {t.early_stopping_patience}: must be >= 0")
+    return errs
+
+
+def _non_finite(obj, prefix: str = "") -> list[str]:
+    """Every NaN or infinite float in the configuration (they pass `x > 0` style checks, as NaN
+    compares false and inf is positive, and then fail or train on garbage much later)."""
+    errs = []
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            errs += _non_finite(value, key + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            errs.append(f"{key} = {value}: must be a finite number")
     return errs
 
 

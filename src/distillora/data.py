@@ -3,6 +3,8 @@ drop empty texts, carve a stratified validation split, tokenise once, and collat
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,15 @@ from .normalize import Normalizer
 log = logging.getLogger(__name__)
 
 READERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+# Only the first MAX_CHARS_PER_TOKEN * max_length characters of a text are tokenised: a WordPiece or
+# BPE token covers at least one character, so this keeps every token that truncation would keep
+# unless a text holds long runs of whitespace, and one 50 MB text costs no more than a tweet.
+MAX_CHARS_PER_TOKEN = 20
+
+
+def clip(text: str, max_length: int) -> str:
+    """`text` cut to the characters that can yield its first `max_length` tokens (see above)."""
+    return text[: MAX_CHARS_PER_TOKEN * max_length]
 
 
 @dataclass
@@ -42,7 +53,7 @@ class Splits:
 
 # ----------------------------------------------------------------------------- reading
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, sep: str = ",") -> pd.DataFrame:
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise UserError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .jsonl or .parquet")
@@ -63,8 +74,12 @@ def _read_table(path: Path) -> pd.DataFrame:
             raise UserError(f"{path}: {row}, column {col}: byte 0x{raw[e.start]:02x} is not UTF-8; "
                             f"re-save the file as UTF-8") from None
         if kind == "csv":
+            header = raw.split(b"\n", 1)[0].decode("utf-8")
+            if sep not in header and "\t" in header:
+                raise UserError(f"{path}: line 1 holds tabs but no {sep!r}: the file looks tab-separated; "
+                                f"use commas, or set data.sep='\\t'")
             # keep_default_na=False: a tweet reading "NA" or "null" is text, not a missing value.
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[])
         return pd.read_json(path, lines=True, dtype=False)
     except UserError:
         raise
@@ -98,7 +113,7 @@ def _label_to_index(value, names: list[str]) -> int | None:
         s = value.strip()
         if s in names:
             return names.index(s)
-        if s.lstrip("-").isdigit():
+        if s.lstrip("-").isascii() and s.lstrip("-").isdigit():  # not "²", which isdigit() accepts
             return int(s) if 0 <= int(s) < len(names) else None
     return None
 
@@ -121,7 +136,7 @@ def _validate(df: pd.DataFrame, path: str, cfg: DataConfig, first_row: int = 1) 
         idx = _label_to_index(value, cfg.label_names)
         if idx is None:
             row = first_row + i
-            line = f" (line {row + 1})" if path.endswith(".csv") else ""
+            line = f" (line {_csv_line(Path(path), row, cfg.sep)})" if path.endswith(".csv") else ""
             raise UserError(f"{path}: row {row}{line}, column {cfg.label_column!r}: label {value!r} is not one of "
                             f"{allowed}; fix the value or set data.label_names")
         labels[i] = idx
@@ -142,9 +157,23 @@ def _validate(df: pd.DataFrame, path: str, cfg: DataConfig, first_row: int = 1) 
     return texts, labels, counts
 
 
+def _csv_line(path: Path, row: int, sep: str) -> int:
+    """The physical line on which data row `row` (1-based, after the header) of csv `path` starts:
+    quoted fields may span lines, so this is not `row + 1`. Blank lines are skipped, as pandas does."""
+    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8"), newline=""), delimiter=sep)
+    start, n = 1, -1  # n: data rows read so far; the header is row 0
+    for record in reader:
+        if record:
+            n += 1
+            if n == row:
+                return start
+        start = reader.line_num + 1
+    return start
+
+
 def load_table(path: str | Path, cfg: DataConfig) -> Split:
     """One extra labelled file (e.g. an extra test set), read and checked like the test split."""
-    texts, labels, counts = _validate(_read_table(Path(path)), str(path), cfg)
+    texts, labels, counts = _validate(_read_table(Path(path), cfg.sep), str(path), cfg)
     if not texts:
         raise UserError(f"{path}: no rows left after dropping empty texts")
     return Split(texts, labels, counts.get("categories"))
@@ -153,11 +182,11 @@ def load_table(path: str | Path, cfg: DataConfig) -> Split:
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
     """Read train and test, validate, drop empty texts, sample (`max_train_rows`) and carve validation."""
     if cfg.train_file:
-        train_df, test_df = _read_table(Path(cfg.train_file)), _read_table(Path(cfg.test_file))
+        train_df, test_df = _read_table(Path(cfg.train_file), cfg.sep), _read_table(Path(cfg.test_file), cfg.sep)
         names = (cfg.train_file, cfg.test_file)
     elif Path(cfg.source).expanduser().is_dir():
         tr, te = _find_files(Path(cfg.source).expanduser())
-        train_df, test_df = _read_table(tr), _read_table(te)
+        train_df, test_df = _read_table(tr, cfg.sep), _read_table(te, cfg.sep)
         names = (str(tr), str(te))
     elif Path(cfg.source).suffix or cfg.source.startswith((".", "/", "~")):
         raise UserError(f"data.source = {cfg.source!r}: no such directory; give a directory holding train and "
@@ -240,8 +269,10 @@ class Encoded(torch.utils.data.Dataset):
 
 
 def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
-    """Tokenise once, without padding (padding happens per batch in the collator)."""
-    enc = tokenizer(split.texts, truncation=True, max_length=max_length, padding=False)
+    """Tokenise once, without padding (padding happens per batch in the collator). Texts are clipped
+    first (see `clip`); `[SEP]`, `<s>` and the like in a text are read as literal text."""
+    enc = tokenizer([clip(t, max_length) for t in split.texts], truncation=True, max_length=max_length,
+                    padding=False, split_special_tokens=True)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     items = [{**{k: enc[k][i] for k in keys}, "labels": int(split.labels[i])} for i in range(len(split))]
     return Encoded(items)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from . import integrity
 from .data import Encoded, encode
 from .evaluate import predict_proba, test_metrics
 from .fileio import read_json, write_json
@@ -112,7 +113,10 @@ def convert(model: torch.nn.Module, method: str) -> torch.nn.Module:
 
 def load_for_inference(path: str | Path, method: str = "fp32") -> torch.nn.Module:
     """The model at `path` as `method` builds it; fp32 (with a warning) if this machine cannot build
-    that copy, e.g. a run exported on a bf16-capable CPU and served on another."""
+    that copy, e.g. a run exported on a bf16-capable CPU and served on another. Raises UserError when
+    the weights differ from those recorded at training or cannot be read (see `integrity`)."""
+    integrity.check_loadable(path)
+    integrity.verify(path)
     model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).eval()
     try:
         return convert(model, method)
@@ -195,6 +199,19 @@ def _choose(entry: dict) -> tuple[str, str]:
 
 
 def export_run(run_dir: str | Path, models: list[str] | None = None, methods: tuple[str, ...] = METHODS) -> dict:
+    """`_export_run` holding the run directory's lock (a run redoing stages there refuses it, and it
+    refuses a running one); what a killed export left half-written is removed first."""
+    from .fileio import remove_stale_temporaries
+    from .runlock import RunLock
+
+    finished_run(run_dir)  # not a run: say so before creating a lock file there
+    with RunLock(Path(run_dir), "export"):
+        for p in remove_stale_temporaries(Path(run_dir)):
+            log.info("removed %s, left by an interrupted write", p)
+        return _export_run(run_dir, models, methods)
+
+
+def _export_run(run_dir: str | Path, models: list[str] | None = None, methods: tuple[str, ...] = METHODS) -> dict:
     """Measure each candidate copy of each model against its fp32 original on validation and test. A
     copy is eligible only if it loses at most 0.5 accuracy points on both (the test figure can only
     veto, never select) and is faster; `_choose` picks among the eligible. Entries of other models

@@ -77,3 +77,19 @@ def write_dir(path: Path, fill: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Remove what a killed `write_text` / `write_dir` left under `root`: `.<name>.<random>.tmp` files
+    and directories and `.<name>.old` directories (a model directory can hold hundreds of MB). Only
+    safe while no other process writes there: call it holding the run's lock. Returns what went."""
+    removed = []
+    for p in sorted(Path(root).rglob(".*"), key=lambda p: len(p.parts)):
+        if not p.name.endswith((".tmp", ".old")) or not p.parent.exists() or not (p.is_dir() or p.is_file()):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
 from . import normalize
+from .data import clip
 from .errors import UserError
 from .fileio import read_json
 
@@ -42,12 +44,22 @@ def load_model(run_dir: str | Path, name: str | None = None):
     return name, model, tokenizer
 
 
+def blank(text: str) -> bool:
+    """True when `text` shows nothing: only whitespace, control characters (NUL) and invisible format
+    characters (zero-width space U+200B, byte-order mark U+FEFF, joiners, direction marks)."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Cn", "Co", "Zs", "Zl", "Zp")
+               for c in text)
+
+
 @torch.inference_mode()
 def probabilities(model, tokenizer, texts: list[str], max_length: int = 128) -> list[list[float]]:
     """Class probabilities per text: the one normalise-tokenise-forward path of `predict`, the web app,
-    export's timings and the benchmarks. The normaliser is the one saved with the model."""
+    export's timings and the benchmarks. The normaliser is the one saved with the model; as in training
+    (`data.encode`), texts are clipped before tokenising, and special-token strings a user types
+    (`[SEP]`, `</s>`) stay literal text."""
     texts = normalize.of_model(model).many(texts)
-    batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = tokenizer([clip(t, max_length) for t in texts], truncation=True, max_length=max_length, padding=True,
+                      return_tensors="pt", split_special_tokens=True)
     if len(texts) == 1:
         # One sentence has no padding: an all-ones mask changes nothing but costs the model its mask
         # arithmetic (about 0.5 ms of a 9 ms bf16 student forward here).

@@ -5,7 +5,9 @@ Run directory:
   config.yaml              resolved configuration
   stages/<name>.json       a finished stage: fingerprint + training statistics
   stages/<name>.test.json  its test-split evaluation
-  models/<name>/           save_pretrained output (lora: merged, adapter in models/lora/adapter)
+  .lock                    held by the one process writing here (see runlock)
+  models/<name>/           save_pretrained output (lora: merged, adapter in models/lora/adapter),
+                           with weights.sha256.json (see integrity)
   checkpoints/<name>/      Trainer checkpoints while a stage runs (removed when it finishes)
   logs/<name>.jsonl        training logs
   results.json, report.md, plots/   written last; results.json marks the run finished
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,12 +27,13 @@ import yaml
 from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from . import bundles
+from . import bundles, integrity
 from .config import StudyConfig, diff, fingerprint, load_config, to_dict, to_yaml
 from .data import encode, load_splits, load_table
 from .errors import UserError
 from .evaluate import count_params, predict_proba, size_on_disk
-from .fileio import read_json, write_dir, write_json, write_text
+from .fileio import read_json, remove_stale_temporaries, write_dir, write_json, write_text
+from .runlock import LOCK_NAME, RunLock
 from .stages import StageEnv, baseline as baseline_stage, distill as distill_stage, lora as lora_stage
 from .stages import teacher as teacher_stage
 from .students import parse_layers
@@ -38,6 +42,9 @@ log = logging.getLogger("distillora")
 
 
 EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "category_column")
+# data keys added after runs existed: at their default they leave the fingerprints (and so the
+# finished stages) of those runs as they were
+NEW_KEY_DEFAULTS = {"sep": ","}
 
 
 def _device() -> torch.device:
@@ -87,7 +94,7 @@ def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) 
                             "\nuse another --output, or pass --force to redo the stages these changes affect")
         if changes and write:
             (out / "results.json").unlink(missing_ok=True)  # no longer describes what is on disk
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"{out} exists, is not empty and is not a distillora run; choose another --output")
     if not write:
         return
@@ -107,6 +114,11 @@ def check_disk(out: Path, teacher_dir: str) -> None:
     probe = out
     while not probe.exists():
         probe = probe.parent
+    # writability first: a read-only filesystem reports no free space, which is not the problem
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise UserError(f"{out}: {probe} is on a read-only filesystem; choose a writable --output")
+    if probe.is_dir() and not os.access(probe, os.W_OK):
+        raise UserError(f"{out}: {probe} is not writable by this user; choose a writable --output")
     free = shutil.disk_usage(probe).free
     if need and free < need:
         raise UserError(f"{out}: {free / 1e9:.1f} GB free, the study needs about {need / 1e9:.1f} GB "
@@ -154,10 +166,12 @@ def _save(model, tokenizer, path: Path) -> None:
     def fill(tmp: Path):
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        integrity.record(tmp)
     write_dir(path, fill)
 
 
 def _load(path: Path):
+    integrity.verify(path)
     return AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).to(_device())
 
 
@@ -176,10 +190,55 @@ def objectives(cfg: StudyConfig) -> dict[str, str]:
 
 def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: bool = False) -> Path:
     """Run every stage into `output`; return the run directory. Raises UserError for bad input
-    before anything is written."""
-    out = Path(output)
+    before anything is written, and when another process holds the run directory's lock."""
+    held: list[RunLock] = []
+    try:
+        return _run_study(cfg, Path(output), force, quiet, held)
+    finally:
+        for lock in held:
+            if lock is not None:
+                lock.release()
+
+
+def _take_lock(out: Path, state: PartialState) -> RunLock | None:
+    """The main process takes the run directory's lock (the other data-parallel processes are its
+    helpers, not rival writers) and removes what killed writes left; every process raises the main's
+    refusal, so none waits for a main process that has given up."""
+    lock, refusal = None, None
+    if state.is_main_process:
+        try:
+            lock = RunLock(out, "run").acquire()
+        except UserError as e:
+            refusal = str(e)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise UserError(refusal)
+    if lock is not None:
+        for p in remove_stale_temporaries(out):
+            log.info("removed %s, left by an interrupted write", p)
+    return lock
+
+
+def _load_extra_tests(cfg: StudyConfig) -> dict:
+    """Every `data.extra_tests` file, read and checked before anything is trained or written."""
+    extra = {}
+    for name, path in cfg.data.extra_tests.items():
+        if not Path(path).is_file():
+            raise UserError(f"data.extra_tests.{name} = {path!r}: file not found; fix the path or remove the entry")
+        try:
+            extra[name] = load_table(path, cfg.data)
+        except UserError as e:
+            raise UserError(f"data.extra_tests.{name}: {e}") from None
+    return extra
+
+
+def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list) -> Path:
     resolved = to_dict(cfg)
     splits = load_splits(cfg.data, cfg.seed)          # data errors surface before any file is written
+    extra = _load_extra_tests(cfg)                    # so do extra test sets'
     source = bundles.resolve(cfg.teacher.source, cfg.teacher.allow_pickle)  # so do tampered bundles, pickles
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
     _check_models(cfg, teacher_config)
@@ -189,6 +248,7 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: gloo across CPU processes
     _prepare_output(out, resolved, force, write=False)  # every process checks before any writes
     state.wait_for_everyone()
+    held.append(_take_lock(out, state))
     if state.is_main_process:
         _prepare_output(out, resolved, force)
         write_text(out / "config.yaml", to_yaml(cfg))
@@ -216,7 +276,6 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
 
     # ---- evaluation: every saved model, reloaded from disk, on the test split once (and on the
     # validation split, for calibration and a threshold chosen there, and on any extra test sets)
-    extra = {name: load_table(path, cfg.data) for name, path in cfg.data.extra_tests.items()}
     extra_enc = {name: encode(split, tokenizer, cfg.data.max_length) for name, split in extra.items()}
     evaluations = {}
     for name, rec in records.items():
@@ -271,7 +330,8 @@ def _train_models(run: Run, env: StageEnv, source: str, teacher_config, resolved
     depth = teacher_config.num_hidden_layers
     records: dict[str, dict] = {}
     # what the trained models depend on (not evaluation-only keys such as extra_tests)
-    data_fp = {k: v for k, v in resolved["data"].items() if k not in EVALUATION_ONLY_DATA_KEYS}
+    data_fp = {k: v for k, v in resolved["data"].items()
+               if k not in EVALUATION_ONLY_DATA_KEYS and NEW_KEY_DEFAULTS.get(k, object()) != v}
     teacher_fp = {k: v for k, v in resolved["teacher"].items() if k != "allow_pickle"}  # a permission, not a setting
     fp_teacher = fingerprint(data_fp, cfg.seed, cfg.selection_metric, teacher_fp, cfg.class_weights)
     trained: dict[str, object] = {}
@@ -334,7 +394,7 @@ def _train_models(run: Run, env: StageEnv, source: str, teacher_config, resolved
         records["lora"] = _run_stage(
             run, env, "lora" + suffix, fp, train_lora,
             lambda model, stats: write_dir(run.model_dir("lora" + suffix),
-                                           lambda tmp: lora_stage.save(env, model, stats, tmp)),
+                                           lambda tmp: (lora_stage.save(env, model, stats, tmp), integrity.record(tmp))),
             lambda model, stats: {"objective": obj["lora"], "teacher_layers": stats["teacher_layers"],
                                   "params_trainable": stats["params_trainable"], "train": stats})
     cache.clear()

@@ -7,6 +7,7 @@ batches, mixed precision and multi-GPU via accelerate."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ from .config import DistillConfig, TrainConfig
 from .data import Collator, Encoded
 from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_text
 from .losses import distillation_loss
+
+log = logging.getLogger("distillora")
+EPOCH_LOSS_KEY = "train_epoch_loss"  # log_history entries holding one epoch's mean training loss
 
 
 def compute_metrics(eval_pred) -> dict:
@@ -166,13 +170,14 @@ class _Bar(ProgressCallback):
 
 class StudyTrainer(Trainer):
     """Trainer that also records the mean training loss over each epoch (summed on the device; read
-    once per epoch, so no host sync per step)."""
+    once per epoch, so no host sync per step). The means go into `state.log_history`, which every
+    checkpoint saves (trainer_state.json) and a resume restores, so a resumed stage reports the
+    losses of the epochs it did before the kill too."""
 
     def __init__(self, *a, class_weights: torch.Tensor | None = None, **kw):
         super().__init__(*a, **kw)
         self.class_weights = class_weights
         self._loss_sum, self._loss_n = None, 0
-        self.epoch_losses: list[float] = []
         self.add_callback(_EpochLoss(self))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -185,6 +190,10 @@ class StudyTrainer(Trainer):
         loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels,
                                                  weight=self.class_weights.to(outputs.logits.device))
         return (loss, outputs) if return_outputs else loss
+
+    @property
+    def epoch_losses(self) -> list[float]:
+        return [h[EPOCH_LOSS_KEY] for h in self.state.log_history if EPOCH_LOSS_KEY in h]
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -204,7 +213,9 @@ class _EpochLoss(TrainerCallback):
         t = self.trainer
         if t._loss_n:
             mean = t._loss_sum / t._loss_n * args.gradient_accumulation_steps
-            t.epoch_losses.append(float(t.accelerator.reduce(mean, "mean")))  # over data-parallel processes
+            # on_epoch_end runs before the epoch's checkpoint is saved, so that checkpoint holds it
+            state.log_history.append({"epoch": state.epoch, "step": state.global_step,
+                                      EPOCH_LOSS_KEY: float(t.accelerator.reduce(mean, "mean"))})
 
 
 class DistillTrainer(StudyTrainer):
@@ -260,15 +271,41 @@ class _Elapsed(TrainerCallback):
             write_json(self.work_dir / "elapsed.json", {"seconds": self.total(), "step": state.global_step})
 
 
+def missing_from_checkpoint(ckpt: Path) -> list[str]:
+    """What checkpoint directory `ckpt` lacks to be resumed from: the Trainer writes weights,
+    optimiser, scheduler, RNG state and, last, trainer_state.json into it, so a kill mid-write leaves
+    some of them out (or trainer_state.json torn). Empty when complete."""
+    ckpt = Path(ckpt)
+    missing = []
+    if not any((ckpt / w).is_file() for w in ("model.safetensors", "adapter_model.safetensors",
+                                               "model.safetensors.index.json")):
+        missing.append("model weights")
+    missing += [f for f in ("optimizer.pt", "scheduler.pt") if not (ckpt / f).is_file()]
+    if not any(ckpt.glob("rng_state*.pth")):
+        missing.append("rng_state.pth")
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        missing.append("trainer_state.json")
+    return missing
+
+
 def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> None:
     """Reuse `work_dir`'s checkpoints only if they were made with the same settings; otherwise start
-    over. Cut the log back to the checkpoint, so resumed steps are not logged twice."""
+    over. Remove checkpoints a kill left incomplete, so the last complete one (or scratch) is resumed.
+    Cut the log back to the checkpoint, so resumed steps are not logged twice."""
     work_dir, log_path = Path(work_dir), Path(log_path)
     stamp = work_dir / "fingerprint"
     if work_dir.is_dir() and (not stamp.exists() or stamp.read_text().strip() != fingerprint):
         shutil.rmtree(work_dir)  # checkpoints of other settings (a --force redo): never resume them
     work_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
+    for ckpt in sorted(work_dir.glob("checkpoint-*")):
+        missing = missing_from_checkpoint(ckpt) if ckpt.is_dir() else []
+        if missing:
+            log.warning("%s: incomplete (no %s: the run was killed while writing it); removed, resuming from the "
+                        "checkpoint before it, if any", ckpt, ", ".join(missing))
+            shutil.rmtree(ckpt)
     last = get_last_checkpoint(str(work_dir))
     if last is None:
         log_path.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import UserError
+from ..predict import blank
 from .openapi import spec
 from .predictor import Predictor
 
@@ -50,7 +51,7 @@ def newest_run(root: str | Path = "runs") -> Path | None:
 def _check_text(t, where: str = "text") -> str:
     if not isinstance(t, str):
         raise BadRequest(f"`{where}` must be a string")
-    if not t.strip():
+    if blank(t):  # whitespace, NUL, zero-width space, U+FEFF and other invisible characters only
         raise BadRequest(f"`{where}` is empty; send some text")
     if len(t) > MAX_TEXT_CHARS:
         raise BadRequest(f"`{where}` has {len(t)} characters; the limit is {MAX_TEXT_CHARS}")
@@ -59,6 +60,20 @@ def _check_text(t, where: str = "text") -> str:
     except UnicodeEncodeError:
         raise BadRequest(f"`{where}` holds invalid unicode (a lone surrogate); send valid UTF-8 text") from None
     return t
+
+
+# OWASP's advice against CSV (formula) injection: a cell a spreadsheet would read as a formula (it
+# starts with = + - @, or with a tab or carriage return that hides one) is prefixed with a single quote.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with every string cell (and header) that could start a spreadsheet formula prefixed by `'`."""
+    def safe(v):
+        return "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v
+    out = df.map(safe)
+    out.columns = [safe(c) for c in df.columns]
+    return out
 
 
 def _check_models(p: Predictor, models) -> list[str]:
@@ -104,6 +119,8 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["X-Frame-Options"] = "DENY"
         resp.headers["Referrer-Policy"] = "no-referrer"
+        if not request.path.startswith("/static/"):  # answers hold user text: no cache may keep them
+            resp.headers["Cache-Control"] = "no-store"
         return resp
 
     @app.errorhandler(BadRequest)
@@ -219,7 +236,7 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
             return page(text="", explain_model=p.best_student,
                         error=f"{len(df)} rows; the limit is {MAX_CSV_ROWS}"), 400
         texts = df[column].astype(str).str.slice(0, MAX_TEXT_CHARS).tolist()
-        rows = [i for i, t in enumerate(texts) if t.strip()]  # empty rows get empty label and p_hate
+        rows = [i for i, t in enumerate(texts) if not blank(t)]  # empty rows get empty label and p_hate
         for name in chosen:
             probs = []
             for i in range(0, len(rows), MAX_TEXTS):
@@ -228,7 +245,8 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
             for j, q in zip(rows, probs):
                 labels[j], p_hate[j] = p.label_names[int(q[1] > q[0])], round(q[1], 6)
             df[f"{name}_label"], df[f"{name}_p_hate"] = labels, p_hate
-        return Response(df.to_csv(index=False), mimetype="text/csv",
+        # CRLF rows (RFC 4180): with them the csv writer also quotes a cell holding a bare CR
+        return Response(neutralise_formulas(df).to_csv(index=False, lineterminator="\r\n"), mimetype="text/csv",
                         headers={"Content-Disposition": "attachment; filename=predictions.csv"})
 
     return app
