@@ -252,6 +252,9 @@ def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: 
         "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
         "versions": _versions(),
     }
+    from . import check  # behavioural suites (config check.suites): checks.json, read by the report
+
+    check.for_study(out, cfg, [m["name"] for m in models], splits.validation.texts)
     from .report import write_report  # matplotlib is imported only when a report is written
 
     write_report(out, results, cfg)
