@@ -395,3 +395,11 @@ def test_app_shows_the_capability_table(tiny_run):
     body = client.get("/api/checks").get_json()
     assert [s["name"] for s in body["suites"]] == ["generic", "hate_speech"]
     assert "results" not in body["suites"][0] and body["suites"][1]["capabilities"][0]["models"]["teacher"]["ci95"]
+
+
+def test_app_without_readable_checks_shows_none(tmp_path):
+    from distillora.serve.app import capability_table
+
+    assert capability_table(tmp_path) is None and capability_table(None) is None
+    (tmp_path / "checks.json").write_text("{not json")
+    assert capability_table(tmp_path) is None

@@ -8,6 +8,7 @@ Run directory:
   models/<name>/           save_pretrained output (lora: merged, adapter in models/lora/adapter)
   checkpoints/<name>/      Trainer checkpoints while a stage runs (removed when it finishes)
   logs/<name>.jsonl        training logs
+  checks.json              behavioural checks (config check.suites; distillora.check)
   results.json, report.md, plots/   written last; results.json marks the run finished
 """
 
