@@ -441,8 +441,10 @@ def generate(suite: Suite, validation_texts: list[str] | None = None) -> dict[st
             if validation_texts is None:
                 raise UserError(f"suite {suite.name!r}, test {test.name!r} samples the run's validation split, "
                                 f"which was not given")
+            # one sample per suite (and cap): the tests perturb the same sentences, which are answered once
             pool = list(dict.fromkeys(t for t in validation_texts if t.strip()))
-            seeds = [pool[i] for i in np.sort(rng.choice(len(pool), size=min(cap, len(pool)), replace=False))]
+            pick = np.random.default_rng([suite.seed, cap]).choice(len(pool), size=min(cap, len(pool)), replace=False)
+            seeds = [pool[i] for i in np.sort(pick)]
         else:
             seeds = fillings(test.templates, suite.lexicons, cap, rng)
         cases = [Case(s, perturb(test, s, suite.lexicons, rng)) for s in seeds]
