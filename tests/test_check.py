@@ -403,3 +403,24 @@ def test_app_without_readable_checks_shows_none(tmp_path):
     assert capability_table(tmp_path) is None and capability_table(None) is None
     (tmp_path / "checks.json").write_text("{not json")
     assert capability_table(tmp_path) is None
+
+
+def test_report_section_escapes_texts_and_lists_worst_failures(tmp_path):
+    from distillora.fileio import write_json
+    from distillora.report_checks import section
+
+    suite = load_suite(_write(tmp_path, STUB_SUITE))
+    cases = generate(suite)
+    cases["upper"][0] = Case("<script>alert(1)</script> | *x*", "<SCRIPT>ALERT(1)</SCRIPT> | *X*")
+    results = {m: evaluate_suite(suite, cases, LABELS, _stub) for m in ("teacher", "student")}
+    entry = {"name": suite.name, "source": "test", "skipped": None, "cases": 16, "seed_source": "templates",
+             "tests": [{"name": t.name, "type": t.type} for t in suite.tests], "results": results,
+             **summarise(suite, cases, results, resamples=100)}
+    write_json(tmp_path / "checks.json", {"models": {"teacher": "fp32", "student": "bf16"}, "resamples": 100,
+                                          "suites": [entry, {"name": "other", "skipped": "its labels differ"}]})
+    md = "\n".join(section(tmp_path))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; \\| \\*x\\*" in md and "<script>" not in md
+    assert "Worst invariance failures" in md and "`teacher` not_hate → hate (largest probability change 0.45)" in md
+    assert "- Suite `other` skipped: its labels differ." in md and "teacher (fp32), student (bf16)" in md
+    assert "| case | INV | 8 | 0.50 [" in md  # the stub flips the 4 not_hate seeds (one is the script) of 8
+    assert (tmp_path / "plots" / "checks_heatmap.png").is_file()
