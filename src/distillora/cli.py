@@ -83,6 +83,31 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_check(a) -> int:
+    from .check import check_run
+
+    checks = check_run(a.run, a.suite, a.data)
+    models = list(checks["models"])
+    for s in checks["suites"]:
+        if s.get("skipped"):
+            print(f"suite {s['name']}: skipped ({s['skipped']})")
+            continue
+        print(f"suite {s['name']} ({s['cases']} cases): pass rate per capability; * below the teacher beyond the 95% CI")
+        print(f"{'capability':34s} {'type':8s} {'cases':>5s} " + " ".join(f"{m:>10s}" for m in models))
+        for c in s["capabilities"]:
+            cells = []
+            for m in models:
+                e = c["models"][m]
+                cells.append(f"{'–' if e.get('pass_rate') is None else format(e['pass_rate'], '.3f')}"
+                             f"{'*' if e.get('flagged') else ' '}".rjust(10))
+            print(f"{c['name'][:34]:34s} {'/'.join(c['types']):8s} {c['cases']:5d} " + " ".join(cells))
+        print(f"{'mean over capabilities':49s}" + " ".join(
+            "–".rjust(10) if s["overall"][m]["mean_pass_rate"] is None else f"{s['overall'][m]['mean_pass_rate']:10.3f}"
+            for m in models))
+    print(f"written: {a.run}/checks.json, {a.run}/report.md, {a.run}/report.html")
+    return 0
+
+
 def cmd_serve(a) -> int:
     from .serve import create_app, newest_run
 
@@ -123,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="finished run directory")
     e.add_argument("--models", nargs="*", help="only these models (default: all)")
     e.set_defaults(func=cmd_export)
+    c = sub.add_parser("check", help="behavioural tests (MFT/INV/DIR suites) on every model of a finished run; "
+                                     "writes checks.json and the report's section")
+    c.add_argument("--run", required=True, help="finished run directory")
+    c.add_argument("--suite", action="append", metavar="FILE",
+                   help="a suite YAML file or a built-in name (generic, hate_speech); repeat for several "
+                        "(default: the run's check.suites)")
+    c.add_argument("--data", help="the run's data directory, when its data.source does not resolve from here "
+                                  "(suites that sample the validation split need it)")
+    c.set_defaults(func=cmd_check)
     s = sub.add_parser("serve", help="serve a finished run in the web app")
     s.add_argument("--run", help="finished run directory (default: the newest under --runs)")
     s.add_argument("--runs", default="runs", help="where to look for the newest run")

@@ -114,6 +114,14 @@ class BaselineConfig:
 
 
 @dataclass
+class CheckConfig:
+    suites: list[str] = _f(["generic", "hate_speech"],
+                           "Behavioural suites run on every model after training: built-in names (generic, "
+                           "hate_speech) or YAML files (see distillora/suites). A suite whose labels differ from "
+                           "data.label_names is skipped with a note; [] runs none.")
+
+
+@dataclass
 class StudyConfig:
     name: str = _f("study", "A name for the run (shown in the report and the web app).")
     seed: int = _f(42, "Seed for the validation carve, initialisation and data order.")
@@ -130,6 +138,7 @@ class StudyConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -312,6 +321,12 @@ def validate(cfg: StudyConfig) -> list[str]:
         errs.append(f"lora.objective = {cfg.lora.objective!r}: use ce or distill")
     if isinstance(cfg.lora.target_modules, str) and cfg.lora.target_modules != "all-linear":
         errs.append(f"lora.target_modules = {cfg.lora.target_modules!r}: use all-linear, a list of names, or null")
+    for i, suite in enumerate(cfg.check.suites):
+        from .suites import BUILTIN_DIR, builtin_suites  # late import: numpy
+
+        if not (BUILTIN_DIR / f"{suite}.yaml").is_file() and not Path(suite).is_file():
+            errs.append(f"check.suites[{i}] = {suite!r}: not a built-in suite ({', '.join(builtin_suites())}) "
+                        f"and no such file; fix the name or path, or remove it")
     if cfg.lora.r < 1:
         errs.append(f"lora.r = {cfg.lora.r}: must be >= 1 (default 8)")
     if not 0 <= cfg.lora.dropout < 1:

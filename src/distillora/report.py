@@ -278,6 +278,9 @@ def write_report(out: Path, results: dict, cfg: StudyConfig) -> None:
         lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
     lines += ["## Analysis", ""] + analysis(results) + [""]
     lines += _sections(results)
+    from .report_checks import section as checks_section  # read from checks.json when the run has one
+
+    lines += checks_section(out)
     md = "\n".join(lines)
     write_text(out / "report.md", md)
     write_text(out / "report.html", to_html(md, out, results["name"]))

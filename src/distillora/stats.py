@@ -36,6 +36,19 @@ def _balanced(labels: np.ndarray, preds: np.ndarray) -> float:
     return float(np.mean(recalls))
 
 
+def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) - mean(b) for paired per-example scores (e.g. 0/1 pass
+    of two models on the same cases): each resample draws the same example indices for both."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired scores need two equal-length non-empty vectors, got {a.shape} and {b.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    values = (a - b)[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
 def mcnemar_exact(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
     """McNemar's exact test on paired predictions: b = A right and B wrong, c = A wrong and B right;
     under H0 b ~ Binomial(b + c, 1/2). Two-sided p-value (1.0 when there are no discordant pairs)."""

@@ -10,6 +10,7 @@ Run directory:
                            with weights.sha256.json (see integrity)
   checkpoints/<name>/      Trainer checkpoints while a stage runs (removed when it finishes)
   logs/<name>.jsonl        training logs
+  checks.json              behavioural checks (config check.suites; distillora.check)
   results.json, report.md, plots/   written last; results.json marks the run finished
 """
 
@@ -314,6 +315,9 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
         "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
         "versions": _versions(),
     }
+    from . import check  # behavioural suites (config check.suites): checks.json, read by the report
+
+    check.for_study(out, cfg, [m["name"] for m in models], splits.validation.texts)
     from .report import write_report  # matplotlib is imported only when a report is written
 
     write_report(out, results, cfg)

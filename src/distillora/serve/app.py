@@ -48,6 +48,23 @@ def newest_run(root: str | Path = "runs") -> Path | None:
     return max(runs, key=lambda p: (p / "results.json").stat().st_mtime) if runs else None
 
 
+def capability_table(run_dir) -> dict | None:
+    """The capability table of `<run_dir>/checks.json` (pass rates, intervals, flags, overall figures;
+    not the per-case results), or None when the run has none or it cannot be read."""
+    from ..fileio import read_json
+
+    path = Path(run_dir) / "checks.json" if run_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        raw = read_json(path)
+        return {"models": raw["models"], "flag_rule": raw["flag_rule"],
+                "suites": [{k: v for k, v in s.items() if k not in ("results", "tests")} for s in raw["suites"]]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: cannot read the behavioural checks (%s); the page shows none", path, e)
+        return None
+
+
 def _check_text(t, where: str = "text") -> str:
     if not isinstance(t, str):
         raise BadRequest(f"`{where}` must be a string")
@@ -112,6 +129,7 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
     app.json.sort_keys = False
     metrics = {m["name"]: m for m in p.info()}
+    checks = capability_table(getattr(p, "run_dir", None))
 
     @app.after_request
     def headers(resp: Response):
@@ -157,6 +175,12 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
     def api_models():
         return jsonify(run=p.name, best_student=p.best_student, models=p.info())
 
+    @app.get("/api/checks")
+    def api_checks():
+        if checks is None:
+            raise BadRequest("this run has no behavioural checks; run `distillora check --run RUN`", 404)
+        return jsonify(checks)
+
     @app.post("/api/predict")
     def api_predict():
         body = _json_body()
@@ -191,7 +215,7 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
         return render_template("index.html", run=p.name, examples=EXAMPLES, models=list(p.models),
                                best=p.best_student, metrics=metrics, label_names=p.label_names,
                                max_chars=MAX_TEXT_CHARS, max_rows=MAX_CSV_ROWS,
-                               max_kib=MAX_UPLOAD_BYTES // 1024, **kw)
+                               max_kib=MAX_UPLOAD_BYTES // 1024, checks=checks, **kw)
 
     @app.get("/")
     def index():

@@ -33,6 +33,9 @@ def spec(max_chars: int, max_texts: int, labels: list[str]) -> dict:
                               "400": err, "404": err}}},
             "/api/models": {"get": {"summary": "Models of the run with layers, parameters and test metrics",
                                     "responses": {"200": {"description": "models"}}}},
+            "/api/checks": {"get": {"summary": "Behavioural checks of the run (checks.json without per-case results): "
+                                               "pass rate per capability and model, 95% intervals, flags against the teacher",
+                                    "responses": {"200": {"description": "capability table"}, "404": err}}},
             "/healthz": {"get": {"summary": "200 once the models are loaded", "responses": {"200": {"description": "ok"}}}},
         },
         "components": {"schemas": {"Error": {"type": "object", "required": ["error"],
