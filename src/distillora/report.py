@@ -273,6 +273,9 @@ def write_report(out: Path, results: dict, cfg: StudyConfig) -> None:
         lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
     lines += ["## Analysis", ""] + analysis(results) + [""]
     lines += _sections(results)
+    from .sweep_report import section as sweep_section
+
+    lines += sweep_section(out)  # empty unless `distillora sweep` has written sweep.json
     md = "\n".join(lines)
     write_text(out / "report.md", md)
     write_text(out / "report.html", to_html(md, out, results["name"]))
