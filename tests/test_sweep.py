@@ -111,7 +111,8 @@ def run_copy(tiny_run, tmp_path) -> Path:
 
 
 def _sweep(run, *args, **kw):
-    return subprocess.run([sys.executable, "-m", "distillora", "sweep", "--run", str(run), "--quiet", *args],
+    return subprocess.run([sys.executable, "-m", "distillora", "sweep", "--run", str(run), "--quiet",
+                           "--timing-rounds", "1", *args],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, **kw)
 
 
@@ -127,6 +128,7 @@ def test_bad_input_is_a_message_and_exit_2(tiny_run, tmp_path, capsys):
         ([str(tiny_run), "--layers", "1,2;3,x"], "not a comma-separated list"),
         ([str(tiny_run), "--layers", "1,7"], "out of range"),
         ([str(tiny_run), "--max-minutes", "0"], "positive number of minutes"),
+        ([str(tiny_run), "--timing-rounds", "0"], "give at least 1"),
     ]
     for args, msg in cases:
         assert main(["sweep", "--run", *args]) == 2, args
@@ -139,11 +141,16 @@ def test_sweep_budget_serving_and_report(run_copy):
     from distillora.predict import load_model, model_entries
     from distillora.sweep import run_sweep
 
-    rec = run_sweep(run_copy, depths="1,2", strategies="bottom,top,spread", layers="2,4", quiet=True)
+    rec = run_sweep(run_copy, depths="1,2", strategies="bottom,top,spread", layers="2,4", quiet=True,
+                    timing_rounds=1)
     # bottom/top/spread on 4 layers: [1], [4], [1,2], [3,4], [2,4]; spread 1 == top 1, spread 2 == custom [2,4]
     assert [(s["name"], s["strategies"]) for s in rec["students"]] == [
         ("sweep-1", ["bottom"]), ("sweep-4", ["top", "spread"]), ("sweep-1-2", ["bottom"]),
         ("sweep-3-4", ["top"]), ("sweep-2-4", ["spread", "custom"])]
+    # [2, 4] is the study's `even` student, distilled from the same teacher with the same recipe: copied
+    assert json.loads((run_copy / "stages" / "sweep-2-4.json").read_text())["reused_from"] == "even"
+    assert ((run_copy / "models" / "sweep-2-4" / "model.safetensors").read_bytes()
+            == (run_copy / "models" / "even" / "model.safetensors").read_bytes())
     on_disk = json.loads((run_copy / "sweep.json").read_text())
     assert on_disk["smallest_within_1_point"] == rec["smallest_within_1_point"]
     for s in on_disk["students"]:
@@ -160,7 +167,7 @@ def test_sweep_budget_serving_and_report(run_copy):
     assert (run_copy / "sweep" / "teacher_outputs.pt").is_file()
     report = (run_copy / "report.md").read_text()
     assert "## Layer sweep" in report and "plots/sweep.png" in report and (run_copy / "plots" / "sweep.png").is_file()
-    assert "## Layer sweep" in (run_copy / "report.html").read_text()
+    assert "Layer sweep: which layers" in (run_copy / "report.html").read_text()
 
     # served like the study's models
     assert [m["name"] for m in model_entries(run_copy)][-5:] == [s["name"] for s in rec["students"]]
@@ -178,7 +185,8 @@ def test_sweep_budget_serving_and_report(run_copy):
 
     # a finished sweep is not trained again; a budget already spent starts no new student
     stamp = (run_copy / "stages" / "sweep-1.json").read_text()
-    again = run_sweep(run_copy, depths="1,2", strategies="bottom,top", layers="1,2,3", max_minutes=1e-9, quiet=True)
+    again = run_sweep(run_copy, depths="1,2", strategies="bottom,top", layers="1,2,3", max_minutes=1e-9, quiet=True,
+                      timing_rounds=1)
     assert (run_copy / "stages" / "sweep-1.json").read_text() == stamp
     assert [s["name"] for s in again["students"]] == ["sweep-1", "sweep-4", "sweep-1-2", "sweep-3-4"]
     assert again["not_trained"] == [{"name": "sweep-1-2-3", "teacher_layers": [1, 2, 3], "strategies": ["custom"],
@@ -193,7 +201,8 @@ def test_kill_mid_student_and_resume(run_copy):
     cfg["distill"]["train"].update({"epochs": 3, "batch_size": 8})  # several checkpoints per student
     cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
     args = ["--depths", "1,2", "--strategies", "bottom,top"]
-    proc = subprocess.Popen([sys.executable, "-m", "distillora", "sweep", "--run", str(run_copy), "--quiet", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "distillora", "sweep", "--run", str(run_copy), "--quiet",
+                             "--timing-rounds", "1", *args],
                             cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     interrupted, deadline = None, time.time() + 400
     while interrupted is None and time.time() < deadline and proc.poll() is None:
@@ -227,7 +236,8 @@ def test_two_processes_split_the_students(run_copy):
     accelerate = Path(sys.executable).with_name("accelerate")
     proc = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "distillora", "sweep",
-                           "--run", str(run_copy), "--quiet", "--depths", "1,2", "--strategies", "bottom,top"],
+                           "--run", str(run_copy), "--quiet", "--timing-rounds", "1", "--depths", "1,2",
+                           "--strategies", "bottom,top"],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = ["sweep-1", "sweep-4", "sweep-1-2", "sweep-3-4"]

@@ -99,7 +99,7 @@ def cmd_serve(a) -> int:
 def cmd_sweep(a) -> int:
     from .sweep import run_sweep
 
-    rec = run_sweep(a.run, a.depths, a.strategies, a.layers, a.max_minutes, a.quiet)
+    rec = run_sweep(a.run, a.depths, a.strategies, a.layers, a.max_minutes, a.quiet, a.timing_rounds)
     if "students" not in rec:  # a non-main process of `accelerate launch`: the main one prints the table
         return 0
     print("student              | strategies         | layers         | params | val acc | test acc [95% CI]    "
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--strategies", help="comma-separated, from odd, even, bottom, top, spread, distilbert (default: all)")
     w.add_argument("--layers", help="extra layer lists, 1-based, e.g. \"1,2,3;4,8,12\"; alone, only these are trained")
     w.add_argument("--max-minutes", type=float, help="start no new student after this many minutes; report what is done")
+    w.add_argument("--timing-rounds", type=int, default=5, help="rounds of the alternating timing (20 sentences "
+                   "and one batch of 32 per model each; default 5)")
     w.add_argument("--quiet", action="store_true", help="no progress bars")
     w.set_defaults(func=cmd_sweep)
     s = sub.add_parser("serve", help="serve a finished run in the web app")

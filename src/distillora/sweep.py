@@ -33,6 +33,7 @@ log = logging.getLogger("distillora")
 STRATEGIES = ("odd", "even", "bottom", "top", "spread", "distilbert")
 DEFAULT_DEPTHS = (2, 3, 4, 6)
 PREFIX = "sweep-"
+ROUNDS, PER_ROUND = 5, 20  # timing: rounds over all models; single sentences per model per round
 # Environment variables by which torchrun / accelerate launch make a process part of a group.
 _GROUP_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
               "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
@@ -214,6 +215,11 @@ def leave_group() -> Share:
     environment, so that the Trainer (through accelerate) sees one process and trains the students this
     process was dealt on its own, instead of joining the others data-parallel."""
     count = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    local = os.environ.get("LOCAL_RANK")
+    if count > 1 and local is not None:
+        # one GPU per process: without the group variables every process would take the first one
+        ids = [i for i in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if i.strip()]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(local) % len(ids)] if ids else local
     share = Share(int(os.environ.get("RANK", "0") or 0), count,
                   f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}:{os.getppid()}")
     for k in _GROUP_ENV:
@@ -330,8 +336,36 @@ def _teacher_cache(path: Path, fp: str, share: Share, compute) -> dict:
     return {k: v for k, v in data.items() if k != "fingerprint"}
 
 
+def _reuse_study_student(run, c: Candidate, fp: str, cfg, teacher_fp: str, recipe: dict, teacher_depth: int) -> bool:
+    """If the study already distilled these layers from this teacher with this recipe (and seed: the
+    teacher's fingerprint holds it), that training is exactly the one the sweep would run: copy its model
+    and record instead of training again. Returns whether it did."""
+    import shutil
+
+    from .config import fingerprint
+    from .fileio import write_dir
+    from .students import parse_layers
+
+    if run.done(c.name, fp) is not None:
+        return False
+    for name, layers in cfg.distill.students.items():
+        if parse_layers(layers, teacher_depth) != c.layers:
+            continue
+        rec = run.done(name, fingerprint(teacher_fp, recipe, layers))
+        if rec is None:
+            continue
+        log.info("sweep student %s (%s): the study's `%s` has these layers and recipe; reused, not retrained",
+                 c.name, ", ".join(c.strategies), name)
+        write_dir(run.model_dir(c.name), lambda tmp: shutil.copytree(run.model_dir(name), tmp, dirs_exist_ok=True))
+        run.finish(c.name, fp, {"objective": rec["objective"], "teacher_layers": c.layers, "kind": "sweep",
+                                "reused_from": name, "train": rec["train"]})
+        return True
+    return False
+
+
 def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | None = None,
-              layers: str | None = None, max_minutes: float | None = None, quiet: bool = False) -> dict:
+              layers: str | None = None, max_minutes: float | None = None, quiet: bool = False,
+              timing_rounds: int = ROUNDS) -> dict:
     """Train (or skip, when finished) every planned student of the run `run_dir`, this process's share
     of them under `accelerate launch`; on the main process, evaluate and time them all and write
     sweep.json and the report. Returns the sweep record (on other processes: their share's summary).
@@ -342,10 +376,10 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     share = leave_group()  # before anything creates accelerate's state
     if max_minutes is not None and not max_minutes > 0:
         raise UserError(f"--max-minutes {max_minutes}: give a positive number of minutes")
+    if timing_rounds < 1:
+        raise UserError(f"--timing-rounds {timing_rounds}: give at least 1 (default {ROUNDS})")
     teacher_depth, candidates = check_request(run_dir, depths, strategies, layers)
     t0 = time.monotonic()
-
-    import dataclasses
 
     from transformers import AutoTokenizer
 
@@ -391,6 +425,10 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
             stopped.append(c.name)
             continue
 
+        if _reuse_study_student(run, c, fps[c.name], cfg, teacher_fp, recipe, teacher_depth):
+            trained.append(c.name)
+            continue
+
         def train(c=c):
             get_cache()
             log.info("sweep student %s (%s): distilling teacher layers %s", c.name, ", ".join(c.strategies), c.layers)
@@ -426,7 +464,8 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
         for r in _wait_for("the other processes' students", others):
             stopped += r["not_started"]
     record = summarise(run, env, candidates, fps, enc, splits, cfg, teacher_depth,
-                       budget={"max_minutes": max_minutes, "not_started": stopped}, processes=share.count)
+                       budget={"max_minutes": max_minutes, "not_started": stopped}, processes=share.count,
+                       rounds=timing_rounds)
     record["wall_seconds_this_invocation"] = round(time.monotonic() - t0, 1)
     write_json(run_dir / "sweep.json", record)
     _rewrite_report(run_dir, cfg)
@@ -448,7 +487,7 @@ def split_figures(probs_hate, labels, resamples: int, seed: int) -> dict:
             "rows": int(len(labels))}
 
 
-def time_models(models: dict, texts: list[str], max_length: int, rounds: int = 5, per_round: int = 20,
+def time_models(models: dict, texts: list[str], max_length: int, rounds: int = ROUNDS, per_round: int = PER_ROUND,
                 batch_size: int = 32) -> dict:
     """Batch-1 latency (p50, p95; tokenising included, as `predict` and the app run it) and batch-32
     throughput of every model in `models` ({name: (model, tokenizer)}), measured in this one process,
@@ -483,13 +522,14 @@ def time_models(models: dict, texts: list[str], max_length: int, rounds: int = 5
 
 
 def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, splits, cfg, teacher_depth: int,
-              budget: dict, processes: int) -> dict:
+              budget: dict, processes: int, rounds: int = ROUNDS) -> dict:
     """Evaluate every finished candidate (once; probabilities kept in stages/<name>.test.json), time them
     all with the teacher, and build the sweep record."""
     import torch
     from transformers import AutoTokenizer
 
     from . import study
+    from .config import to_dict
     from .evaluate import size_on_disk, test_metrics
     from .export import load_for_inference, served_method
     from .fileio import read_json
@@ -542,7 +582,7 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
         if method != "fp32":
             models[m["name"] + "@" + method] = (load_for_inference(path, method), tok)
     log.info("timing %d models alternately (batch 1 and batch 32)", len(models))
-    speed = time_models(models, texts, limit)
+    speed = time_models(models, texts, limit, rounds)
     for m in [teacher] + students:
         fp32, method = speed[m["name"]], served[m["name"]]
         s = speed.get(m["name"] + "@" + method, fp32)
@@ -565,7 +605,7 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
         "run": run.root.name,
         "teacher": teacher,
         "teacher_depth": teacher_depth,
-        "recipe": {k: v for k, v in dataclasses_asdict(cfg.distill).items() if k != "students"},
+        "recipe": {k: v for k, v in to_dict(cfg.distill).items() if k != "students"},
         "selection": "each student's epoch chosen on validation (" + cfg.selection_metric + "); the Pareto front "
                      "and the smallest student within 1 point use validation accuracy",
         "students": students,
@@ -573,16 +613,10 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
         "budget": budget,
         "processes": processes,
         "smallest_within_1_point": best["name"] if best else None,
-        "timing": {"threads": torch.get_num_threads(), "device": "cpu", "rounds": 5, "b1_sentences": 100,
-                   "b32_batches": 5, "texts": "test split, original order",
+        "timing": {"threads": torch.get_num_threads(), "device": "cpu", "rounds": rounds,
+                   "b1_sentences": rounds * PER_ROUND, "b32_batches": rounds, "texts": "test split, original order",
                    "method": "one process, models alternating each round"},
     }
-
-
-def dataclasses_asdict(obj) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 def _rewrite_report(run_dir: Path, cfg) -> None:
