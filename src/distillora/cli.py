@@ -121,6 +121,28 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from .sweep import run_sweep
+
+    rec = run_sweep(a.run, a.depths, a.strategies, a.layers, a.max_minutes, a.quiet, a.timing_rounds)
+    if "students" not in rec:  # a non-main process of `accelerate launch`: the main one prints the table
+        return 0
+    print("student              | strategies         | layers         | params | val acc | test acc [95% CI]    "
+          "| fp32 b1 ms | b32 ex/s | Pareto")
+    for m in [rec["teacher"]] + rec["students"]:
+        t, front = m["test"], "".join(k for k, a in (("L", "latency"), ("P", "params")) if m.get("pareto", {}).get(a))
+        print(f"{m['name']:20s} | {','.join(m.get('strategies', ['reference'])):18s} | "
+              f"{','.join(map(str, m['teacher_layers'])):14s} | {m['params_total'] / 1e6:5.1f}M | "
+              f"{m['validation']['accuracy']:.3f}   | {t['accuracy']:.3f} [{t['ci95']['accuracy'][0]:.3f}, "
+              f"{t['ci95']['accuracy'][1]:.3f}] | {m['latency']['fp32_b1_p50_ms']:10.1f} | "
+              f"{m['latency']['fp32_b32_examples_per_s']:8.0f} | {front}")
+    for m in rec["not_trained"]:
+        print(f"{m['name']}: {m['reason']}")
+    print(f"smallest student within 1 point of the teacher on validation: {rec['smallest_within_1_point'] or 'none'}")
+    print(f"written: {a.run}/sweep.json, {a.run}/report.md ({rec['wall_seconds_this_invocation']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distillora", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -157,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="the run's data directory, when its data.source does not resolve from here "
                                   "(suites that sample the validation split need it)")
     c.set_defaults(func=cmd_check)
+    w = sub.add_parser("sweep", help="distil students from many layer choices and depths; accuracy against speed")
+    w.add_argument("--run", required=True, help="finished run directory: its teacher, tokenisation and recipe are reused")
+    w.add_argument("--depths", help="student depths, e.g. 2,3,4,6 (default: those of 2,3,4,6 the teacher allows)")
+    w.add_argument("--strategies", help="comma-separated, from odd, even, bottom, top, spread, distilbert (default: all)")
+    w.add_argument("--layers", help="extra layer lists, 1-based, e.g. \"1,2,3;4,8,12\"; alone, only these are trained")
+    w.add_argument("--max-minutes", type=float, help="start no new student after this many minutes; report what is done")
+    w.add_argument("--timing-rounds", type=int, default=5, help="rounds of the alternating timing (20 sentences "
+                   "and one batch of 32 per model each; default 5)")
+    w.add_argument("--quiet", action="store_true", help="no progress bars")
+    w.set_defaults(func=cmd_sweep)
     s = sub.add_parser("serve", help="serve a finished run in the web app")
     s.add_argument("--run", help="finished run directory (default: the newest under --runs)")
     s.add_argument("--runs", default="runs", help="where to look for the newest run")

@@ -28,7 +28,7 @@ from . import integrity
 from .data import Encoded, encode
 from .evaluate import predict_proba, test_metrics
 from .fileio import read_json, write_json
-from .predict import finished_run, max_length, probabilities
+from .predict import finished_run, max_length, model_entries, probabilities
 
 log = logging.getLogger(__name__)
 MAX_ACCURACY_DROP = 0.005  # 0.5 accuracy points
@@ -229,7 +229,7 @@ def _export_run(run_dir: str | Path, models: list[str] | None = None, methods: t
     out.setdefault("models", {})
     limit = max_length(run_dir)
     labels = {"validation": validation.labels, "test": test.labels}
-    for m in results["models"]:
+    for m in model_entries(run_dir, results):  # sweep students too
         name = m["name"]
         if models and name not in models:
             continue

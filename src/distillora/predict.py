@@ -29,16 +29,32 @@ def max_length(run_dir: str | Path) -> int:
     return int(cfg.get("data", {}).get("max_length", 128))
 
 
+def model_entries(run_dir: str | Path, results: dict | None = None) -> list[dict]:
+    """The servable models of a finished run: the study's (results.json), then the students of
+    `distillora sweep` (sweep.json) whose model directory exists. Each has at least name, path,
+    num_layers, teacher_layers, objective, params_total, params_trainable and test."""
+    run = Path(run_dir)
+    models = list((results or finished_run(run))["models"])
+    sweep = run / "sweep.json"
+    if sweep.is_file():
+        names = {m["name"] for m in models}
+        models += [s for s in read_json(sweep).get("students", [])
+                   if s["name"] not in names and (run / s["path"] / "config.json").is_file()]
+    return models
+
+
 def load_model(run_dir: str | Path, name: str | None = None):
-    """(name, model, tokenizer) for model `name` of a finished run; default: the best student."""
+    """(name, model, tokenizer) for model `name` of a finished run (a sweep student too); default: the
+    best student."""
     results = finished_run(run_dir)
-    known = [m["name"] for m in results["models"]]
+    entries = {m["name"]: m for m in model_entries(run_dir, results)}
+    known = list(entries)
     name = name or results.get("best_student") or known[0]
     if name not in known:
         raise UserError(f"--model {name!r} is not in this run; choose one of {', '.join(known)}")
     from .export import load_for_inference, served_method
 
-    path = Path(run_dir) / "models" / name
+    path = Path(run_dir) / entries[name]["path"]
     model = load_for_inference(path, served_method(run_dir, name))  # the fastest export that passed, else fp32
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return name, model, tokenizer

@@ -281,6 +281,10 @@ def write_report(out: Path, results: dict, cfg: StudyConfig) -> None:
     from .report_checks import section as checks_section  # read from checks.json when the run has one
 
     lines += checks_section(out)
+
+    from .sweep_report import section as sweep_section
+
+    lines += sweep_section(out)  # empty unless `distillora sweep` has written sweep.json
     md = "\n".join(lines)
     write_text(out / "report.md", md)
     write_text(out / "report.html", to_html(md, out, results["name"]))

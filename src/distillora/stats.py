@@ -11,7 +11,7 @@ from sklearn.metrics import f1_score
 
 def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, metric: str = "accuracy", resamples: int = 1000,
                  seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of `metric` (accuracy, balanced_accuracy or f1_macro), resampling test examples
+    """Percentile bootstrap interval of `metric` (accuracy, balanced_accuracy or f1_macro), resampling examples
     with replacement `resamples` times."""
     labels, preds = np.asarray(labels), np.asarray(preds)
     rng = np.random.default_rng(seed)
@@ -20,20 +20,13 @@ def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, metric: str = "accuracy"
     if metric == "accuracy":
         values = (labels[idx] == preds[idx]).mean(axis=1)
     elif metric == "balanced_accuracy":
-        values = np.array([_balanced(labels[i], preds[i]) for i in idx])
+        values = balanced_accuracy(labels[idx], preds[idx])
     elif metric == "f1_macro":
         values = np.array([f1_score(labels[i], preds[i], average="macro", labels=[0, 1], zero_division=0) for i in idx])
     else:
         raise ValueError(f"unknown metric {metric!r}")
     alpha = (1 - level) / 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
-
-
-def _balanced(labels: np.ndarray, preds: np.ndarray) -> float:
-    """Mean recall over the classes present in `labels` (sklearn's balanced_accuracy_score, vectorised
-    for the bootstrap's thousand resamples)."""
-    recalls = [np.mean(preds[labels == c] == c) for c in np.unique(labels)]
-    return float(np.mean(recalls))
 
 
 def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0,
@@ -47,6 +40,21 @@ def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, resamples: int = 1000, s
     values = (a - b)[idx].mean(axis=1)
     alpha = (1 - level) / 2
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def balanced_accuracy(labels: np.ndarray, preds: np.ndarray) -> np.ndarray | float:
+    """Mean per-class recall over the classes present in `labels`, along the last axis (so a (B, N)
+    stack of resamples gives B values); as sklearn's balanced_accuracy_score for one row."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    correct = labels == preds
+    recalls, present = 0.0, 0
+    for c in np.unique(labels):
+        m = labels == c
+        n = m.sum(axis=-1)
+        recalls = recalls + np.where(n > 0, (correct & m).sum(axis=-1) / np.maximum(n, 1), 0.0)
+        present = present + (n > 0)
+    out = recalls / np.maximum(present, 1)
+    return float(out) if np.ndim(out) == 0 else out
 
 
 def mcnemar_exact(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 
 from ..export import load_for_inference, served_method
 
-from ..predict import finished_run, max_length, probabilities
+from ..predict import finished_run, max_length, model_entries, probabilities
 
 
 @dataclass
@@ -130,7 +130,8 @@ class Predictor:
         self.max_length = max_length(self.run_dir)  # as the run trained and evaluated
         self.torch = torch_thread()
         self.models: dict[str, Loaded] = {}
-        for m in self.results["models"]:
+        self.entries = model_entries(self.run_dir, self.results)  # the study's models, then sweep students
+        for m in self.entries:
             path = self.run_dir / m["path"]
             method = served_method(self.run_dir, m["name"])
             self.models[m["name"]] = self.torch.call(
@@ -143,11 +144,11 @@ class Predictor:
 
     def info(self) -> list[dict]:
         out = []
-        for m in self.results["models"]:
+        for m in self.entries:
             out.append({"name": m["name"], "num_layers": m["num_layers"], "teacher_layers": m["teacher_layers"],
                         "objective": m["objective"], "params_total": m["params_total"],
                         "params_trainable": m["params_trainable"], "served_as": self.models[m["name"]].method,
-                        "best_student": m["name"] == self.best_student,
+                        "best_student": m["name"] == self.best_student, "kind": m.get("kind", "study"),
                         "test": {k: v for k, v in m["test"].items()}})
         return out
 
