@@ -405,15 +405,16 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
              sum(run.done(c.name, fps[c.name]) is not None for c in candidates))
 
     teacher, cache = [], {}
-    with_hidden = cfg.distill.w_cos > 0
+    with_hidden, with_layers = cfg.distill.w_cos > 0, cfg.distill.w_layer > 0
 
     def get_cache():
         if not cache:
             if not teacher:
                 teacher.append(study._load(run.model_dir("teacher")))
-            cache.update(_teacher_cache(run_dir / "sweep" / "teacher_outputs.pt", fingerprint(teacher_fp, with_hidden),
+            cache.update(_teacher_cache(run_dir / "sweep" / "teacher_outputs.pt", fingerprint(teacher_fp, with_hidden, with_layers),
                                         share, lambda: distill_stage.teacher_outputs(teacher[0], env.train, tokenizer,
-                                                                                     with_hidden=with_hidden)))
+                                                                                     with_hidden=with_hidden,
+                                                                                     with_layers=with_layers)))
         return cache
 
     if share.is_main and any(run.done(c.name, fps[c.name]) is None for c in candidates):
