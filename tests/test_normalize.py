@@ -80,7 +80,7 @@ def test_raw_test_sentence_gets_the_evaluations_probability_in_predict_and_the_a
 
 def test_audit_flags_unseen_characters_and_names_the_preset_that_closes_the_gap():
     train = ["you are all great", "what a day"]
-    other = ["@user You are GREAT!", "what a day"]
+    other = ["@user you are GREAT!", "what a day"]  # 7 unseen characters: all within the top 8 listed
     u = unseen(train, other)
     assert u["rows"] == 1 and {"@", "G", "!"} <= set(u["chars"])
     assert u["closed_by"] == "hate_speech_twitter"
