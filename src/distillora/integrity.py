@@ -5,23 +5,14 @@ safely (only pickled `.bin` weights, a damaged safetensors file) is a `UserError
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from .errors import UserError
-from .fileio import read_json, write_json
+from .fileio import read_json, sha256, write_json
 
 log = logging.getLogger("distillora")
 DIGEST_FILE = "weights.sha256.json"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weight_files(model_dir: Path) -> list[Path]:
