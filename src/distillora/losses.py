@@ -31,8 +31,7 @@ def distillation_loss(
     gradient scale of the soft term independent of T. cos = mean over non-padding tokens of
     1 - cos(h_student, h_teacher), as DistilBERT's cosine embedding loss. layer: see `patient_loss`.
     """
-    ce = F.cross_entropy(student_logits.float(), labels,
-                         weight=None if class_weights is None else class_weights.to(student_logits.device))
+    ce = weighted_cross_entropy(student_logits, labels, class_weights)
     t = temperature
     kd = F.kl_div(
         F.log_softmax(student_logits.float() / t, dim=-1),
@@ -56,6 +55,19 @@ def distillation_loss(
         layer = patient_loss(student_layers, teacher_layers)
         total = total + w_layer * layer
     return total, {"ce": ce.detach(), "kd": kd.detach(), "cos": cos.detach(), "layer": layer.detach()}
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                           class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy, each example weighted by its class's weight, averaged over the batch:
+    mean_i(w[y_i] * nll_i). Unlike torch's `weight=` (which divides by the sum of the weights in the
+    batch), this keeps the mean of two half-batches equal to the mean of the whole batch, so
+    data-parallel processes take the same step as one process; `balanced` weights average 1 over the
+    training split, so the loss keeps its scale. Shapes: logits (B, C), labels (B,), weights (C,)."""
+    nll = F.cross_entropy(logits.float(), labels, reduction="none")
+    if class_weights is None:
+        return nll.mean()
+    return (class_weights.to(logits.device)[labels] * nll).mean()
 
 
 def patient_loss(student_layers: torch.Tensor, teacher_layers: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .config import DistillConfig, TrainConfig
 from .data import Collator, Encoded
 from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_text
-from .losses import distillation_loss
+from .losses import distillation_loss, weighted_cross_entropy
 
 log = logging.getLogger("distillora")
 EPOCH_LOSS_KEY = "train_epoch_loss"  # log_history entries holding one epoch's mean training loss
@@ -187,8 +187,7 @@ class StudyTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels,
-                                                 weight=self.class_weights.to(outputs.logits.device))
+        loss = weighted_cross_entropy(outputs.logits, labels, self.class_weights)
         return (loss, outputs) if return_outputs else loss
 
     @property
