@@ -59,11 +59,9 @@ def heatmap(out: Path, checks: dict) -> str | None:
                       fontsize=8)
         ax.set_title(f"suite {s['name']}: pass rate per capability ({FLAG}: below the teacher beyond the 95% CI)",
                      fontsize=9)
-    fig.tight_layout()
-    (out / "plots").mkdir(exist_ok=True)
-    fig.savefig(out / "plots" / "checks_heatmap.png", dpi=110)
-    plt.close(fig)
-    return "plots/checks_heatmap.png"
+    from .report import save_figure
+
+    return save_figure(fig, out, "checks_heatmap.png")
 
 
 def section(out: Path) -> list[str]:

@@ -43,11 +43,9 @@ def plot(out: Path, sweep: dict) -> str:
         ax.set_ylabel("test accuracy (95% bootstrap CI)")
     axes[0].set_title("Accuracy against single-sentence latency")
     axes[1].set_title("Accuracy against size")
-    fig.tight_layout()
-    (out / "plots").mkdir(exist_ok=True)
-    fig.savefig(out / "plots" / "sweep.png", dpi=110)
-    plt.close(fig)
-    return "plots/sweep.png"
+    from .report import save_figure
+
+    return save_figure(fig, out, "sweep.png")
 
 
 def section(out: Path) -> list[str]:
