@@ -1,5 +1,5 @@
 """Inference speed of every model of a finished run, fp32 and every export candidate (int8-dynamic,
-bf16), side by side in one process: batch 1 (single-sentence latency) and batch 32 (throughput), p50/p95, ratios to the fp32
+bf16; the onnx copies `distillora export` wrote, where they exist), side by side in one process: batch 1 (single-sentence latency) and batch 32 (throughput), p50/p95, ratios to the fp32
 teacher. Sentences are the run's test split in its original order; warm-up before timing.
 
 usage: python bench/inference.py --run runs/quick [--sentences 200] [--out bench/results]
@@ -19,16 +19,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
 
-from distillora.export import METHODS, _splits, load_for_inference  # noqa: E402
-from distillora.predict import finished_run, max_length, probabilities  # noqa: E402
+from distillora import inference  # noqa: E402
+from distillora.export import METHODS, _splits  # noqa: E402
+from distillora.predict import finished_run, max_length  # noqa: E402
 
 
-@torch.inference_mode()
-def measure(model, tok, texts, batch_size, limit) -> dict:
-    def run(batch):  # the tokenise-and-forward path `predict` and the web app use
-        probabilities(model, tok, batch, limit)
+def measure(backend, texts, batch_size, limit) -> dict:
+    def run(batch):  # the normalise-tokenise-forward path `predict` and the web app use
+        backend.probabilities(batch, limit)
 
     for i in range(3):
         run(texts[i * batch_size:(i + 1) * batch_size] or texts[:batch_size])
@@ -59,15 +58,17 @@ def main() -> int:
     for m in results["models"]:
         if a.models and m["name"] not in a.models and m["name"] != "teacher":
             continue
-        tok = AutoTokenizer.from_pretrained(str(run / m["path"]))
         wanted = ("fp32", *METHODS) if not a.models or m["name"] in a.models else ("fp32",)
         for method in wanted:
-            model = load_for_inference(run / m["path"], method)
-            row = {"model": m["name"], "method": method, "params": m["params_total"]}
+            copy_dir = inference.copy_dir(run, m["name"], method)
+            if method in inference.ONNX_METHODS and not copy_dir.is_dir():
+                continue  # not exported: `distillora export --run RUN` writes the onnx copies
+            backend = inference.load(run / m["path"], method, copy_dir)
+            row = {"model": m["name"], "method": backend.method, "params": m["params_total"]}
             for bs in (1, 32):
-                row[f"b{bs}"] = measure(model, tok, texts, bs, limit)
+                row[f"b{bs}"] = measure(backend, texts, bs, limit)
             rows.append(row)
-            del model
+            del backend
     base = next(r for r in rows if r["model"] == "teacher" and r["method"] == "fp32")
     print(f"| model | method | b1 p50 ms | b1 p95 ms | b32 p50 ms | b32 ex/s | b1 speed-up | b32 speed-up |")
     print("|---|---|---|---|---|---|---|---|")

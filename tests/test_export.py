@@ -1,12 +1,14 @@
 import json
+import shutil
 
 import pytest
 import torch
 
 from conftest import tiny_bert, tiny_mpnet
-from distillora import export
-from distillora.export import (METHODS, PackedLinear, _can_pack, _choose, convert, export_run, load_for_inference,
-                               served_method)
+from distillora import inference
+from distillora.export import METHODS, _choose, export_run, served_method
+from distillora.inference import torch_backend
+from distillora.inference.torch_backend import PackedLinear, _can_pack, convert
 
 
 def test_export_measures_gates_and_follows_the_model(tiny_run):
@@ -17,8 +19,8 @@ def test_export_measures_gates_and_follows_the_model(tiny_run):
 
 
 def _export_measures_gates_and_follows_the_model(tiny_run):
-    out = export_run(tiny_run, ["odd", "even"])
-    assert set(out["models"]) == {"odd", "even"}
+    out = export_run(tiny_run, ["odd"])  # every candidate, the onnx copies included
+    assert set(out["models"]) == {"odd"}
     for e in out["models"].values():
         assert set(e["candidates"]) == set(METHODS) and set(e["speed"]) == {"fp32", *METHODS}
         for c in e["candidates"].values():
@@ -31,10 +33,12 @@ def _export_measures_gates_and_follows_the_model(tiny_run):
         if e["serve"] != "fp32":
             assert e["candidates"][e["serve"]]["passed"]
     assert served_method(tiny_run, "odd") == out["models"]["odd"]["serve"]
+    for method in inference.ONNX_METHODS:  # each onnx copy is on disk where its record says
+        assert (tiny_run / out["models"]["odd"]["candidates"][method]["path"] / "model.onnx").is_file()
     # a second export of other models keeps the first entries
     export_run(tiny_run, ["lora"], methods=("bf16",))
     saved = json.loads((tiny_run / "exports.json").read_text())["models"]
-    assert set(saved) == {"odd", "even", "lora"}
+    assert set(saved) == {"odd", "lora"}
     # once the model is retrained (new stage fingerprint), the old export is not served
     saved["odd"]["serve"] = "int8-dynamic"
     saved["odd"]["fingerprint"] = "stale"
@@ -96,7 +100,7 @@ def test_one_sentence_gives_the_same_logits_with_or_without_its_all_ones_mask(ma
 
 
 def test_bf16_without_onednn_support_runs_plain_bf16(monkeypatch):
-    monkeypatch.setattr(export, "_can_pack", lambda: False)
+    monkeypatch.setattr(torch_backend, "_can_pack", lambda: False)
     model = tiny_bert(2)
     copy_ = convert(model, "bf16")
     assert not any(isinstance(m, PackedLinear) for m in copy_.modules())
@@ -107,9 +111,9 @@ def test_a_copy_this_machine_cannot_build_is_served_in_fp32(monkeypatch, tiny_ru
     def fail(model, method):
         raise RuntimeError("bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq")
 
-    monkeypatch.setattr(export, "convert", fail)
-    model = load_for_inference(tiny_run / "models" / "odd", "bf16")
-    assert next(model.parameters()).dtype == torch.float32
+    monkeypatch.setattr(torch_backend, "convert", fail)
+    backend = inference.load(tiny_run / "models" / "odd", "bf16")
+    assert next(backend.model.parameters()).dtype == torch.float32 and backend.method == "fp32"
     assert "serving fp32" in caplog.text
 
 
@@ -121,13 +125,10 @@ def test_web_app_serves_the_bf16_copy_named_in_exports_json(tiny_run):
     try:
         p = Predictor(tiny_run)
         assert p.models["odd"].method == "bf16" and p.models["even"].method == "fp32"
-        assert next(p.models["odd"].model.parameters()).dtype == torch.bfloat16
+        assert next(p.models["odd"].backend.model.parameters()).dtype == torch.bfloat16
         texts = ["you people are the worst", "lovely weather today"]
         got, _ = p.probabilities("odd", texts)
-        fp32 = load_for_inference(tiny_run / "models" / "odd")
-        tok = p.models["odd"].tokenizer
-        from distillora.predict import probabilities
-        want = probabilities(fp32, tok, texts, p.max_length)
+        want = inference.load(tiny_run / "models" / "odd").probabilities(texts, p.max_length)
         assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=0.02)
     finally:
         (tiny_run / "exports.json").unlink()

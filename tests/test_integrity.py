@@ -8,7 +8,7 @@ import pytest
 
 from distillora.cli import main
 from distillora.errors import UserError
-from distillora.export import load_for_inference
+from distillora import inference
 from distillora.integrity import DIGEST_FILE, sha256
 
 
@@ -40,7 +40,7 @@ def test_a_changed_weight_file_is_refused_by_serve_predict_and_export(run_copy, 
     weights = run_copy / "models" / "odd" / "model.safetensors"
     _flip_last_byte(weights)
     with pytest.raises(UserError, match="model.safetensors: sha256 .* differs"):
-        load_for_inference(weights.parent)
+        inference.load(weights.parent)
     for argv in (["serve", "--run", str(run_copy)], ["predict", "--run", str(run_copy), "--model", "odd", "hi"],
                  ["export", "--run", str(run_copy), "--models", "odd"]):
         code = main(argv)

@@ -70,8 +70,8 @@ def test_raw_test_sentence_gets_the_evaluations_probability_in_predict_and_the_a
     client = create_app(tiny_run).test_client()
     for name in ("teacher", "odd", "lora"):
         stored = json.loads((tiny_run / "stages" / f"{name}.test.json").read_text())["probabilities_hate"][i]
-        _, model, tok = load_model(tiny_run, name)
-        (cli,) = predict(model, tok, [raw], cfg.data.label_names, cfg.data.max_length)
+        _, backend = load_model(tiny_run, name)
+        (cli,) = predict(backend, [raw], cfg.data.label_names, cfg.data.max_length)
         assert cli["probabilities"]["hate"] == pytest.approx(stored, abs=1e-5), name
         r = client.post("/api/predict", json={"text": raw, "models": [name]})
         (res,) = r.get_json()["predictions"][0]["results"]

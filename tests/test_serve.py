@@ -59,8 +59,8 @@ def test_predict_single_and_batch(client):
 def test_predict_agrees_with_cli_predict(client, tiny_run):
     from distillora.predict import load_model, predict
 
-    _, model, tok = load_model(tiny_run, "even")
-    (expected,) = predict(model, tok, ["they should all leave"], ["not_hate", "hate"])
+    _, backend = load_model(tiny_run, "even")
+    (expected,) = predict(backend, ["they should all leave"], ["not_hate", "hate"])
     got = client.post("/api/predict", json={"text": "they should all leave", "models": ["even"]}).get_json()
     assert abs(got["predictions"][0]["results"][0]["probabilities"]["hate"] - expected["probabilities"]["hate"]) < 1e-5
 
@@ -158,7 +158,7 @@ def test_models_are_in_eval_mode(app, tiny_run):
     from distillora.serve.predictor import Predictor
 
     p = Predictor(tiny_run)
-    assert all(not m.model.training for m in p.models.values())
+    assert all(not m.backend.model.training for m in p.models.values())  # torch copies, with no exports.json
 
 
 def test_default_bind_is_loopback():

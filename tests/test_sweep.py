@@ -171,7 +171,8 @@ def test_sweep_budget_serving_and_report(run_copy):
 
     # served like the study's models
     assert [m["name"] for m in model_entries(run_copy)][-5:] == [s["name"] for s in rec["students"]]
-    name, model, _ = load_model(run_copy, "sweep-3-4")
+    name, backend = load_model(run_copy, "sweep-3-4")
+    model = backend.model
     assert name == "sweep-3-4" and model.config.num_hidden_layers == 2
     assert model.config.distillora_teacher_layers == [3, 4]
     from distillora.serve import create_app

@@ -136,26 +136,20 @@ def summarise(suite: Suite, cases: dict[str, list[Case]], results: dict[str, dic
 
 def served_predictor(run_dir: Path, name: str, max_length: int) -> tuple[str, Predict]:
     """(method, texts -> probabilities) for model `name` as the app serves it."""
-    from transformers import AutoTokenizer
+    from . import inference
 
-    from .export import load_for_inference, served_method
-    from .predict import probabilities
-
-    path = Path(run_dir) / "models" / name
-    method = served_method(run_dir, name)
-    model = load_for_inference(path, method)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    backend = inference.load_served(run_dir, name, Path(run_dir) / "models" / name)
 
     def predict(texts: list[str]) -> list[list[float]]:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
         out: list = [None] * len(texts)
         for s in range(0, len(order), BATCH):
             idx = order[s:s + BATCH]
-            for i, p in zip(idx, probabilities(model, tokenizer, [texts[i] for i in idx], max_length)):
+            for i, p in zip(idx, backend.probabilities([texts[i] for i in idx], max_length)):
                 out[i] = p
         return out
 
-    return method, predict
+    return backend.method, predict
 
 
 def check_models(predictors: dict[str, Callable[[], tuple[str, Predict]]], suite_specs: list[str],

@@ -30,11 +30,11 @@ def cmd_predict(a) -> int:
     from .predict import blank, finished_run, load_model, max_length, predict
 
     results = finished_run(a.run)
-    name, model, tok = load_model(a.run, a.model)
+    name, backend = load_model(a.run, a.model)
     texts = [t for t in a.texts]
     if not texts or any(blank(t) for t in texts):
         raise UserError("predict: give at least one non-empty TEXT argument")
-    preds = predict(model, tok, texts, results["dataset"]["label_names"], max_length(a.run))
+    preds = predict(backend, texts, results["dataset"]["label_names"], max_length(a.run))
     print(json.dumps({"model": name, "predictions": preds}, indent=2, ensure_ascii=False))
     return 0
 
@@ -61,26 +61,43 @@ def cmd_audit(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from .export import export_run
+    import platform
 
-    out = export_run(a.run, a.models or None)
-    print("model      | copy         | val acc | test acc | 1 sentence p50 | batch 32 ex/s | passed")
+    from .export import METHODS, export_run
+
+    unknown = [m for m in a.methods or [] if m not in METHODS]
+    if unknown:
+        raise UserError(f"export: unknown --methods {unknown}; choose from {', '.join(METHODS)}")
+    out = export_run(a.run, a.models or None, tuple(a.methods or METHODS))
+    print(f"cpu: {_cpu_name() or platform.processor() or 'unknown'} | threads: {out['threads']}")
+    print("model      | copy              | val acc | test acc | 1 sentence p50 | batch 32 ex/s | passed")
     for name, e in out["models"].items():
         if (a.models and name not in a.models) or "candidates" not in e:
             continue  # entries kept from earlier exports (possibly in an older layout)
         rows = [("fp32", e["fp32_accuracy"]["validation"], e["fp32_accuracy"]["test"], "")]
         for m, c in e["candidates"].items():
             if "error" in c:
-                print(f"{name:10s} | {m:12s} | cannot run here: {c['error']}")
+                print(f"{name:10s} | {m:17s} | cannot run here: {c['error']}")
             else:
                 rows.append((m, c["validation"]["accuracy"], c["test"]["accuracy"], "yes" if c["passed"] else "no"))
         for method, val, test, passed in rows:
             s = e["speed"][method]
-            print(f"{name:10s} | {method:12s} | {val:.3f}   | {test:.3f}    | {s['p50_ms_b1']:8.1f} ms    | "
+            print(f"{name:10s} | {method:17s} | {val:.3f}   | {test:.3f}    | {s['p50_ms_b1']:8.1f} ms    | "
                   f"{s['examples_per_s_b32']:9.0f}     | {passed}")
         print(f"{name:10s} | served: {e['serve']} ({e['reason']})")
-    print(f"written: {a.run}/exports.json")
+    print(f"written: {a.run}/exports.json (onnx copies under {a.run}/exports/)")
     return 0
+
+
+def _cpu_name() -> str | None:
+    """The CPU's model name (Linux), printed with the timings they depend on."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def cmd_check(a) -> int:
@@ -166,9 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", help="also write the audit as JSON to this file")
     d.add_argument("overrides", nargs="*", metavar="key=value")
     d.set_defaults(func=cmd_audit)
-    e = sub.add_parser("export", help="optimised inference copies (int8, bf16), re-measured on validation and test; picks what to serve")
+    e = sub.add_parser("export", help="optimised inference copies (torch int8, bf16; onnxruntime fp32, int8), "
+                                      "re-measured on validation and test; picks what to serve")
     e.add_argument("--run", required=True, help="finished run directory")
     e.add_argument("--models", nargs="*", help="only these models (default: all)")
+    e.add_argument("--methods", nargs="*", help="only these candidate copies (default: all: int8-dynamic, bf16, "
+                                                "onnx-fp32, onnx-int8-dynamic, onnx-int8-static)")
     e.set_defaults(func=cmd_export)
     c = sub.add_parser("check", help="behavioural tests (MFT/INV/DIR suites) on every model of a finished run; "
                                      "writes checks.json and the report's section")

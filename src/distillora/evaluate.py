@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
-from .data import Encoded, length_sorted_batches
+from .data import Encoded
+from .inference import TorchBackend
 
 
-@torch.inference_mode()
 def predict_proba(model, encoded: Encoded, tokenizer, batch_size: int = 128) -> tuple[np.ndarray, float]:
-    """Class probabilities (N, C) in the original order, and examples/s of the pass.
-    Batches are formed from length-sorted examples so padding stays small."""
-    model.eval()
-    out = np.zeros((len(encoded), model.config.num_labels), dtype=np.float64)
-    start = time.perf_counter()
-    for idx, batch in length_sorted_batches(encoded, tokenizer, batch_size, next(model.parameters()).device):
-        logits = model(**batch).logits.float()
-        out[idx] = torch.softmax(logits, -1).cpu().numpy()
-    seconds = time.perf_counter() - start
-    return out, len(encoded) / seconds if seconds > 0 else float("inf")
+    """Class probabilities (N, C) of a torch model in the original order, and examples/s of the pass
+    (`inference.Backend.predict_encoded`: length-sorted batches, so padding stays small)."""
+    return TorchBackend(model, tokenizer).predict_encoded(encoded, batch_size)
 
 
 def test_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:

@@ -1,146 +1,50 @@
 """`distillora export`: optimised inference copies of every model of a run, each re-measured on the
 validation and test splits, and the choice of what to serve.
 
-Candidates (the choice between them is made by measurement on this machine, never assumed):
-- `int8-dynamic`: torch.ao dynamic quantisation of the Linear layers (int8 weights, activations
-  quantised per batch). Fast everywhere, but it can cost accuracy on models with outlier activations.
-- `bf16`: weights and activations in bfloat16. On CPUs with native bf16 matrix units (AMX, AVX512-BF16)
-  it is several times faster than fp32 at near-fp32 accuracy. Its Linear weights are pre-packed once
-  into oneDNN's blocked layout (see `PackedLinear`) where oneDNN supports bf16; elsewhere the copy runs
-  on plain bf16 kernels, measures slow and is not chosen.
-
-Every copy is deterministic given the fp32 weights, so it is stored as its recipe (`exports.json`) over
-the run's own safetensors and rebuilt in about a second at load: no pickle file is written or read.
+Candidates (the choice between them is made by measurement on this machine, never assumed; what each
+one is: `distillora.inference`):
+- `int8-dynamic`, `bf16`: torch copies, deterministic given the fp32 weights, so they are stored as
+  their recipe (`exports.json`) over the run's own safetensors and rebuilt in about a second at load:
+  no pickle file is written or read.
+- `onnx-fp32`, `onnx-int8-dynamic`, `onnx-int8-static`: onnxruntime graphs, written under
+  `exports/<model>/<method>/` with the tokenizer and the normaliser's settings beside them, so plain
+  onnxruntime can use them; the static copy is calibrated on validation texts.
 (LoRA is already merged in `models/lora`.)"""
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
-from . import integrity
-from .data import Encoded, encode
-from .evaluate import predict_proba, test_metrics
-from .fileio import read_json, write_json
-from .predict import finished_run, max_length, model_entries, probabilities
+from . import inference
+from .data import encode
+from .evaluate import test_metrics
+from .fileio import read_json, write_dir, write_json
+from .inference import ONNX_METHODS, TorchBackend, onnx_backend, torch_backend
+from .predict import finished_run, max_length, model_entries
 
 log = logging.getLogger(__name__)
 MAX_ACCURACY_DROP = 0.005  # 0.5 accuracy points
-METHODS = ("int8-dynamic", "bf16")
+METHODS = ("int8-dynamic", "bf16", *ONNX_METHODS)  # the candidates, each against the fp32 original
 LATENCY_SENTENCES = 100  # single-sentence latency is the median over this many test sentences
-
-
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():  # torch 2.13 warns that quantized tensor creation is deprecated
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-class PackedLinear(torch.nn.Module):
-    """A frozen bf16 Linear whose weight is reordered once into oneDNN's blocked layout.
-
-    Why not plain `nn.Linear`: eager bf16 `addmm` reorders the weight on every call, which at one
-    sentence (about 20 rows) costs as much as the product itself; measured here on 768x3072, 255 us
-    eager vs 162 us pre-packed. Why not `torch.compile` (whose CPU `freezing` pass does this same
-    packing and also fuses the element-wise ops): it needs a C++ compiler where the model is served
-    and about 30 s per model and input rank at start-up. The two ops are the ones inductor emits for
-    that pass; `pack_linears` leaves the model as it is where they are missing."""
-
-    def __init__(self, linear: torch.nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        w = linear.weight.detach()
-        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(w, None), persistent=False)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
-
-
-def _can_pack() -> bool:
-    """oneDNN can pack and run bf16 weights here (it refuses on CPUs without AVX512-BW/VL/DQ or
-    AVX-NE-CONVERT, for example AMD Zen 2/3 and most desktop Intel chips)."""
-    try:
-        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-                and hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def pack_linears(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap plain Linear layers for `PackedLinear` where oneDNN supports it; elsewhere leave the bf16
-    model as it is (slower, and the export measurement then says so). Linear weights shared with
-    another module (tied) stay as they are."""
-    if not _can_pack():
-        return model
-    counts: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is torch.nn.Linear and counts.get(id(child.weight), 0) == 1:
-                setattr(module, name, PackedLinear(child))
-    return model
-
-
-def to_bf16(model: torch.nn.Module) -> torch.nn.Module:
-    """A bf16 copy (the fp32 model is left as it is)."""
-    import copy
-
-    with warnings.catch_warnings():  # deepcopy reads a property transformers 5 marks deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        dup = copy.deepcopy(model)
-    return pack_linears(dup.to(torch.bfloat16).eval())
-
-
-def convert(model: torch.nn.Module, method: str) -> torch.nn.Module:
-    if method == "fp32":
-        return model
-    if method == "int8-dynamic":
-        return quantize_int8(model)
-    if method == "bf16":
-        return to_bf16(model)
-    raise ValueError(f"unknown export method {method!r}; known: fp32, {', '.join(METHODS)}")
-
-
-def load_for_inference(path: str | Path, method: str = "fp32") -> torch.nn.Module:
-    """The model at `path` as `method` builds it; fp32 (with a warning) if this machine cannot build
-    that copy, e.g. a run exported on a bf16-capable CPU and served on another. Raises UserError when
-    the weights differ from those recorded at training or cannot be read (see `integrity`)."""
-    integrity.check_loadable(path)
-    integrity.verify(path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).eval()
-    try:
-        return convert(model, method)
-    except (RuntimeError, NotImplementedError) as e:
-        log.warning("%s: cannot build its %s copy on this machine (%s); serving fp32", path, method, e)
-        return model
-
-
-def _stage_fingerprint(run_dir: Path, name: str) -> str | None:
-    f = Path(run_dir) / "stages" / f"{name}.json"
-    return read_json(f).get("fingerprint") if f.exists() else None
+DESCRIPTIONS = {
+    "int8-dynamic": "torch.ao quantize_dynamic, Linear layers, int8 weights and activations",
+    "bf16": "bfloat16 weights and activations, Linear weights pre-packed for oneDNN",
+    "onnx-fp32": "torch.onnx.export (dynamo) graph run by onnxruntime, fp32",
+    "onnx-int8-dynamic": "onnxruntime.quantization quantize_dynamic: int8 weights, uint8 activations per batch",
+    "onnx-int8-static": "onnxruntime.quantization quantize_static (QDQ, MatMul/Gemm): int8 weights, uint8 "
+                        f"activations with ranges calibrated on {onnx_backend.CALIBRATION_TEXTS} validation texts",
+}
 
 
 def served_method(run_dir: str | Path, name: str) -> str:
-    """The method `predict` and the web app use for model `name`: the export that passed for the model
-    as it is now on disk (same stage fingerprint), else fp32."""
-    f = Path(run_dir) / "exports.json"
-    if not f.exists():
-        return "fp32"
-    entry = read_json(f).get("models", {}).get(name, {})
-    if entry.get("fingerprint") != _stage_fingerprint(Path(run_dir), name):
-        return "fp32"  # the model was retrained after this export was measured
-    serve = entry.get("serve", "fp32")
-    return serve if serve in ("fp32", *METHODS) else "fp32"
+    """See `inference.served_method` (kept here: export writes what it reads)."""
+    return inference.served_method(run_dir, name)
 
 
 def _splits(run_dir: Path):
@@ -153,22 +57,17 @@ def _splits(run_dir: Path):
     return splits.validation, splits.test
 
 
-def _measure(model, enc: dict, tokenizer, texts: list[str], limit: int) -> tuple[dict, dict]:
-    """({split: probabilities}, speed): the test pass, after a warm-up, gives both the test
-    probabilities and the batch-32 throughput; single-sentence p50 latency is timed with tokenising
-    included, as `predict` and the web app run it."""
-    predict_proba(model, Encoded(enc["test"].items[:64]), tokenizer, 32)  # warm-up
-    probs, speed = {}, {}
-    probs["test"], thr = predict_proba(model, enc["test"], tokenizer, 32)
-    probs["validation"] = predict_proba(model, enc["validation"], tokenizer, 32)[0]
-    for t in texts[:10]:
-        probabilities(model, tokenizer, [t], limit)
-    lat = []
-    for t in texts:
-        t0 = time.perf_counter()
-        probabilities(model, tokenizer, [t], limit)
-        lat.append(time.perf_counter() - t0)
-    return probs, {"examples_per_s_b32": round(thr, 1), "p50_ms_b1": round(1000 * float(np.median(lat)), 2)}
+def _build(fp32: TorchBackend, method: str, dest: Path, limit: int, label_names, calibration_texts,
+           fp32_onnx: Path | None) -> inference.Backend:
+    """The `method` copy of the fp32 backend: torch copies in memory; onnx copies written atomically to
+    `dest` and loaded from there, as serving loads them. The int8 onnx copies quantise `fp32_onnx`, the
+    graph this export already wrote for `onnx-fp32`, when there is one."""
+    if method not in ONNX_METHODS:
+        return TorchBackend(torch_backend.convert(fp32.model, method), fp32.tokenizer, method)
+    write_dir(dest, lambda tmp: onnx_backend.build(fp32.model, fp32.tokenizer, tmp, method, max_length=limit,
+                                                   label_names=label_names, calibration_texts=calibration_texts,
+                                                   fp32_onnx=fp32_onnx))
+    return inference.OnnxBackend.load(dest)
 
 
 def _choose(entry: dict) -> tuple[str, str]:
@@ -221,14 +120,13 @@ def _export_run(run_dir: str | Path, models: list[str] | None = None, methods: t
     validation, test = _splits(run_dir)
     path = run_dir / "exports.json"
     out = read_json(path) if path.exists() else {}
-    out.update({"methods": {"int8-dynamic": "torch.ao quantize_dynamic, Linear layers, int8 weights and activations",
-                            "bf16": "bfloat16 weights and activations, Linear weights pre-packed for oneDNN"},
-                "max_accuracy_drop": MAX_ACCURACY_DROP, "threads": torch.get_num_threads(),
+    out.update({"methods": DESCRIPTIONS, "max_accuracy_drop": MAX_ACCURACY_DROP, "threads": torch.get_num_threads(),
                 "latency_sentences": LATENCY_SENTENCES})
     out.pop("method", None)  # the single-method layout of earlier versions
     out.setdefault("models", {})
     limit = max_length(run_dir)
     labels = {"validation": validation.labels, "test": test.labels}
+    label_names = results.get("dataset", {}).get("label_names")
     for m in model_entries(run_dir, results):  # sweep students too
         name = m["name"]
         if models and name not in models:
@@ -237,19 +135,28 @@ def _export_run(run_dir: str | Path, models: list[str] | None = None, methods: t
         tok = AutoTokenizer.from_pretrained(str(mdir))
         enc = {s: encode(split, tok, limit) for s, split in (("validation", validation), ("test", test))}
         texts = test.texts[:LATENCY_SENTENCES]
-        fp32 = load_for_inference(mdir)
-        ref, speed = _measure(fp32, enc, tok, texts, limit)
-        entry = {"fingerprint": _stage_fingerprint(run_dir, name),
+        fp32 = TorchBackend(torch_backend.load_fp32(mdir), tok)
+        ref, speed = inference.measure(fp32, enc, texts, limit)
+        entry = {"fingerprint": inference.stage_fingerprint(run_dir, name),
                  "fp32_accuracy": {s: test_metrics(ref[s], labels[s])["accuracy"] for s in labels},
                  "speed": {"fp32": speed}, "candidates": {}}
+        fp32_onnx = None  # the onnx-fp32 graph written by this export, which the int8 copies quantise
         for method in methods:
             t0 = time.perf_counter()
+            dest = inference.copy_dir(run_dir, name, method)
             try:
-                copy_ = convert(fp32, method)  # every conversion copies; fp32 stays as it is
+                copy_ = _build(fp32, method, dest, limit, label_names, validation.texts, fp32_onnx)
                 c = {"build_seconds": round(time.perf_counter() - t0, 2)}
-                probs, entry["speed"][method] = _measure(copy_, enc, tok, texts, limit)
-            except (RuntimeError, NotImplementedError) as e:  # a kernel this CPU lacks
-                entry["candidates"][method] = {"error": str(e).splitlines()[0][:300], "passed": False}
+                if method in ONNX_METHODS:
+                    c["path"] = dest.relative_to(run_dir).as_posix()
+                if method == "onnx-fp32":
+                    fp32_onnx = dest / onnx_backend.MODEL_FILE
+                probs, entry["speed"][method] = inference.measure(copy_, enc, texts, limit)
+            except onnx_backend.ERRORS as e:  # a kernel this CPU lacks, an op the exporter or onnxruntime
+                # cannot handle: the copy is recorded as failed with the reason, and the table and choice say so
+                log.warning("export %s %s failed: %s", name, method, e)
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                entry["candidates"][method] = {"error": f"{type(e).__name__}: {first}", "passed": False}
                 continue
             for s in labels:
                 acc = test_metrics(probs[s], labels[s])["accuracy"]

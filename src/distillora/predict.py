@@ -5,11 +5,7 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer
-
-from . import normalize
-from .data import clip
+from . import inference
 from .errors import UserError
 from .fileio import read_json
 
@@ -43,21 +39,16 @@ def model_entries(run_dir: str | Path, results: dict | None = None) -> list[dict
     return models
 
 
-def load_model(run_dir: str | Path, name: str | None = None):
-    """(name, model, tokenizer) for model `name` of a finished run (a sweep student too); default: the
-    best student."""
+def load_model(run_dir: str | Path, name: str | None = None) -> tuple[str, inference.Backend]:
+    """(name, backend) for model `name` of a finished run (a sweep student too), as it is served: the
+    copy `distillora export` chose, else fp32. Default: the best student."""
     results = finished_run(run_dir)
     entries = {m["name"]: m for m in model_entries(run_dir, results)}
     known = list(entries)
     name = name or results.get("best_student") or known[0]
     if name not in known:
         raise UserError(f"--model {name!r} is not in this run; choose one of {', '.join(known)}")
-    from .export import load_for_inference, served_method
-
-    path = Path(run_dir) / entries[name]["path"]
-    model = load_for_inference(path, served_method(run_dir, name))  # the fastest export that passed, else fp32
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return name, model, tokenizer
+    return name, inference.load_served(run_dir, name, Path(run_dir) / entries[name]["path"])
 
 
 def blank(text: str) -> bool:
@@ -67,23 +58,13 @@ def blank(text: str) -> bool:
                for c in text)
 
 
-@torch.inference_mode()
 def probabilities(model, tokenizer, texts: list[str], max_length: int = 128) -> list[list[float]]:
-    """Class probabilities per text: the one normalise-tokenise-forward path of `predict`, the web app,
-    export's timings and the benchmarks. The normaliser is the one saved with the model; as in training
-    (`data.encode`), texts are clipped before tokenising, and special-token strings a user types
-    (`[SEP]`, `</s>`) stay literal text."""
-    texts = normalize.of_model(model).many(texts)
-    batch = tokenizer([clip(t, max_length) for t in texts], truncation=True, max_length=max_length, padding=True,
-                      return_tensors="pt", split_special_tokens=True)
-    if len(texts) == 1:
-        # One sentence has no padding: an all-ones mask changes nothing but costs the model its mask
-        # arithmetic (about 0.5 ms of a 9 ms bf16 student forward here).
-        batch.pop("attention_mask", None)
-    return torch.softmax(model(**batch).logits.float(), -1).tolist()
+    """Class probabilities per text from a torch model (through its saved normaliser), the path every
+    backend shares (`inference.Backend.probabilities`)."""
+    return inference.TorchBackend(model, tokenizer).probabilities(texts, max_length)
 
 
-def predict(model, tokenizer, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
-    probs = probabilities(model, tokenizer, texts, max_length)
+def predict(backend: inference.Backend, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
+    probs = backend.probabilities(texts, max_length)
     return [{"text": t, "label": label_names[max(range(len(p)), key=p.__getitem__)],
              "probabilities": {n: round(x, 6) for n, x in zip(label_names, p)}} for t, p in zip(texts, probs)]

@@ -14,14 +14,6 @@ from .config import StudyConfig  # noqa: E402
 from .fileio import read_jsonl, write_text  # noqa: E402
 
 
-def save_figure(fig, out: Path, name: str) -> str:
-    """Lay out, write `<out>/plots/<name>` at the report's resolution, close; return the relative path."""
-    fig.tight_layout()
-    (Path(out) / "plots").mkdir(exist_ok=True)
-    fig.savefig(Path(out) / "plots" / name, dpi=110)
-    plt.close(fig)
-    return f"plots/{name}"
-
 # The seed's quality bar (issue 10); the report states whether each is met.
 TEACHER_MIN_ACC = 0.80
 LORA_MIN_ACC = 0.75

@@ -59,7 +59,7 @@ def heatmap(out: Path, checks: dict) -> str | None:
                       fontsize=8)
         ax.set_title(f"suite {s['name']}: pass rate per capability ({FLAG}: below the teacher beyond the 95% CI)",
                      fontsize=9)
-    from .report import save_figure
+    from .figures import save_figure
 
     return save_figure(fig, out, "checks_heatmap.png")
 

@@ -491,32 +491,27 @@ def split_figures(probs_hate, labels, resamples: int, seed: int) -> dict:
 def time_models(models: dict, texts: list[str], max_length: int, rounds: int = ROUNDS, per_round: int = PER_ROUND,
                 batch_size: int = 32) -> dict:
     """Batch-1 latency (p50, p95; tokenising included, as `predict` and the app run it) and batch-32
-    throughput of every model in `models` ({name: (model, tokenizer)}), measured in this one process,
+    throughput of every model in `models` ({name: inference.Backend}), measured in this one process,
     alternating: each round times every model in turn (the order reversed every other round) on the
     same sentences, so drift in the machine's load falls on all models alike."""
-    import torch
-
-    from .predict import probabilities
-
     lat = {n: [] for n in models}
     thr = {n: [0, 0.0] for n in models}
-    with torch.inference_mode():
-        for m, tok in models.values():  # warm-up
-            probabilities(m, tok, texts[:1], max_length)
-            probabilities(m, tok, texts[:batch_size], max_length)
-        for r in range(rounds):
-            ones = [texts[(r * per_round + i) % len(texts)] for i in range(per_round)]
-            batch = [texts[(r * batch_size + i) % len(texts)] for i in range(batch_size)]
-            for name in (list(models) if r % 2 == 0 else list(reversed(models))):
-                m, tok = models[name]
-                for t in ones:
-                    s = time.perf_counter()
-                    probabilities(m, tok, [t], max_length)
-                    lat[name].append(1000 * (time.perf_counter() - s))
+    for b in models.values():  # warm-up
+        b.probabilities(texts[:1], max_length)
+        b.probabilities(texts[:batch_size], max_length)
+    for r in range(rounds):
+        ones = [texts[(r * per_round + i) % len(texts)] for i in range(per_round)]
+        batch = [texts[(r * batch_size + i) % len(texts)] for i in range(batch_size)]
+        for name in (list(models) if r % 2 == 0 else list(reversed(models))):
+            b = models[name]
+            for t in ones:
                 s = time.perf_counter()
-                probabilities(m, tok, batch, max_length)
-                thr[name][0] += len(batch)
-                thr[name][1] += time.perf_counter() - s
+                b.probabilities([t], max_length)
+                lat[name].append(1000 * (time.perf_counter() - s))
+            s = time.perf_counter()
+            b.probabilities(batch, max_length)
+            thr[name][0] += len(batch)
+            thr[name][1] += time.perf_counter() - s
     return {n: {"b1_p50_ms": round(float(np.percentile(lat[n], 50)), 2),
                 "b1_p95_ms": round(float(np.percentile(lat[n], 95)), 2),
                 "b32_examples_per_s": round(thr[n][0] / thr[n][1], 1)} for n in models}
@@ -527,12 +522,10 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
     """Evaluate every finished candidate (once; probabilities kept in stages/<name>.test.json), time them
     all with the teacher, and build the sweep record."""
     import torch
-    from transformers import AutoTokenizer
 
-    from . import study
+    from . import inference, study
     from .config import to_dict
     from .evaluate import size_on_disk, test_metrics
-    from .export import load_for_inference, served_method
     from .fileio import read_json
     from .predict import max_length
 
@@ -576,12 +569,11 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
     models, served = {}, {}
     for m in [teacher] + students:
         path = run.model_dir(m["name"])
-        tok = AutoTokenizer.from_pretrained(str(path))
-        models[m["name"]] = (load_for_inference(path, "fp32"), tok)
-        method = served_method(run.root, m["name"])
-        served[m["name"]] = method
-        if method != "fp32":
-            models[m["name"] + "@" + method] = (load_for_inference(path, method), tok)
+        models[m["name"]] = inference.load(path, "fp32")
+        copy_ = inference.load_served(run.root, m["name"], path)
+        served[m["name"]] = copy_.method
+        if copy_.method != "fp32":
+            models[m["name"] + "@" + copy_.method] = copy_
     log.info("timing %d models alternately (batch 1 and batch 32)", len(models))
     speed = time_models(models, texts, limit, rounds)
     for m in [teacher] + students:

@@ -43,7 +43,7 @@ def plot(out: Path, sweep: dict) -> str:
         ax.set_ylabel("test accuracy (95% bootstrap CI)")
     axes[0].set_title("Accuracy against single-sentence latency")
     axes[1].set_title("Accuracy against size")
-    from .report import save_figure
+    from .figures import save_figure
 
     return save_figure(fig, out, "sweep.png")
 

@@ -19,11 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
-from ..export import load_for_inference, served_method
-
-from ..predict import finished_run, max_length, model_entries, probabilities
+from .. import inference
+from ..predict import finished_run, max_length, model_entries
 
 
 @dataclass
@@ -116,9 +113,11 @@ def torch_thread() -> TorchThread:
 @dataclass
 class Loaded:
     name: str
-    model: object
-    tokenizer: object
-    method: str  # fp32, or the export that passed (see distillora.export)
+    backend: inference.Backend  # the copy export chose (torch or onnxruntime), else fp32
+
+    @property
+    def method(self) -> str:  # fp32, or the export that passed (see distillora.export)
+        return self.backend.method
 
 
 class Predictor:
@@ -133,10 +132,8 @@ class Predictor:
         self.entries = model_entries(self.run_dir, self.results)  # the study's models, then sweep students
         for m in self.entries:
             path = self.run_dir / m["path"]
-            method = served_method(self.run_dir, m["name"])
             self.models[m["name"]] = self.torch.call(
-                lambda: Loaded(m["name"], load_for_inference(path, method), AutoTokenizer.from_pretrained(str(path)),
-                               method))
+                lambda: Loaded(m["name"], inference.load_served(self.run_dir, m["name"], path)))
 
     @property
     def name(self) -> str:
@@ -153,8 +150,7 @@ class Predictor:
         return out
 
     def _forward(self, name: str, texts: list[str]) -> list[list[float]]:  # on the torch thread only
-        m = self.models[name]
-        return probabilities(m.model, m.tokenizer, texts, self.max_length)
+        return self.models[name].backend.probabilities(texts, self.max_length)
 
     def probabilities(self, name: str, texts: list[str]) -> tuple[list[list[float]], float]:
         """(per-text class probabilities, milliseconds from request to answer, queueing included).

@@ -1,0 +1,58 @@
+"""The one interface every inference backend offers: class probabilities for raw texts (through the
+model's own normaliser, clipped and tokenised as in training) and for an already encoded split (the
+evaluation pass, in length-sorted batches)."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..data import Encoded, clip, length_sorted_batches
+from ..normalize import Normalizer
+
+
+def tokenize(tokenizer, normalizer: Normalizer, texts: list[str], max_length: int) -> dict:
+    """{input name: torch int64 tensor (B, L)} of `texts` normalised, clipped and tokenised. As in
+    training (`data.encode`), special-token strings a user types (`[SEP]`, `</s>`) stay literal text."""
+    texts = normalizer.many(texts)
+    return dict(tokenizer([clip(t, max_length) for t in texts], truncation=True, max_length=max_length,
+                          padding=True, return_tensors="pt", split_special_tokens=True))
+
+
+class Backend(ABC):
+    """A loaded model copy that answers probabilities.
+
+    Attributes: `method` (fp32, bf16, int8-dynamic, onnx-fp32, onnx-int8-dynamic, onnx-int8-static),
+    `tokenizer` (the model's own), `normalizer` (the one saved with the model), `num_labels`."""
+
+    method: str
+    tokenizer: object
+    normalizer: Normalizer
+    num_labels: int
+
+    @abstractmethod
+    def _proba(self, batch: dict) -> np.ndarray:
+        """Class probabilities (B, C) for a tokenised batch: {input name: torch int64 tensor (B, L)}."""
+
+    def tokenize(self, texts: list[str], max_length: int) -> dict:
+        return tokenize(self.tokenizer, self.normalizer, texts, max_length)
+
+    def probabilities(self, texts: list[str], max_length: int = 128) -> list[list[float]]:
+        """Class probabilities per text: the one normalise-tokenise-forward path of `predict`, the web
+        app, export's timings and the benchmarks."""
+        return self._proba(self.tokenize(texts, max_length)).tolist()
+
+    def predict_encoded(self, encoded: Encoded, batch_size: int = 128) -> tuple[np.ndarray, float]:
+        """Class probabilities (N, C) of an encoded split in its original order, and examples/s of the
+        pass. Batches are formed from length-sorted examples so padding stays small."""
+        out = np.zeros((len(encoded), self.num_labels), dtype=np.float64)
+        start = time.perf_counter()
+        for idx, batch in length_sorted_batches(encoded, self.tokenizer, batch_size, self.device):
+            out[idx] = self._proba(batch)
+        seconds = time.perf_counter() - start
+        return out, len(encoded) / seconds if seconds > 0 else float("inf")
+
+    device = "cpu"  # where `predict_encoded` puts its batches
+
