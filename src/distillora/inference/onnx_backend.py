@@ -52,17 +52,20 @@ def input_names(model: torch.nn.Module, tokenizer) -> list[str]:
 
 @contextmanager
 def _quiet():
-    """The exporter prints its progress and onnxruntime.quantization logs on the root logger about
-    every tensor it leaves in float (the boolean masks); neither is news to a user of `export`."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    """The exporter prints its progress and logs that torchvision's ops are skipped, and
+    onnxruntime.quantization logs on the root logger about every tensor it leaves in float (the
+    boolean masks); none of it is news to a user of `export`. Errors still show."""
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        root.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def export_fp32(model: torch.nn.Module, tokenizer, path: Path) -> list[str]:
