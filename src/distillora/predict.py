@@ -68,12 +68,16 @@ def model_entries(run_dir: str | Path, results: dict | None = None) -> list[dict
     """The servable models of a finished run: the study's (results.json), then the students of
     `distillora sweep` (sweep.json) whose model directory exists. Each has at least name, path,
     num_layers, teacher_layers, objective, params_total, params_trainable and test."""
+    from .evaluate import upgrade_metrics
+
     run = Path(run_dir)
-    models = list((results or finished_run(run))["models"])
+    results = results or finished_run(run)
+    models = list(results["models"])
     sweep = run / "sweep.json"
     if sweep.is_file():
         names = {m["name"] for m in models}
-        models += [s for s in read_json(sweep).get("students", [])
+        models += [{**s, "test": upgrade_metrics(s["test"], results["dataset"]["label_names"])}
+                   for s in read_json(sweep).get("students", [])
                    if s["name"] not in names and (run / s["path"] / "config.json").is_file()]
     return models
 
