@@ -32,7 +32,7 @@ def test_override_keeps_other_section_defaults(tmp_path):
     (["distill.students={odd: []}"], "non-empty"),
     (["baseline.layers=[0, 2]"], None),  # range is checked against the teacher's depth at run time
     (["lora.r=0"], "lora.r = 0"),
-    (["data.label_names=[a]"], "two distinct names"),
+    (["data.label_names=[a]"], "two or more distinct"),
     (["nonsense"], "key=value"),
 ])
 def test_bad_config_values(overrides, needle):

@@ -188,3 +188,69 @@ def test_sep_reads_tab_separated_files(tmp_path):
     cfg.sep = "\t"
     s = load_splits(cfg, 0)
     assert s.info["rows"]["test"] == 2 and s.test.texts[0] == "hello, there"
+
+
+def _three(n: int, label=lambda k: k) -> str:
+    return "".join(f"tweet number {i},{label(i % 3)}\n" for i in range(n))
+
+
+def test_three_integer_labels_with_names_given(tmp_path):
+    cfg = _write(tmp_path, "tweet,label\n" + _three(24), "tweet,label\n" + _three(6))
+    cfg.label_names = ["a", "b", "c"]
+    s = load_splits(cfg, seed=0)
+    assert s.info["label_names"] == ["a", "b", "c"] and s.info["label_counts"]["test"] == [2, 2, 2]
+    cfg.label_names = ["a", "b"]  # a label 2 no name covers: named by file, row, column and value
+    with pytest.raises(UserError, match=r"train\.csv: row 3 \(line 4\), column 'label': label '2' is not one of 0, 1, a, b"):
+        load_splits(cfg, seed=0)
+
+
+def test_label_names_inferred_in_a_stable_order(tmp_path):
+    names = {0: "pos", 1: "neg", 2: "neutral"}
+    cfg = _write(tmp_path, "tweet,label\n" + _three(24, names.get), "tweet,label\n" + _three(6, names.get))
+    cfg.label_names = None
+    s = load_splits(cfg, seed=0)
+    assert s.info["label_names"] == ["neg", "neutral", "pos"]  # sorted, whatever the row order
+    assert s.test.labels.tolist() == [2, 0, 1, 2, 0, 1]
+    cfg = _write(tmp_path, "tweet,label\n" + _three(24), "tweet,label\n" + _three(6))
+    cfg.label_names = None
+    assert load_splits(cfg, seed=0).info["label_names"] == ["0", "1", "2"]  # integers 0..max
+    (tmp_path / "test.csv").write_text("tweet,label\n" + _three(3, names.get) + "odd one,other\n")
+    cfg = _write(tmp_path, "tweet,label\n" + _three(24, names.get), (tmp_path / "test.csv").read_text())
+    cfg.label_names = None
+    with pytest.raises(UserError, match=r"test\.csv: row 4 \(line 5\), column 'label': label 'other'"):
+        load_splits(cfg, seed=0)
+
+
+def test_where_filters_rows_and_keeps_file_row_numbers(tmp_path):
+    train = "tweet,label,group\n" + "".join(f"t{i},{i % 2},{'AB'[i % 2] if i % 4 < 2 else 'C'}\n" for i in range(40))
+    cfg = _write(tmp_path, train, "tweet,label,group\nx,1,B\ny,0,A\nz,1,C\n")
+    cfg.where, cfg.label_column, cfg.label_names = {"group": ["A", "B"]}, "label", None
+    s = load_splits(cfg, seed=0)
+    assert s.info["rows"]["train"] + s.info["rows"]["validation"] == 20 and s.info["where"] == {"group": ["A", "B"]}
+    cfg.where, cfg.label_column = {"label": 1}, "group"
+    s = load_splits(cfg, seed=0)  # the odd rows: groups B and C
+    assert s.info["label_names"] == ["B", "C"]
+    # rows keep their number in the file: the first odd row is row 2, though the filter kept it first
+    cfg.label_names = ["C", "X"]
+    with pytest.raises(UserError, match=r"train\.csv: row 2 \(line 3\), column 'group': label 'B'"):
+        load_splits(cfg, seed=0)
+    cfg.where = {"nope": 1}
+    with pytest.raises(UserError, match="no column 'nope'.*data.where"):
+        load_splits(cfg, seed=0)
+    cfg.where = {"label": 7}
+    with pytest.raises(UserError, match="no rows match data.where"):
+        load_splits(cfg, seed=0)
+
+
+def test_pairs_are_read_checked_and_tokenised_as_pairs(tmp_path, minilm_tokenizer):
+    rows = "".join(f"premise {i},hypothesis {i},{i % 2}\n" for i in range(20))
+    cfg = _write(tmp_path, "p,h,label\n" + rows + "a premise,,1\n", "p,h,label\nx,y,0\n")
+    cfg.text_column, cfg.text_pair_column = "p", "h"
+    s = load_splits(cfg, seed=0)
+    assert s.info["dropped_empty"]["train"] == 1 and s.test.pairs == ["y"]
+    assert all(p.replace("hypothesis", "premise") == t for t, p in zip(s.train.texts, s.train.pairs))
+    ids = encode(s.test, minilm_tokenizer, 16)[0]
+    assert minilm_tokenizer.decode(ids["input_ids"]) == "[CLS] x [SEP] y [SEP]" and ids["token_type_ids"] == [0, 0, 0, 1, 1]
+    cfg.text_pair_column = "hyp"
+    with pytest.raises(UserError, match="no column 'hyp'.*data.text_pair_column"):
+        load_splits(cfg, seed=0)

@@ -124,10 +124,10 @@ def test_batch_csv(client):
                     content_type="multipart/form-data")
     assert r.status_code == 200 and r.mimetype == "text/csv"
     lines = r.data.decode().strip().splitlines()
-    assert lines[0] == "id,text,odd_label,odd_p_hate,lora_label,lora_p_hate"
+    assert lines[0] == "id,text,odd_label,odd_p_not_hate,odd_p_hate,lora_label,lora_p_not_hate,lora_p_hate"
     assert len(lines) == 4
     assert lines[1].startswith("1,you are great,")
-    assert lines[3] == "3,,,,,"  # an empty text gets no label rather than a made-up one
+    assert lines[3] == "3,,,,,,,"  # an empty text gets no label rather than a made-up one
 
 
 def test_batch_unknown_model(client):

@@ -100,3 +100,39 @@ def test_audit_of_shared_data_surfaces_provenance(shared_data):
     assert a["shift"]["test"]["not_hate"]["at_user"] == pytest.approx(0.31, abs=0.002)
     assert a["shift"]["test"]["hate"]["hashtag"] == 0 and a["shift"]["test"]["hate"]["at_user"] == 0
     assert a["overlap"]["train/test"]["exact"] == 0
+
+
+def test_calibration_top_label_for_three_classes():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.4, 0.3, 0.3], [0.2, 0.2, 0.6]])
+    labels = np.array([0, 2, 0, 2])
+    c = calibration(probs, labels, bins=2)  # bins over [1/3, 1]: [1/3, 2/3] and (2/3, 1]
+    # low bin: confidences 0.5 (wrong), 0.4 (right), 0.6 (right); high bin: 0.7 (right)
+    assert [b["count"] for b in c["bins"]] == [3, 1]
+    assert c["ece"] == pytest.approx(3 / 4 * abs(2 / 3 - 0.5) + 1 / 4 * abs(1 - 0.7))
+    p1 = np.array([0.9, 0.2, 0.55, 0.4])  # a binary task: p(label 1) and its two-column form agree
+    assert calibration(p1, np.array([1, 0, 0, 1])) == calibration(np.stack([1 - p1, p1], 1), np.array([1, 0, 0, 1]))
+
+
+def test_test_metrics_for_three_classes_match_sklearn():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from distillora.evaluate import test_metrics, upgrade_metrics
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1, 1, 1], 60)
+    labels = rng.integers(0, 3, 60)
+    m = test_metrics(probs, labels, ["a", "b", "c"])
+    assert m["f1_macro"] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro"))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    assert np.sum(m["confusion"]) == 60 and [c["support"] for c in m["per_class"].values()] == np.bincount(labels).tolist()
+    only_two = test_metrics(probs[labels < 2], labels[labels < 2], ["a", "b", "c"])  # no row of class c
+    assert only_two["per_class"]["c"]["roc_auc"] is None and only_two["roc_auc"] is not None
+    old = {"accuracy": 0.8, "precision_hate": 0.5, "recall_hate": 0.25, "f1_hate": 1 / 3}
+    assert upgrade_metrics(old, ["not_hate", "hate"]) == {
+        "accuracy": 0.8, "per_class": {"hate": {"precision": 0.5, "recall": 0.25, "f1": 1 / 3}}}
+
+
+def test_bootstrap_f1_counts_every_class():
+    labels, preds = np.array([0, 1, 2, 2, 1, 0]), np.array([0, 1, 2, 1, 1, 0])
+    lo, hi = bootstrap_ci(labels, preds, "f1_macro", resamples=200, seed=0)
+    assert 0 <= lo <= hi <= 1

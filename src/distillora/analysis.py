@@ -9,58 +9,64 @@ from sklearn.metrics import f1_score
 
 from . import stats
 from .audit import audit, findings
-from .evaluate import test_metrics
-
-
-def _probs(p_hate) -> np.ndarray:
-    p = np.asarray(p_hate, dtype=float)
-    return np.stack([1 - p, p], axis=1)
+from .evaluate import predictions, test_metrics, unpack_probabilities
 
 
 def add_to_models(models: list[dict], evaluations: dict, splits, extra: dict, cfg) -> None:
     labels = splits.test.labels
+    names = splits.info["label_names"]
     for m in models:
         ev = evaluations[m["name"]]
-        probs = _probs(ev["probabilities_hate"])
+        probs = unpack_probabilities(ev)
         pred = probs.argmax(1)
-        test = test_metrics(probs, labels)
+        test = test_metrics(probs, labels, names)
         test["ci95"] = {k: list(stats.bootstrap_ci(labels, pred, k, cfg.bootstrap_resamples, seed=cfg.seed))
                         for k in ("accuracy", "balanced_accuracy", "f1_macro")}
         m["test"] = test
-        m["calibration"] = {"test": stats.calibration(probs[:, 1], labels)}
-        val_p = np.asarray(ev["validation_probabilities_hate"])
-        m["calibration"]["validation_ece"] = stats.calibration(val_p, splits.validation.labels)["ece"]
-        t = stats.threshold_on_validation(val_p, splits.validation.labels)
-        at_t = (probs[:, 1] > t).astype(int)
-        m["threshold"] = {"value": t, "chosen_on": "validation (macro-F1)",
-                          "test_accuracy": float((at_t == labels).mean()),
-                          "test_f1_macro": float(f1_score(labels, at_t, average="macro", zero_division=0))}
+        m["calibration"] = {"test": stats.calibration(probs, labels)}
+        val = unpack_probabilities(ev, "validation_")
+        m["calibration"]["validation_ece"] = stats.calibration(val, splits.validation.labels)["ece"]
+        m["threshold"] = _threshold(probs, val, labels, splits.validation.labels)
         if splits.test.categories is not None:
-            m["per_category"] = per_category(labels, pred, splits.test.categories)
+            m["per_category"] = per_category(labels, pred, splits.test.categories, names)
         if extra:
             m["extra_tests"] = {}
             for name, split in extra.items():
-                p = _probs(ev["extra"][name])
-                r = test_metrics(p, split.labels)
+                p = ev["extra"][name]
+                r = test_metrics(p, split.labels, names)
                 r["ci95"] = {"accuracy": list(stats.bootstrap_ci(split.labels, p.argmax(1), "accuracy",
                                                                  cfg.bootstrap_resamples, seed=cfg.seed))}
                 r["rows"] = len(split)
                 m["extra_tests"][name] = r
 
 
+def _threshold(probs: np.ndarray, val: np.ndarray, labels: np.ndarray, val_labels: np.ndarray) -> dict | None:
+    """A decision threshold on p(label 1) chosen on validation, reported beside 0.5: binary tasks only
+    (with more labels the verdict is the argmax, and no single threshold exists); None otherwise."""
+    if probs.shape[1] != 2:
+        return None
+    t = stats.threshold_on_validation(val[:, 1], val_labels)
+    at_t = (probs[:, 1] > t).astype(int)
+    return {"value": t, "chosen_on": "validation (macro-F1)",
+            "test_accuracy": float((at_t == labels).mean()),
+            "test_f1_macro": float(f1_score(labels, at_t, average="macro", zero_division=0))}
+
+
 def add_seeds(models: list[dict], seeds: list[int], seed_records: dict, per_seed: dict, splits) -> None:
     """Per-seed validation and test figures of every model, with their mean and (sample) std."""
     labels, vlabels = splits.test.labels, splits.validation.labels
+    names = splits.info["label_names"]
     for m in models:
         rows = []
         for seed in seeds:
             ev, rec = per_seed[seed][m["name"]], seed_records[seed][m["name"]]
-            t = test_metrics(_probs(ev["probabilities_hate"]), labels)
-            v = test_metrics(_probs(ev["validation_probabilities_hate"]), vlabels)
+            t = test_metrics(unpack_probabilities(ev), labels, names)
+            v = test_metrics(unpack_probabilities(ev, "validation_"), vlabels, names)
             rows.append({"seed": seed, "train_loss": rec["train"]["loss"],
                          "validation": {k: v[k] for k in ("accuracy", "balanced_accuracy", "f1_macro")},
                          "test": {"accuracy": t["accuracy"], "balanced_accuracy": t["balanced_accuracy"],
-                                  "f1_macro": t["f1_macro"], "recall_hate": t["recall_hate"]}})
+                                  "f1_macro": t["f1_macro"],
+                                  "recall": {n: c["recall"] for n, c in t["per_class"].items()}}})
         m["seeds"] = rows
         summary = {}
         for split in ("validation", "test"):
@@ -70,15 +76,18 @@ def add_seeds(models: list[dict], seeds: list[int], seed_records: dict, per_seed
         m["seed_summary"] = summary
 
 
-def per_category(labels: np.ndarray, pred: np.ndarray, categories: list[str]) -> dict:
-    """Accuracy and hate recall per category (rows with an empty category are grouped as `(none)`)."""
+def per_category(labels: np.ndarray, pred: np.ndarray, categories: list[str], label_names: list[str]) -> dict:
+    """Accuracy and the recall of each label per category (rows with an empty category are grouped as
+    `(none)`); a label's recall is None in a category without rows of that label."""
     out = {}
     cats = np.array([c if c else "(none)" for c in categories])
     for c in sorted(set(cats.tolist())):
         m = cats == c
-        pos = m & (labels == 1)
-        out[c] = {"rows": int(m.sum()), "accuracy": float((pred[m] == labels[m]).mean()),
-                  "recall_hate": float((pred[pos] == 1).mean()) if pos.any() else None}
+        recall = {}
+        for k, name in enumerate(label_names):
+            rows = m & (labels == k)
+            recall[name] = float((pred[rows] == k).mean()) if rows.any() else None
+        out[c] = {"rows": int(m.sum()), "accuracy": float((pred[m] == labels[m]).mean()), "recall": recall}
     return out
 
 
@@ -96,7 +105,7 @@ def significance(models: list[dict], evaluations: dict, labels: np.ndarray, alph
     """McNemar's exact test on the test split for odd vs even, each student vs the teacher, lora vs
     baseline."""
     names = [m["name"] for m in models]
-    preds = {n: (np.asarray(evaluations[n]["probabilities_hate"]) > 0.5).astype(int) for n in names}
+    preds = {n: predictions(evaluations[n]) for n in names}
     acc = {m["name"]: m["test"]["accuracy"] for m in models}
     out = []
     for a, b in comparisons(names, [n for n in names if n != "teacher"]):

@@ -122,7 +122,9 @@ def findings(a: dict, label_names: list[str]) -> list[str]:
         if o["exact"] or o["normalised"]:
             notes.append(f"{pair}: {o['exact']} exact and {o['normalised']} normalised texts in common.")
     b = [s["share"] for s in a["splits"].values()]
-    if len({round(x[label_names[1]], 1) for x in b}) > 1:
-        parts = ", ".join(f"{n} {s['share'][label_names[1]]:.0%}" for n, s in a["splits"].items())
-        notes.append(f"Label balance differs between splits ({label_names[1]}: {parts}).")
+    # binary: label 1's share says it all; with more labels, every label whose share differs is named
+    for label in (label_names[1:] if len(label_names) == 2 else label_names):
+        if len({round(x[label], 1) for x in b}) > 1:
+            parts = ", ".join(f"{n} {s['share'][label]:.0%}" for n, s in a["splits"].items())
+            notes.append(f"Label balance differs between splits ({label}: {parts}).")
     return notes

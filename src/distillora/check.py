@@ -225,6 +225,10 @@ def for_study(out: Path, cfg, model_names: list[str], validation_texts: list[str
     if not cfg.check.suites:
         (Path(out) / "checks.json").unlink(missing_ok=True)
         return
+    if cfg.data.text_pair_column is not None:
+        log.info("check: skipped: the suites hold single sentences and this is a sentence-pair task")
+        (Path(out) / "checks.json").unlink(missing_ok=True)
+        return
     run_checks(out, model_names, cfg.check.suites, cfg.data.label_names, validation_texts, cfg.data.max_length,
                cfg.bootstrap_resamples, cfg.seed)
 
@@ -239,6 +243,9 @@ def check_run(run_dir: str | Path, suites: list[str] | None = None, data: str | 
     run = Path(run_dir)
     results = finished_run(run)
     cfg = load_config(run / "config.yaml", [f"data.source={data}"] if data else [])
+    if cfg.data.text_pair_column is not None:
+        raise UserError(f"{run}: a sentence-pair run (data.text_pair_column = {cfg.data.text_pair_column!r}); the "
+                        f"behavioural suites hold single sentences, so they cannot check it")
     specs = suites or cfg.check.suites
     if not specs:
         raise UserError(f"{run}: its config has check.suites = []; name suites with --suite "

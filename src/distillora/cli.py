@@ -27,14 +27,19 @@ def cmd_run(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from .predict import blank, finished_run, load_model, max_length, predict
+    from .predict import blank, check_pairs, finished_run, is_pair_task, load_model, max_length, predict
 
     results = finished_run(a.run)
-    name, backend = load_model(a.run, a.model)
     texts = [t for t in a.texts]
-    if not texts or any(blank(t) for t in texts):
-        raise UserError("predict: give at least one non-empty TEXT argument")
-    preds = predict(backend, texts, results["dataset"]["label_names"], max_length(a.run))
+    pairs = list(a.pairs) if a.pairs else None
+    if not texts or any(blank(t) for t in texts + (pairs or [])):
+        raise UserError("predict: give at least one non-empty TEXT argument (and non-empty --pair texts)")
+    try:
+        check_pairs(texts, pairs, is_pair_task(a.run), "TEXT", "--pair")
+    except UserError as e:
+        raise UserError(f"predict: {e}") from None
+    name, backend = load_model(a.run, a.model)
+    preds = predict(backend, texts, results["dataset"]["label_names"], max_length(a.run), pairs)
     print(json.dumps({"model": name, "predictions": preds}, indent=2, ensure_ascii=False))
     return 0
 
@@ -175,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", required=True, help="finished run directory")
     q.add_argument("--model", help="model name (default: the best student)")
     q.add_argument("texts", nargs="+", metavar="TEXT")
+    q.add_argument("--pair", dest="pairs", action="append", metavar="TEXT_PAIR",
+                   help="the second text of a sentence-pair run, once per TEXT, in order")
     q.set_defaults(func=cmd_predict)
     d = sub.add_parser("audit", help="audit a dataset: sizes, balance, duplicates, overlap, lengths, split shift")
     d.add_argument("--data", help="dataset (Hub id or directory); default: the config's data.source")

@@ -53,8 +53,16 @@ class DataConfig:
     train_file: str | None = _f(None, "Explicit train file (overrides `source`).")
     test_file: str | None = _f(None, "Explicit test file (overrides `source`).")
     text_column: str = _f("tweet", "Column holding the text (`text` is accepted when this one is absent).")
+    text_pair_column: str | None = _f(None, "Column holding the second text of a sentence-pair task (e.g. the "
+                                            "hypothesis of an NLI premise/hypothesis pair); the two are tokenised "
+                                            "as a pair. null: single-text task.")
     label_column: str = _f("label", "Column holding the label (an integer index or one of `label_names`).")
-    label_names: list[str] = _f(["not_hate", "hate"], "Names of labels 0 and 1 shown to users.")
+    label_names: list[str] | None = _f(["not_hate", "hate"],
+                                       "Names of labels 0..N-1 shown to users (N >= 2). null: inferred from the "
+                                       "train labels: integer labels 0..max are named \"0\"..\"max\"; text "
+                                       "labels are named by themselves, sorted (Python string order).")
+    where: dict[str, Any] = _f({}, "Keep only rows whose column equals the value (or one of a list of values), "
+                                   "compared as text, e.g. {label: 1}; applied to every file before validation.")
     category_column: str | None = _f("categories", "Optional column of per-row categories (per-category test "
                                                    "results); ignored when absent.")
     validation_fraction: float = _f(0.1, "Share of train carved (stratified, seeded) as the validation split.")
@@ -263,8 +271,17 @@ def validate(cfg: StudyConfig) -> list[str]:
             errs.append(f"{key} = {seed}: use a seed in 0..4294967295 (2**32 - 1)")
     if len(d.sep) != 1 or d.sep in ('"', "\n", "\r"):
         errs.append(f"data.sep = {d.sep!r}: use one character other than a quote or a newline, e.g. ',' or '\\t'")
-    if len(d.label_names) != 2 or len(set(d.label_names)) != 2:
-        errs.append(f"data.label_names = {d.label_names!r}: give two distinct names, e.g. [not_hate, hate]")
+    if d.label_names is not None and (len(d.label_names) < 2 or len(set(d.label_names)) != len(d.label_names)
+                                      or not all(n.strip() == n and n for n in d.label_names)):
+        errs.append(f"data.label_names = {d.label_names!r}: give two or more distinct, non-empty names without "
+                    f"surrounding spaces, e.g. [not_hate, hate], or null to infer them from the train labels")
+    if d.text_pair_column is not None and d.text_pair_column in (d.text_column, d.label_column):
+        errs.append(f"data.text_pair_column = {d.text_pair_column!r}: must differ from data.text_column and "
+                    f"data.label_column")
+    for col, value in d.where.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+            errs.append(f"data.where.{col} = {value!r}: give a value or a non-empty list of values, e.g. {{label: 1}}")
     if not 0 < d.validation_fraction < 0.5:
         errs.append(f"data.validation_fraction = {d.validation_fraction}: use a share in (0, 0.5), e.g. 0.1")
     if d.max_train_rows is not None and d.max_train_rows < 20:
@@ -291,7 +308,10 @@ def validate(cfg: StudyConfig) -> list[str]:
     cw = cfg.class_weights
     if isinstance(cw, str) and cw != "balanced":
         errs.append(f"class_weights = {cw!r}: use balanced, a list of one weight per label, or null")
-    if isinstance(cw, list) and (len(cw) != len(d.label_names) or not all(0 < w < float("inf") for w in cw)):
+    if isinstance(cw, list) and d.label_names is None:
+        errs.append(f"class_weights = {cw!r}: a list needs data.label_names given (it pairs one weight with each "
+                    f"label); give data.label_names, or use balanced")
+    elif isinstance(cw, list) and (len(cw) != len(d.label_names) or not all(0 < w < float("inf") for w in cw)):
         errs.append(f"class_weights = {cw!r}: give {len(d.label_names)} positive finite weights, one per label "
                     f"({', '.join(d.label_names)})")
     if cfg.distill.temperature <= 0:

@@ -38,9 +38,15 @@ class Split:
     texts: list[str]
     labels: np.ndarray  # (N,) int64
     categories: list[str] | None = None  # per-row category (e.g. the target group), when the data has one
+    pairs: list[str] | None = None  # the second text of each row, for a sentence-pair task
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def take(self, idx) -> "Split":
+        """The rows `idx` (positions, in that order)."""
+        pick = (lambda xs: None if xs is None else [xs[i] for i in idx])
+        return Split(pick(self.texts), self.labels[idx], pick(self.categories), pick(self.pairs))
 
 
 @dataclass
@@ -118,24 +124,82 @@ def _label_to_index(value, names: list[str]) -> int | None:
     return None
 
 
-def _validate(df: pd.DataFrame, path: str, cfg: DataConfig, first_row: int = 1) -> tuple[list[str], np.ndarray, dict]:
-    """Returns texts, labels and counts (with `categories` when the table has the category column) for
-    one table; raises UserError naming file, row and fix."""
+def _as_int(value) -> int | None:
+    """`value` as a non-negative integer label (1, 1.0, "1"), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value) if value >= 0 else None
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() and value >= 0 else None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def infer_label_names(values: list) -> list[str]:
+    """Label names when `data.label_names` is null, from the train labels: integer labels 0..max are
+    named "0".."max"; otherwise the distinct non-empty texts, sorted (Python string order), so the
+    order, and so each label's index, does not depend on the order of the rows."""
+    ints = [_as_int(v) for v in values]
+    if ints and all(i is not None for i in ints):
+        return [str(i) for i in range(max(ints) + 1)]
+    return sorted({str(v).strip() for v in values if v is not None and str(v).strip()
+                   and not (isinstance(v, float) and np.isnan(v))})
+
+
+def _cell_text(value) -> str:
+    """A cell as `data.where` compares it: text, with 1.0 read as 1 (jsonl and parquet keep numbers)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    return "" if value is None else str(value).strip()
+
+
+def apply_where(df: pd.DataFrame, path: str, where: dict) -> pd.DataFrame:
+    """Rows of `df` whose column equals the value (or one of the values) of every `data.where` entry,
+    compared as text; the index keeps each row's position in the file, for error messages."""
+    for col, value in where.items():
+        if col not in df.columns:
+            raise UserError(f"{path}: no column {col!r} (columns: {', '.join(map(str, df.columns))}); "
+                            f"fix data.where")
+        wanted = {_cell_text(v) for v in (value if isinstance(value, list) else [value])}
+        df = df[[_cell_text(v) in wanted for v in df[col].tolist()]]
     if len(df) == 0:
-        raise UserError(f"{path}: has a header but no data rows; add rows")
+        raise UserError(f"{path}: no rows match data.where {where}; check its columns and values")
+    return df
+
+
+def _columns(df: pd.DataFrame, path: str, cfg: DataConfig) -> tuple[str, str | None]:
+    """The text (and pair) columns of `df`; raises UserError naming the missing one and the key to set."""
     text_col = cfg.text_column
     if text_col not in df.columns and "text" in df.columns and text_col == "tweet":
         text_col = "text"
-    for col, key in ((text_col, "data.text_column"), (cfg.label_column, "data.label_column")):
+    wanted = [(text_col, "data.text_column"), (cfg.label_column, "data.label_column")]
+    if cfg.text_pair_column is not None:
+        wanted.append((cfg.text_pair_column, "data.text_pair_column"))
+    for col, key in wanted:
         if col not in df.columns:
             raise UserError(f"{path}: no column {col!r} (columns: {', '.join(map(str, df.columns))}); "
                             f"set {key} to the right one")
+    return text_col, cfg.text_pair_column
+
+
+def _validate(df: pd.DataFrame, path: str, cfg: DataConfig, names: list[str], first_row: int = 1) -> dict:
+    """Texts, pairs (None for a single-text task), labels (indices into `names`) and counts (with
+    `categories` when the table has the category column) of one table; raises UserError naming file,
+    row, column and fix. Rows are numbered by their position in the file, before `data.where`."""
+    if len(df) == 0:
+        raise UserError(f"{path}: has a header but no data rows; add rows")
+    text_col, pair_col = _columns(df, path, cfg)
     labels = np.empty(len(df), dtype=np.int64)
-    allowed = ", ".join([str(i) for i in range(len(cfg.label_names))] + cfg.label_names)
-    for i, value in enumerate(df[cfg.label_column].tolist()):
-        idx = _label_to_index(value, cfg.label_names)
+    allowed = ", ".join([str(i) for i in range(len(names))] + [n for n in names if n not in
+                                                                 [str(i) for i in range(len(names))]])
+    for i, (pos, value) in enumerate(zip(df.index, df[cfg.label_column].tolist())):
+        idx = _label_to_index(value, names)
         if idx is None:
-            row = first_row + i
+            row = first_row + int(pos)
             line = f" (line {_csv_line(Path(path), row, cfg.sep)})" if path.endswith(".csv") else ""
             raise UserError(f"{path}: row {row}{line}, column {cfg.label_column!r}: label {value!r} is not one of "
                             f"{allowed}; fix the value or set data.label_names")
@@ -143,18 +207,25 @@ def _validate(df: pd.DataFrame, path: str, cfg: DataConfig, first_row: int = 1) 
     norm = Normalizer(cfg.normalize)
     texts_raw = [norm(t) if isinstance(t, str) else t for t in df[text_col].tolist()]
     keep = [isinstance(t, str) and t.strip() != "" for t in texts_raw]
+    pairs = None
+    if pair_col is not None:
+        pairs_raw = [norm(t) if isinstance(t, str) else t for t in df[pair_col].tolist()]
+        keep = [k and isinstance(t, str) and t.strip() != "" for k, t in zip(keep, pairs_raw)]
+        pairs = [t for t, k in zip(pairs_raw, keep) if k]
     texts = [t for t, k in zip(texts_raw, keep) if k]
     dropped = len(keep) - sum(keep)
     if dropped:
         log.warning("%s: dropped %d empty or null text(s)%s", path, dropped,
                     f" (empty after data.normalize {norm.steps})" if norm else "")
     labels = labels[np.asarray(keep, dtype=bool)]
-    counts = {"rows": len(df), "dropped_empty": dropped, "duplicates": int(len(texts) - len(set(texts)))}
+    rows = texts if pairs is None else list(zip(texts, pairs))
+    counts = {"rows": len(df), "dropped_empty": dropped, "duplicates": int(len(rows) - len(set(rows)))}
+    out = {"texts": texts, "pairs": pairs, "labels": labels, "counts": counts, "categories": None}
     if cfg.category_column and cfg.category_column in df.columns:
         cats = df[cfg.category_column].tolist()
-        counts["categories"] = ["" if c is None or (isinstance(c, float) and np.isnan(c)) else str(c)
-                                for c, k in zip(cats, keep) if k]
-    return texts, labels, counts
+        out["categories"] = ["" if c is None or (isinstance(c, float) and np.isnan(c)) else str(c)
+                             for c, k in zip(cats, keep) if k]
+    return out
 
 
 def _csv_line(path: Path, row: int, sep: str) -> int:
@@ -171,16 +242,33 @@ def _csv_line(path: Path, row: int, sep: str) -> int:
     return start
 
 
-def load_table(path: str | Path, cfg: DataConfig) -> Split:
-    """One extra labelled file (e.g. an extra test set), read and checked like the test split."""
-    texts, labels, counts = _validate(_read_table(Path(path), cfg.sep), str(path), cfg)
-    if not texts:
+def _prepare(df: pd.DataFrame, path: str, cfg: DataConfig) -> pd.DataFrame:
+    """`df` indexed by row position in the file, filtered by `data.where`."""
+    df = df.reset_index(drop=True)
+    return apply_where(df, path, cfg.where) if cfg.where else df
+
+
+def load_table(path: str | Path, cfg: DataConfig, names: list[str] | None = None) -> Split:
+    """One extra labelled file (e.g. an extra test set), read and checked like the test split; `names`:
+    the run's label names (default `data.label_names`)."""
+    df = _prepare(_read_table(Path(path), cfg.sep), str(path), cfg)
+    v = _validate(df, str(path), cfg, names or cfg.label_names or infer_label_names(
+        df[_label_column(df, str(path), cfg)].tolist()))
+    if not v["texts"]:
         raise UserError(f"{path}: no rows left after dropping empty texts")
-    return Split(texts, labels, counts.get("categories"))
+    return Split(v["texts"], v["labels"], v["categories"], v["pairs"])
+
+
+def _label_column(df: pd.DataFrame, path: str, cfg: DataConfig) -> str:
+    if cfg.label_column not in df.columns:
+        raise UserError(f"{path}: no column {cfg.label_column!r} (columns: {', '.join(map(str, df.columns))}); "
+                        f"set data.label_column to the right one")
+    return cfg.label_column
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """Read train and test, validate, drop empty texts, sample (`max_train_rows`) and carve validation."""
+    """Read train and test, filter (`where`), validate, drop empty texts, sample (`max_train_rows`) and
+    carve validation. Label names are `data.label_names`, or inferred from train (`infer_label_names`)."""
     if cfg.train_file:
         train_df, test_df = _read_table(Path(cfg.train_file), cfg.sep), _read_table(Path(cfg.test_file), cfg.sep)
         names = (cfg.train_file, cfg.test_file)
@@ -193,41 +281,52 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
                         f"test files, explicit data.train_file/data.test_file, or a Hub dataset id")
     else:
         train_df, test_df, names = _load_hub(cfg.source)
-    train_texts, train_labels, train_counts = _validate(train_df, names[0], cfg)
-    test_texts, test_labels, test_counts = _validate(test_df, names[1], cfg)
-    if len(test_texts) == 0:
+    train_df, test_df = _prepare(train_df, names[0], cfg), _prepare(test_df, names[1], cfg)
+    label_names = list(cfg.label_names) if cfg.label_names is not None else \
+        infer_label_names(train_df[_label_column(train_df, names[0], cfg)].tolist())
+    tr_v = _validate(train_df, names[0], cfg, label_names)
+    te_v = _validate(test_df, names[1], cfg, label_names)
+    train_texts, train_pairs, train_labels, train_counts = tr_v["texts"], tr_v["pairs"], tr_v["labels"], tr_v["counts"]
+    test_counts = te_v["counts"]
+    if len(te_v["texts"]) == 0:
         raise UserError(f"{names[1]}: no test rows left after dropping empty texts; the test split needs rows")
     present = set(train_labels.tolist())
     if len(present) < 2:
-        raise UserError(f"{names[0]}: every train row has label {cfg.label_names[train_labels[0]] if len(train_labels) else '?'}; "
+        raise UserError(f"{names[0]}: every train row has label {label_names[train_labels[0]] if len(train_labels) else '?'}; "
                         f"a classifier needs both labels in train")
+    absent = [n for i, n in enumerate(label_names) if i not in present]
+    if absent:
+        raise UserError(f"{names[0]}: no train row has label(s) {absent}; add rows with them, or remove them from "
+                        f"data.label_names {label_names}")
+    full = Split(train_texts, train_labels, None, train_pairs)
     if cfg.max_train_rows is not None and cfg.max_train_rows < len(train_texts):
         idx, _ = train_test_split(np.arange(len(train_texts)), train_size=cfg.max_train_rows,
                                   stratify=train_labels, random_state=seed)
-        idx = np.sort(idx)
-        train_texts, train_labels = [train_texts[i] for i in idx], train_labels[idx]
+        full = full.take(np.sort(idx))
     try:
-        tr_idx, va_idx = train_test_split(np.arange(len(train_texts)), test_size=cfg.validation_fraction,
-                                          stratify=train_labels, random_state=seed)
+        tr_idx, va_idx = train_test_split(np.arange(len(full)), test_size=cfg.validation_fraction,
+                                          stratify=full.labels, random_state=seed)
     except ValueError as e:
         raise UserError(f"{names[0]}: cannot carve a stratified validation split ({e}); add rows or "
                         f"change data.validation_fraction") from None
-    tr_idx, va_idx = np.sort(tr_idx), np.sort(va_idx)
-    train = Split([train_texts[i] for i in tr_idx], train_labels[tr_idx])
-    validation = Split([train_texts[i] for i in va_idx], train_labels[va_idx])
-    test = Split(test_texts, test_labels, test_counts.get("categories"))
+    train, validation = full.take(np.sort(tr_idx)), full.take(np.sort(va_idx))
+    test = Split(te_v["texts"], te_v["labels"], te_v["categories"], te_v["pairs"])
     info = {
         "source": cfg.source if not cfg.train_file else {"train": cfg.train_file, "test": cfg.test_file},
         "files": {"train": names[0], "test": names[1]},
-        "label_names": list(cfg.label_names),
+        "label_names": label_names,
         "rows": {"train": len(train), "validation": len(validation), "test": len(test)},
         "rows_read": {"train": train_counts["rows"], "test": test_counts["rows"]},
         "dropped_empty": {"train": train_counts["dropped_empty"], "test": test_counts["dropped_empty"]},
         "duplicates": {"train": train_counts["duplicates"], "test": test_counts["duplicates"]},
-        "label_counts": {s: np.bincount(x.labels, minlength=2).tolist()
+        "label_counts": {s: np.bincount(x.labels, minlength=len(label_names)).tolist()
                          for s, x in (("train", train), ("validation", validation), ("test", test))},
         "max_train_rows": cfg.max_train_rows,
     }
+    if cfg.text_pair_column is not None:
+        info["text_pair_column"] = cfg.text_pair_column
+    if cfg.where:
+        info["where"] = dict(cfg.where)
     return Splits(train, validation, test, info)
 
 
@@ -270,8 +369,10 @@ class Encoded(torch.utils.data.Dataset):
 
 def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
     """Tokenise once, without padding (padding happens per batch in the collator). Texts are clipped
-    first (see `clip`); `[SEP]`, `<s>` and the like in a text are read as literal text."""
-    enc = tokenizer([clip(t, max_length) for t in split.texts], truncation=True, max_length=max_length,
+    first (see `clip`); `[SEP]`, `<s>` and the like in a text are read as literal text. A pair task's
+    two texts are tokenised as a pair (`[CLS] a [SEP] b [SEP]`), the longer one truncated first."""
+    pairs = {} if split.pairs is None else {"text_pair": [clip(t, max_length) for t in split.pairs]}
+    enc = tokenizer([clip(t, max_length) for t in split.texts], **pairs, truncation=True, max_length=max_length,
                     padding=False, split_special_tokens=True)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     items = [{**{k: enc[k][i] for k in keys}, "labels": int(split.labels[i])} for i in range(len(split))]

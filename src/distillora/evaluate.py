@@ -17,22 +17,87 @@ def predict_proba(model, encoded: Encoded, tokenizer, batch_size: int = 128) -> 
     return TorchBackend(model, tokenizer).predict_encoded(encoded, batch_size)
 
 
-def test_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+def test_metrics(probs: np.ndarray, labels: np.ndarray, label_names: list[str] | None = None) -> dict:
+    """Metrics of class probabilities `probs` (n, C) against `labels` (n,) int, for any C >= 2.
+
+    Per-class figures are keyed by label name (`label_names`, default "0".."C-1"). `roc_auc`: for
+    C = 2 the AUC of p(label 1); for C > 2 the mean of the one-vs-rest AUCs of the classes for which
+    one is defined (the class and some other class occur in `labels`), each also under
+    `per_class[name]["roc_auc"]` (None where undefined). `confusion[i][j]`: rows of true class i
+    predicted as j."""
+    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels)
+    n_classes = probs.shape[1]
+    names = list(label_names) if label_names is not None else [str(i) for i in range(n_classes)]
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} label names for {n_classes} probability columns")
     pred = probs.argmax(-1)
-    p, r, f, _ = precision_recall_fscore_support(labels, pred, labels=[1], zero_division=0)
-    both = len(set(labels.tolist())) == 2
+    classes = list(range(n_classes))
+    p, r, f, support = precision_recall_fscore_support(labels, pred, labels=classes, zero_division=0)
+    aucs = [float(roc_auc_score(labels == c, probs[:, c])) if 0 < np.sum(labels == c) < len(labels) else None
+            for c in classes]
+    if n_classes == 2:
+        both = len(set(labels.tolist())) == 2
+        roc_auc = float(roc_auc_score(labels, probs[:, 1])) if both else None
+    else:
+        defined = [a for a in aucs if a is not None]
+        roc_auc = float(np.mean(defined)) if defined else None
     return {
         "accuracy": float(accuracy_score(labels, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
         "f1_macro": float(f1_score(labels, pred, average="macro", zero_division=0)),
-        "precision_hate": float(p[0]),
-        "recall_hate": float(r[0]),
-        "f1_hate": float(f[0]),
-        "roc_auc": float(roc_auc_score(labels, probs[:, 1])) if both else None,
+        "roc_auc": roc_auc,
         # mean cross-entropy of the true class (sklearn's log_loss warns on float rounding of the sums)
         "loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean()),
-        "confusion": confusion_matrix(labels, pred, labels=[0, 1]).tolist(),
+        "confusion": confusion_matrix(labels, pred, labels=classes).tolist(),
+        "per_class": {name: {"precision": float(p[c]), "recall": float(r[c]), "f1": float(f[c]),
+                             "support": int(support[c]), "roc_auc": aucs[c]} for c, name in enumerate(names)},
     }
+
+
+LEGACY_PER_CLASS = {"precision_hate": "precision", "recall_hate": "recall", "f1_hate": "f1"}
+
+
+def upgrade_metrics(test: dict, label_names: list[str]) -> dict:
+    """A model's test figures from a results.json written before per-class figures were keyed by label
+    name (`precision_hate`, `recall_hate`, `f1_hate`: the figures of label 1 of a binary task), in the
+    current layout: those keys move under `per_class[label_names[1]]`. Current figures pass unchanged."""
+    if "per_class" in test or not any(k in test for k in LEGACY_PER_CLASS):
+        return test
+    out = {k: v for k, v in test.items() if k not in LEGACY_PER_CLASS}
+    out["per_class"] = {label_names[1]: {new: test[old] for old, new in LEGACY_PER_CLASS.items() if old in test}}
+    return out
+
+
+# How a stage record keeps a model's probabilities (stages/<name>.test.json): a binary task keeps
+# p(label 1) per row under `probabilities_hate` (the layout of runs made before N-label tasks, so they
+# stay valid and resume); a task with more labels keeps every row's full distribution under
+# `probabilities`. Both are rounded to 6 decimals.
+
+def pack_probabilities(probs: np.ndarray, prefix: str = "") -> dict:
+    probs = np.asarray(probs)
+    if probs.shape[1] == 2:
+        return {f"{prefix}probabilities_hate": [round(float(p), 6) for p in probs[:, 1]]}
+    return {f"{prefix}probabilities": [[round(float(x), 6) for x in row] for row in probs]}
+
+
+def has_probabilities(record: dict, prefix: str = "") -> bool:
+    return f"{prefix}probabilities_hate" in record or f"{prefix}probabilities" in record
+
+
+def unpack_probabilities(record: dict, prefix: str = "") -> np.ndarray:
+    """(n, C) probabilities from a record written by `pack_probabilities`."""
+    if f"{prefix}probabilities" in record:
+        return np.asarray(record[f"{prefix}probabilities"], dtype=float)
+    p = np.asarray(record[f"{prefix}probabilities_hate"], dtype=float)
+    return np.stack([1 - p, p], axis=1)
+
+
+def predictions(record: dict, prefix: str = "") -> np.ndarray:
+    """The predicted class of every row of a stored record: argmax (for a binary record p(1) > 0.5,
+    which is the same decision, computed as it always was)."""
+    if f"{prefix}probabilities" in record:
+        return unpack_probabilities(record, prefix).argmax(1)
+    return (np.asarray(record[f"{prefix}probabilities_hate"]) > 0.5).astype(int)
 
 
 def count_params(model) -> tuple[int, int]:

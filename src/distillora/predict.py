@@ -11,30 +11,69 @@ from .fileio import read_json
 
 
 def finished_run(run_dir: str | Path) -> dict:
+    """results.json of a finished run, in the current layout: test figures of a results.json written
+    before per-class figures were keyed by label name are upgraded (`evaluate.upgrade_metrics`)."""
+    from .evaluate import upgrade_metrics
+
     run = Path(run_dir)
     if not (run / "results.json").is_file():
         raise UserError(f"{run}: not a finished run (no results.json); finish it with `distillora run --output {run}`")
-    return read_json(run / "results.json")
+    results = read_json(run / "results.json")
+    try:
+        names = results["dataset"]["label_names"]
+        for m in results["models"]:
+            m["test"] = upgrade_metrics(m["test"], names)
+            for name, r in (m.get("extra_tests") or {}).items():
+                m["extra_tests"][name] = upgrade_metrics(r, names)
+    except (KeyError, TypeError, IndexError):
+        raise UserError(f"{run / 'results.json'}: not in a layout this version reads (no dataset.label_names or "
+                        f"models[].test); re-run `distillora run --output {run}` to rewrite it") from None
+    return results
+
+
+def _data_setting(run_dir: str | Path, key: str, default):
+    import yaml
+
+    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    return cfg.get("data", {}).get(key, default)
 
 
 def max_length(run_dir: str | Path) -> int:
     """The token limit the run trained and evaluated with (config.yaml `data.max_length`)."""
-    import yaml
+    return int(_data_setting(run_dir, "max_length", 128))
 
-    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
-    return int(cfg.get("data", {}).get("max_length", 128))
+
+def is_pair_task(run_dir: str | Path) -> bool:
+    """Whether the run's models read sentence pairs (config.yaml `data.text_pair_column` is set)."""
+    return _data_setting(run_dir, "text_pair_column", None) is not None
+
+
+def check_pairs(texts: list[str], pairs: list[str] | None, pair_task: bool, text_key: str = "text",
+                pair_key: str = "text_pair") -> None:
+    """Raise UserError unless `pairs` fits the run: one second text per text for a pair task, none for a
+    single-text task. The message names the keys to send (`text_key`, `pair_key`)."""
+    if pair_task and pairs is None:
+        raise UserError(f"this run classifies sentence pairs: send `{pair_key}` (the second text) with `{text_key}`")
+    if not pair_task and pairs is not None:
+        raise UserError(f"this run classifies single texts: drop `{pair_key}`, send `{text_key}` alone")
+    if pairs is not None and len(pairs) != len(texts):
+        raise UserError(f"{len(texts)} `{text_key}` but {len(pairs)} `{pair_key}`: send one second text per text")
 
 
 def model_entries(run_dir: str | Path, results: dict | None = None) -> list[dict]:
     """The servable models of a finished run: the study's (results.json), then the students of
     `distillora sweep` (sweep.json) whose model directory exists. Each has at least name, path,
     num_layers, teacher_layers, objective, params_total, params_trainable and test."""
+    from .evaluate import upgrade_metrics
+
     run = Path(run_dir)
-    models = list((results or finished_run(run))["models"])
+    results = results or finished_run(run)
+    models = list(results["models"])
     sweep = run / "sweep.json"
     if sweep.is_file():
         names = {m["name"] for m in models}
-        models += [s for s in read_json(sweep).get("students", [])
+        models += [{**s, "test": upgrade_metrics(s["test"], results["dataset"]["label_names"])}
+                   for s in read_json(sweep).get("students", [])
                    if s["name"] not in names and (run / s["path"] / "config.json").is_file()]
     return models
 
@@ -58,13 +97,21 @@ def blank(text: str) -> bool:
                for c in text)
 
 
-def probabilities(model, tokenizer, texts: list[str], max_length: int = 128) -> list[list[float]]:
-    """Class probabilities per text from a torch model (through its saved normaliser), the path every
-    backend shares (`inference.Backend.probabilities`)."""
-    return inference.TorchBackend(model, tokenizer).probabilities(texts, max_length)
+def probabilities(model, tokenizer, texts: list[str], max_length: int = 128,
+                  pairs: list[str] | None = None) -> list[list[float]]:
+    """Class probabilities per text (per (text, pairs[i]) for a sentence-pair model) from a torch model
+    (through its saved normaliser), the path every backend shares (`inference.Backend.probabilities`)."""
+    return inference.TorchBackend(model, tokenizer).probabilities(texts, max_length, pairs)
 
 
-def predict(backend: inference.Backend, texts: list[str], label_names: list[str], max_length: int = 128) -> list[dict]:
-    probs = backend.probabilities(texts, max_length)
-    return [{"text": t, "label": label_names[max(range(len(p)), key=p.__getitem__)],
-             "probabilities": {n: round(x, 6) for n, x in zip(label_names, p)}} for t, p in zip(texts, probs)]
+def predict(backend: inference.Backend, texts: list[str], label_names: list[str], max_length: int = 128,
+            pairs: list[str] | None = None) -> list[dict]:
+    """One record per text: the argmax label and every label's probability (with `text_pair` for a pair)."""
+    probs = backend.probabilities(texts, max_length, pairs)
+    out = []
+    for i, (t, p) in enumerate(zip(texts, probs)):
+        rec = {"text": t} if pairs is None else {"text": t, "text_pair": pairs[i]}
+        rec.update({"label": label_names[max(range(len(p)), key=p.__getitem__)],
+                    "probabilities": {n: round(x, 6) for n, x in zip(label_names, p)}})
+        out.append(rec)
+    return out

@@ -48,17 +48,25 @@ def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
     made.append(("Training loss per logging step (distilled students' loss includes the KD and cosine terms, "
                  "so it is not comparable in level with cross-entropy)", "plots/loss_curves.png"))
 
-    fig, axes = plt.subplots(1, len(models), figsize=(2.6 * len(models), 2.8), squeeze=False)
     names = results["dataset"]["label_names"]
-    for ax, m in zip(axes[0], models):
+    n = len(names)
+    # one panel per model, grown with the number of labels: up to 3 panels a row once N > 2
+    per_row = len(models) if n == 2 else min(3, len(models))
+    rows = -(-len(models) // per_row)
+    side = 2.6 if n == 2 else 1.2 + 0.42 * n
+    fig, axes = plt.subplots(rows, per_row, figsize=(side * per_row, (side + 0.2) * rows), squeeze=False)
+    for ax in axes.flat[len(models):]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, models):
         cm = m["test"]["confusion"]
         ax.imshow(cm, cmap="Blues")
-        for i in range(2):
-            for j in range(2):
-                ax.text(j, i, cm[i][j], ha="center", va="center")
-        ax.set_xticks([0, 1], names, fontsize=7); ax.set_yticks([0, 1], names, fontsize=7)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, cm[i][j], ha="center", va="center", fontsize=7 if n > 4 else 10)
+        ax.set_xticks(range(n), names, fontsize=7, rotation=0 if n == 2 else 90)
+        ax.set_yticks(range(n), names, fontsize=7)
         ax.set_title(m["name"], fontsize=9); ax.set_xlabel("predicted", fontsize=7)
-    axes[0][0].set_ylabel("true", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
     fig.tight_layout(); fig.savefig(plots / "confusion_matrices.png", dpi=110); plt.close(fig)
     made.append(("Confusion matrices on the test split", "plots/confusion_matrices.png"))
 
@@ -72,7 +80,8 @@ def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
     fig.savefig(plots / "accuracy_vs_params.png", dpi=110); plt.close(fig)
     made.append(("Test accuracy against parameters (dots: total, crosses: trainable)", "plots/accuracy_vs_params.png"))
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.plot([0.5, 1], [0.5, 1], color="gray", linestyle=":", label="perfect")
+    low = 1 / n  # a top-label confidence among n classes is at least 1/n
+    ax.plot([low, 1], [low, 1], color="gray", linestyle=":", label="perfect")
     for m in models:
         bins = m.get("calibration", {}).get("test", {}).get("bins", [])
         if bins:
@@ -138,7 +147,14 @@ def _sections(results: dict) -> list[str]:
                 lines.append(f"- `{r['a']}` and `{r['b']}` are not significantly different on this test split "
                              f"(p = {r['p_value']:.3g}): the data does not show one to be better.")
         lines.append("")
-    if any("calibration" in m for m in ms):
+    binary = len(results["dataset"]["label_names"]) == 2
+    if any("calibration" in m for m in ms) and not binary:
+        lines += ["## Calibration", "", "| model | top-label ECE (test) | top-label ECE (validation) |", "|---|---|---|"]
+        lines += [f"| {m['name']} | {m['calibration']['test']['ece']:.3f} | {m['calibration']['validation_ece']:.3f} |"
+                  for m in ms]
+        lines += ["", "ECE of the predicted class's confidence (top-label). Threshold tuning is for binary tasks "
+                      "only: with more than two labels the verdict is the argmax, so no threshold is reported.", ""]
+    if any("calibration" in m for m in ms) and binary:
         lines += ["## Calibration and decision threshold", "",
                   "| model | ECE (test) | ECE (validation) | threshold chosen on validation | test accuracy at it | "
                   "test F1 at it | at 0.5: accuracy / F1 |", "|---|---|---|---|---|---|---|"]
@@ -151,26 +167,31 @@ def _sections(results: dict) -> list[str]:
                       "validation only.", ""]
     if any(m.get("per_category") for m in ms):
         cats = list(ms[0]["per_category"])
-        lines += ["## Per category (test split)", "", "Accuracy (hate recall) per category; categories of the "
-                  "reference data are LLM-generated (see its PROVENANCE.md).", "",
+        positive = results["dataset"]["label_names"][1] if binary else None
+        lines += ["## Per category (test split)", "", (f"Accuracy ({positive} recall) per category" if binary else
+                                                       "Accuracy per category") +
+                  "; categories of the reference data are LLM-generated (see its PROVENANCE.md).", "",
                   "| model | " + " | ".join(f"{c} (n={ms[0]['per_category'][c]['rows']})" for c in cats) + " |",
                   "|---|" + "---|" * len(cats)]
         for m in ms:
             cells = []
             for c in cats:
                 e = m["per_category"][c]
-                rec = "" if e["recall_hate"] is None else f" ({e['recall_hate']:.2f})"
+                r = e["recall"].get(positive) if binary else None
+                rec = "" if r is None else f" ({r:.2f})"
                 cells.append(f"{e['accuracy']:.2f}{rec}")
             lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
         lines.append("")
     if any(m.get("extra_tests") for m in ms):
+        positive = results["dataset"]["label_names"][-1]
         lines += ["## Extra test sets", "",
-                  "| model | set | rows | accuracy [95% CI] | balanced accuracy | F1 (macro) | hate P / R |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| model | set | rows | accuracy [95% CI] | balanced accuracy | F1 (macro) |"
+                  + (f" {positive} P / R |" if binary else ""), "|---|---|---|---|---|---|" + ("---|" if binary else "")]
         for m in ms:
             for name, r in (m.get("extra_tests") or {}).items():
+                pr = f" {_pr(r, positive)} |" if binary else ""
                 lines.append(f"| {m['name']} | {name} | {r['rows']} | {r['accuracy']:.3f}{_ci(r, 'accuracy')} | "
-                             f"{r.get('balanced_accuracy', float('nan')):.3f} | {r['f1_macro']:.3f} | {r['precision_hate']:.2f} / {r['recall_hate']:.2f} |")
+                             f"{r.get('balanced_accuracy', float('nan')):.3f} | {r['f1_macro']:.3f} |{pr}")
         lines.append("")
     if results.get("audit"):
         lines += audit_lines(results["audit"], results["dataset"]["label_names"])
@@ -196,10 +217,34 @@ def audit_lines(a: dict, names: list[str]) -> list[str]:
     return lines + [f"- {f}" for f in a.get("findings", [])] + [""]
 
 
+def _pr(test: dict, label: str) -> str:
+    """`precision / recall` of `label` (per_class, or the keys of a results.json from before them)."""
+    c = test.get("per_class", {}).get(label) or {"precision": test.get("precision_hate"), "recall": test.get("recall_hate")}
+    return f"{c['precision']:.2f} / {c['recall']:.2f}"
+
+
+def per_class_lines(results: dict) -> list[str]:
+    """Per-class F1 (and support) of every model on the test split: the table of a task with more than two
+    labels, where one positive class's precision and recall would not describe the model."""
+    names = results["dataset"]["label_names"]
+    ms = results["models"]
+    support = ms[0]["test"]["per_class"]
+    lines = ["## Per class (test split)", "", "F1 per class; recall in brackets. n: test rows of the class.", "",
+             "| model | " + " | ".join(f"{n} (n={support[n]['support']})" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for m in ms:
+        pc = m["test"]["per_class"]
+        lines.append(f"| {m['name']} | " + " | ".join(f"{pc[n]['f1']:.2f} ({pc[n]['recall']:.2f})" for n in names) + " |")
+    return lines + [""]
+
+
 def _table(results: dict) -> list[str]:
+    names = results["dataset"]["label_names"]
+    binary = len(names) == 2
+    pr_head = f" {names[1]} P / R |" if binary else ""
     lines = ["| model | teacher layers | training loss | val F1 | test accuracy [95% CI] | test balanced accuracy [95% CI] "
-             "| test F1 (macro) [95% CI] | hate P / R | trainable params (%) | size on disk | training time | throughput |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| test F1 (macro) [95% CI] |{pr_head} trainable params (%) | size on disk | training time | throughput |",
+             "|---|---|---|---|---|---|---|" + ("---|" if binary else "") + "---|---|---|---|"]
     best = results.get("best_student")
     for m in results["models"]:
         t = m["test"]
@@ -211,7 +256,7 @@ def _table(results: dict) -> list[str]:
         lines.append(
             f"| {name} | {layers} | {loss} | {m['validation']['f1_macro']:.3f} | {t['accuracy']:.3f}{_ci(t, 'accuracy')} "
             f"| {t['balanced_accuracy']:.3f}{_ci(t, 'balanced_accuracy')} | {t['f1_macro']:.3f}{_ci(t, 'f1_macro')} "
-            f"| {t['precision_hate']:.2f} / {t['recall_hate']:.2f} | {m['params_trainable'] / 1e6:.2f}M ({pct:.2f}%) "
+            + (f"| {_pr(t, names[1])} " if binary else "") + f"| {m['params_trainable'] / 1e6:.2f}M ({pct:.2f}%) "
             f"| {size} | {_duration(m['train']['seconds'])} | {m['inference']['examples_per_s']:.0f} ex/s |")
     return lines
 
@@ -224,8 +269,16 @@ def analysis(results: dict) -> list[str]:
     if teacher:
         acc = teacher["test"]["accuracy"]
         verdict = "meets" if acc >= TEACHER_MIN_ACC else "falls short of"
+        names = results["dataset"]["label_names"]
+        if len(names) == 2:
+            p, r = _pr(teacher["test"], names[1]).split(" / ")
+            detail = f"{names[1]} precision {p}, recall {r}"
+        else:
+            pc = teacher["test"]["per_class"]
+            weakest = min(names, key=lambda n: pc[n]["f1"])
+            detail = f"macro-F1 {teacher['test']['f1_macro']:.3f}; weakest class `{weakest}`, F1 {pc[weakest]['f1']:.2f}"
         out.append(f"- The teacher reaches test accuracy {acc:.3f}, which {verdict} the target of {TEACHER_MIN_ACC:.2f} "
-                   f"(hate precision {teacher['test']['precision_hate']:.2f}, recall {teacher['test']['recall_hate']:.2f}).")
+                   f"({detail}).")
         for m in results["models"]:
             if m["objective"].startswith("distillation"):
                 ratio = m["test"]["accuracy"] / acc if acc else 0.0
@@ -268,6 +321,8 @@ def write_report(out: Path, results: dict, cfg: StudyConfig) -> None:
     ds = results["dataset"]
     lines = [f"# distillora report: {results['name']}", ""]
     lines += _table(results)
+    if len(ds["label_names"]) > 2:
+        lines += [""] + per_class_lines(results)
     lines += ["", "Training loss is the mean over the last epoch of each model's own objective. Throughput is "
               "test-split inference with length-sorted batches, measured on this machine. Hyper-parameters and "
               "epochs were selected on the validation split; the test split was read once per model.", ""]

@@ -22,7 +22,9 @@ def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, metric: str = "accuracy"
     elif metric == "balanced_accuracy":
         values = balanced_accuracy(labels[idx], preds[idx])
     elif metric == "f1_macro":
-        values = np.array([f1_score(labels[i], preds[i], average="macro", labels=[0, 1], zero_division=0) for i in idx])
+        classes = list(range(max(2, int(labels.max()) + 1, int(preds.max()) + 1)))  # [0, 1] for a binary task
+        values = np.array([f1_score(labels[i], preds[i], average="macro", labels=classes, zero_division=0)
+                           for i in idx])
     else:
         raise ValueError(f"unknown metric {metric!r}")
     alpha = (1 - level) / 2
@@ -68,14 +70,18 @@ def mcnemar_exact(labels: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) ->
     return {"a_right_b_wrong": b, "a_wrong_b_right": c, "p_value": p}
 
 
-def calibration(probs_pos: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
-    """Expected calibration error of the predicted class's confidence (equal-width bins), plus the
-    reliability diagram's per-bin confidence, accuracy and count."""
-    probs_pos, labels = np.asarray(probs_pos, dtype=float), np.asarray(labels)
-    pred = (probs_pos > 0.5).astype(int)
-    conf = np.where(pred == 1, probs_pos, 1 - probs_pos)
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
+    """Top-label expected calibration error: the confidence of the predicted class (argmax) against
+    whether it is right, in equal-width bins over [1/C, 1] (the range of a top-label confidence among
+    C classes: [0.5, 1] for a binary task), plus the reliability diagram's per-bin confidence, accuracy
+    and count. `probs`: (n, C), or (n,) p(label 1) of a binary task."""
+    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels)
+    if probs.ndim == 1:
+        probs = np.stack([1 - probs, probs], axis=1)
+    pred = probs.argmax(1)
+    conf = probs[np.arange(len(probs)), pred]
     correct = (pred == labels).astype(float)
-    edges = np.linspace(0.5, 1.0, bins + 1)  # confidence of a binary prediction lies in [0.5, 1]
+    edges = np.linspace(1 / probs.shape[1], 1.0, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
     ece, table = 0.0, []
     for k in range(bins):

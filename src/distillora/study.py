@@ -32,7 +32,8 @@ from . import bundles, integrity
 from .config import StudyConfig, diff, fingerprint, load_config, to_dict, to_yaml
 from .data import encode, load_splits, load_table
 from .errors import UserError
-from .evaluate import count_params, predict_proba, size_on_disk
+from .evaluate import count_params, has_probabilities, pack_probabilities, predict_proba, size_on_disk, \
+    unpack_probabilities
 from .fileio import read_json, remove_stale_temporaries, write_dir, write_json, write_text
 from .runlock import LOCK_NAME, RunLock
 from .stages import StageEnv, baseline as baseline_stage, distill as distill_stage, lora as lora_stage
@@ -45,7 +46,7 @@ log = logging.getLogger("distillora")
 EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "category_column")
 # data keys added after runs existed: at their default they leave the fingerprints (and so the
 # finished stages) of those runs as they were
-NEW_KEY_DEFAULTS = {"sep": ","}
+NEW_KEY_DEFAULTS = {"sep": ",", "text_pair_column": None, "where": {}}
 
 
 def _device() -> torch.device:
@@ -223,6 +224,12 @@ def _take_lock(out: Path, state: PartialState) -> RunLock | None:
     return lock
 
 
+def _with_label_names(cfg: StudyConfig, names: list[str]) -> StudyConfig:
+    """`cfg` with `data.label_names` as the data resolved them (given, or inferred when null), so the
+    teacher's head, the class weights, extra test sets and the checks all use the same names."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label_names=list(names)))
+
+
 def _load_extra_tests(cfg: StudyConfig) -> dict:
     """Every `data.extra_tests` file, read and checked before anything is trained or written."""
     extra = {}
@@ -239,6 +246,8 @@ def _load_extra_tests(cfg: StudyConfig) -> dict:
 def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list) -> Path:
     resolved = to_dict(cfg)
     splits = load_splits(cfg.data, cfg.seed)          # data errors surface before any file is written
+    config_yaml = to_yaml(cfg)                        # as given (label_names may be null: inferred)
+    cfg = _with_label_names(cfg, splits.info["label_names"])
     extra = _load_extra_tests(cfg)                    # so do extra test sets'
     source = bundles.resolve(cfg.teacher.source, cfg.teacher.allow_pickle)  # so do tampered bundles, pickles
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
@@ -252,7 +261,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     held.append(_take_lock(out, state))
     if state.is_main_process:
         _prepare_output(out, resolved, force)
-        write_text(out / "config.yaml", to_yaml(cfg))
+        write_text(out / "config.yaml", config_yaml)
     state.wait_for_everyone()
     run = Run(out)
     log.info("data: %s", splits.info["rows"])
@@ -290,9 +299,8 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
                 log.info("evaluating %s on extra test set %s", name, set_name)
                 model = model or _load(run.model_dir(name))
                 probs, _ = predict_proba(model, extra_enc[set_name], tokenizer)
-                done = run.finish(name, fp_extra, {"probabilities_hate": [round(float(p), 6) for p in probs[:, 1]]},
-                                  f".extra-{set_name}")
-            ev.setdefault("extra", {})[set_name] = done["probabilities_hate"]
+                done = run.finish(name, fp_extra, pack_probabilities(probs), f".extra-{set_name}")
+            ev.setdefault("extra", {})[set_name] = unpack_probabilities(done)
         evaluations[name] = ev
 
     from . import analysis  # scipy and the statistics are needed only here
@@ -439,7 +447,7 @@ def _evaluate(run: Run, key: str, rec: dict, enc: dict, tokenizer) -> dict:
     """Test and validation probabilities of the saved model `key` (reloaded from disk), computed once
     per trained model and kept in stages/<key>.test.json."""
     ev = run.done(key, rec["fingerprint"], ".test")
-    if ev is not None and "validation_probabilities_hate" in ev:
+    if ev is not None and has_probabilities(ev, "validation_"):
         return ev
     log.info("evaluating %s on the test split", key)
     model = _load(run.model_dir(key))
@@ -447,8 +455,8 @@ def _evaluate(run: Run, key: str, rec: dict, enc: dict, tokenizer) -> dict:
     val_probs, _ = predict_proba(model, enc["validation"], tokenizer)
     total, trainable = count_params(model)
     return run.finish(key, rec["fingerprint"], {
-        "probabilities_hate": [round(float(p), 6) for p in probs[:, 1]],
-        "validation_probabilities_hate": [round(float(p), 6) for p in val_probs[:, 1]],
+        **pack_probabilities(probs),
+        **pack_probabilities(val_probs, "validation_"),
         "params_total": total,
         "params_trainable": rec.get("params_trainable", trainable),
         "num_layers": model.config.num_hidden_layers,

@@ -393,6 +393,7 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     cfg = load_config(run_dir / "config.yaml")
     run = study.Run(run_dir)
     splits = load_splits(cfg.data, cfg.seed)
+    cfg = study._with_label_names(cfg, splits.info["label_names"])  # inferred when config.yaml has null
     tokenizer = AutoTokenizer.from_pretrained(str(run.model_dir("teacher")))
     enc = {s: encode(getattr(splits, s), tokenizer, cfg.data.max_length) for s in ("train", "validation", "test")}
     env = StageEnv(cfg, tokenizer, enc["train"], enc["validation"], run_dir, quiet)
@@ -475,12 +476,12 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
 
 # ----------------------------------------------------------------------------- measuring
 
-def split_figures(probs_hate, labels, resamples: int, seed: int) -> dict:
-    """Accuracy and balanced accuracy of stored p(hate) against `labels`, with bootstrap 95% intervals."""
+def split_figures(pred, labels, resamples: int, seed: int) -> dict:
+    """Accuracy and balanced accuracy of predicted classes `pred` against `labels`, with bootstrap 95%
+    intervals."""
     from . import stats
 
-    labels = np.asarray(labels)
-    pred = (np.asarray(probs_hate, dtype=float) > 0.5).astype(int)
+    labels, pred = np.asarray(labels), np.asarray(pred)
     return {"accuracy": float((pred == labels).mean()),
             "balanced_accuracy": float(stats.balanced_accuracy(labels, pred)),
             "ci95": {k: list(stats.bootstrap_ci(labels, pred, k, resamples, seed=seed))
@@ -525,7 +526,7 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
 
     from . import inference, study
     from .config import to_dict
-    from .evaluate import size_on_disk, test_metrics
+    from .evaluate import predictions, size_on_disk, test_metrics, unpack_probabilities
     from .fileio import read_json
     from .predict import max_length
 
@@ -533,12 +534,12 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
     R, seed = cfg.bootstrap_resamples, cfg.seed
 
     def figures(ev: dict) -> dict:
-        out = {"validation": split_figures(ev["validation_probabilities_hate"], labels["validation"], R, seed),
-               "test": split_figures(ev["probabilities_hate"], labels["test"], R, seed)}
-        p = np.asarray(ev["probabilities_hate"], dtype=float)
+        out = {"validation": split_figures(predictions(ev, "validation_"), labels["validation"], R, seed),
+               "test": split_figures(predictions(ev), labels["test"], R, seed)}
         # the keys the web app's table shows beside the study's models
-        out["test"].update({k: v for k, v in test_metrics(np.stack([1 - p, p], 1), labels["test"]).items()
-                            if k in ("f1_macro", "precision_hate", "recall_hate", "roc_auc", "confusion")})
+        out["test"].update({k: v for k, v in test_metrics(unpack_probabilities(ev), labels["test"],
+                                                          splits.info["label_names"]).items()
+                            if k in ("f1_macro", "per_class", "roc_auc", "confusion")})
         return out
 
     teacher_rec = read_json(run.marker("teacher"))

@@ -13,12 +13,14 @@ from ..data import Encoded, clip, length_sorted_batches
 from ..normalize import Normalizer
 
 
-def tokenize(tokenizer, normalizer: Normalizer, texts: list[str], max_length: int) -> dict:
-    """{input name: torch int64 tensor (B, L)} of `texts` normalised, clipped and tokenised. As in
-    training (`data.encode`), special-token strings a user types (`[SEP]`, `</s>`) stay literal text."""
-    texts = normalizer.many(texts)
-    return dict(tokenizer([clip(t, max_length) for t in texts], truncation=True, max_length=max_length,
-                          padding=True, return_tensors="pt", split_special_tokens=True))
+def tokenize(tokenizer, normalizer: Normalizer, texts: list[str], max_length: int,
+             pairs: list[str] | None = None) -> dict:
+    """{input name: torch int64 tensor (B, L)} of `texts` (with `pairs[i]` as each one's second text, for
+    a sentence-pair model) normalised, clipped and tokenised. As in training (`data.encode`),
+    special-token strings a user types (`[SEP]`, `</s>`) stay literal text."""
+    second = {} if pairs is None else {"text_pair": [clip(t, max_length) for t in normalizer.many(pairs)]}
+    return dict(tokenizer([clip(t, max_length) for t in normalizer.many(texts)], **second, truncation=True,
+                          max_length=max_length, padding=True, return_tensors="pt", split_special_tokens=True))
 
 
 class Backend(ABC):
@@ -36,13 +38,13 @@ class Backend(ABC):
     def _proba(self, batch: dict) -> np.ndarray:
         """Class probabilities (B, C) for a tokenised batch: {input name: torch int64 tensor (B, L)}."""
 
-    def tokenize(self, texts: list[str], max_length: int) -> dict:
-        return tokenize(self.tokenizer, self.normalizer, texts, max_length)
+    def tokenize(self, texts: list[str], max_length: int, pairs: list[str] | None = None) -> dict:
+        return tokenize(self.tokenizer, self.normalizer, texts, max_length, pairs)
 
-    def probabilities(self, texts: list[str], max_length: int = 128) -> list[list[float]]:
-        """Class probabilities per text: the one normalise-tokenise-forward path of `predict`, the web
-        app, export's timings and the benchmarks."""
-        return self._proba(self.tokenize(texts, max_length)).tolist()
+    def probabilities(self, texts: list[str], max_length: int = 128, pairs: list[str] | None = None) -> list[list[float]]:
+        """Class probabilities per text (per (text, pairs[i]) for a sentence-pair model): the one
+        normalise-tokenise-forward path of `predict`, the web app, export's timings and the benchmarks."""
+        return self._proba(self.tokenize(texts, max_length, pairs)).tolist()
 
     def predict_encoded(self, encoded: Encoded, batch_size: int = 128) -> tuple[np.ndarray, float]:
         """Class probabilities (N, C) of an encoded split in its original order, and examples/s of the

@@ -15,7 +15,7 @@ from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import UserError
-from ..predict import blank
+from ..predict import blank, check_pairs
 from .openapi import spec
 from .predictor import Predictor
 
@@ -28,6 +28,11 @@ EXAMPLES = [
     "I hate all of those people, they should go back where they came from",
     "That game last night was insane #football",
     "women are too stupid to vote",
+]
+# for a sentence-pair run: (text, text_pair)
+EXAMPLE_PAIRS = [
+    ("A man is playing a guitar on stage.", "Someone is performing music."),
+    ("A man is playing a guitar on stage.", "The stage is empty."),
 ]
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -169,7 +174,7 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
 
     @app.get("/openapi.json")
     def openapi():
-        return jsonify(spec(MAX_TEXT_CHARS, MAX_TEXTS, p.label_names))
+        return jsonify(spec(MAX_TEXT_CHARS, MAX_TEXTS, p.label_names, p.pair_task))
 
     @app.get("/api/models")
     def api_models():
@@ -181,62 +186,96 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
             raise BadRequest("this run has no behavioural checks; run `distillora check --run RUN`", 404)
         return jsonify(checks)
 
+    def _texts(body: dict, one: str, many: str) -> list[str] | None:
+        """The strings under `one` (a string) or `many` (a list of strings) of `body`; None when absent."""
+        if one in body and many in body:
+            raise BadRequest(f"send either `{one}` or `{many}`, not both")
+        if many in body:
+            texts = body[many]
+            if not isinstance(texts, list) or not texts:
+                raise BadRequest(f"`{many}` must be a non-empty list of strings")
+            if len(texts) > MAX_TEXTS:
+                raise BadRequest(f"`{many}` has {len(texts)} items; the limit is {MAX_TEXTS} per request")
+            return [_check_text(t, f"{many}[{i}]") for i, t in enumerate(texts)]
+        if one in body:
+            return [_check_text(body[one], one)]
+        return None
+
+    def _pairs_for(texts: list[str], pairs: list[str] | None, text_key: str, pair_key: str) -> None:
+        """400 unless the pair fields fit the run: required on a pair run, refused on a single-text one."""
+        try:
+            check_pairs(texts, pairs, p.pair_task, text_key, pair_key)
+        except UserError as e:
+            raise BadRequest(str(e)) from None
+
     @app.post("/api/predict")
     def api_predict():
         body = _json_body()
-        if "text" in body and "texts" in body:
-            raise BadRequest("send either `text` or `texts`, not both")
-        if "texts" in body:
-            texts = body["texts"]
-            if not isinstance(texts, list) or not texts:
-                raise BadRequest("`texts` must be a non-empty list of strings")
-            if len(texts) > MAX_TEXTS:
-                raise BadRequest(f"`texts` has {len(texts)} items; the limit is {MAX_TEXTS} per request")
-            texts = [_check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
-        elif "text" in body:
-            texts = [_check_text(body["text"])]
-        else:
+        texts = _texts(body, "text", "texts")
+        if texts is None:
             raise BadRequest("missing `text` (a string) or `texts` (a list of strings)")
+        pairs = _texts(body, "text_pair", "text_pairs")
+        if ("texts" in body) != ("text_pairs" in body) and pairs is not None:
+            raise BadRequest("send `text` with `text_pair`, or `texts` with `text_pairs`")
+        _pairs_for(texts, pairs, "texts" if "texts" in body else "text",
+                   "text_pairs" if "texts" in body else "text_pair")
         models = _check_models(p, body.get("models"))
-        return jsonify(predictions=p.predict(texts, models))
+        return jsonify(predictions=p.predict(texts, models, pairs))
 
     @app.post("/api/explain")
     def api_explain():
         body = _json_body()
         text = _check_text(body.get("text"))
+        pair = _texts(body, "text_pair", "text_pairs")
+        if "text_pairs" in body:
+            raise BadRequest("send one `text_pair` (a string) with `text`")
+        _pairs_for([text], pair, "text", "text_pair")
         model = body.get("model", p.best_student or next(iter(p.models)))
         if not isinstance(model, str):
             raise BadRequest("`model` must be a string")
         (model,) = _check_models(p, [model])
-        return jsonify(p.explain(text, model))
+        label = body.get("label")
+        if label is not None and label not in p.label_names:
+            raise BadRequest(f"`label` must be one of {', '.join(p.label_names)} (or absent: the predicted class)")
+        return jsonify(p.explain(text, model, label, pair[0] if pair else None))
 
     # ---------------------------------------------------------------- page
     def page(**kw):
         return render_template("index.html", run=p.name, examples=EXAMPLES, models=list(p.models),
                                best=p.best_student, metrics=metrics, label_names=p.label_names,
+                               pair_task=p.pair_task, examples_pairs=EXAMPLE_PAIRS,
                                max_chars=MAX_TEXT_CHARS, max_rows=MAX_CSV_ROWS,
                                max_kib=MAX_UPLOAD_BYTES // 1024, checks=checks, **kw)
 
     @app.get("/")
     def index():
-        return page(text="", explain_model=p.best_student)
+        return page(text="", text_pair="", explain_model=p.best_student, explain_label="")
 
     @app.post("/")
     def index_post():
         text = request.form.get("text", "")
+        text_pair = request.form.get("text_pair", "") if p.pair_task else None
         explain_model = request.form.get("explain_model") or p.best_student
         if explain_model not in p.models:
             explain_model = p.best_student
+        explain_label = request.form.get("explain_label") or ""
+        if explain_label not in p.label_names:
+            explain_label = ""  # the predicted class
         try:
             _check_text(text)
+            if text_pair is not None:
+                _check_text(text_pair, "text_pair")
         except BadRequest as e:
-            return page(text=text, explain_model=explain_model, error=e.message), 400
-        (pred,) = p.predict([text], list(p.models))
-        explanation = p.explain(text, explain_model)
+            return page(text=text, text_pair=text_pair or "", explain_model=explain_model,
+                        explain_label=explain_label, error=e.message), 400
+        pairs = None if text_pair is None else [text_pair]
+        (pred,) = p.predict([text], list(p.models), pairs)
+        explanation = p.explain(text, explain_model, explain_label or None, text_pair)
         top = max((abs(w["score"]) for w in explanation["words"]), default=0.0) or 1.0
         for w in explanation["words"]:
             w["alpha"] = round(min(1.0, abs(w["score"]) / top), 3)
-        return page(text=text, prediction=pred, explanation=explanation, explain_model=explain_model)
+        return page(text=text, text_pair=text_pair or "", prediction=pred, explanation=explanation,
+                    explain_model=explain_model, explain_label=explain_label)
 
     @app.post("/batch")
     def batch():
@@ -260,15 +299,31 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
             return page(text="", explain_model=p.best_student,
                         error=f"{len(df)} rows; the limit is {MAX_CSV_ROWS}"), 400
         texts = df[column].astype(str).str.slice(0, MAX_TEXT_CHARS).tolist()
-        rows = [i for i, t in enumerate(texts) if not blank(t)]  # empty rows get empty label and p_hate
+        pairs = None
+        if p.pair_task:
+            pair_column = request.form.get("pair_column") or "text_pair"
+            if pair_column not in df.columns:
+                return page(text="", explain_model=p.best_student,
+                            error=f"this run classifies sentence pairs: no second-text column {pair_column!r}; "
+                                  f"columns are {', '.join(map(str, df.columns))}"), 400
+            pairs = df[pair_column].astype(str).str.slice(0, MAX_TEXT_CHARS).tolist()
+        # empty rows (either text, for a pair) get an empty label and empty probabilities
+        rows = [i for i, t in enumerate(texts) if not blank(t) and (pairs is None or not blank(pairs[i]))]
         for name in chosen:
             probs = []
             for i in range(0, len(rows), MAX_TEXTS):
-                probs += p.probabilities(name, [texts[j] for j in rows[i:i + MAX_TEXTS]])[0]
-            labels, p_hate = [""] * len(texts), [""] * len(texts)
+                chunk = rows[i:i + MAX_TEXTS]
+                probs += p.probabilities(name, [texts[j] for j in chunk],
+                                         None if pairs is None else [pairs[j] for j in chunk])[0]
+            labels = [""] * len(texts)
+            per_class = {n: [""] * len(texts) for n in p.label_names}
             for j, q in zip(rows, probs):
-                labels[j], p_hate[j] = p.label_names[int(q[1] > q[0])], round(q[1], 6)
-            df[f"{name}_label"], df[f"{name}_p_hate"] = labels, p_hate
+                labels[j] = p.verdict(q)
+                for n, x in zip(p.label_names, q):
+                    per_class[n][j] = round(x, 6)
+            df[f"{name}_label"] = labels
+            for n in p.label_names:  # one probability column per class
+                df[f"{name}_p_{n}"] = per_class[n]
         # CRLF rows (RFC 4180): with them the csv writer also quotes a cell holding a bare CR
         return Response(neutralise_formulas(df).to_csv(index=False, lineterminator="\r\n"), mimetype="text/csv",
                         headers={"Content-Disposition": "attachment; filename=predictions.csv"})

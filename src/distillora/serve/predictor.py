@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import inference
-from ..predict import finished_run, max_length, model_entries
+from ..predict import finished_run, is_pair_task, max_length, model_entries
 
 
 @dataclass
@@ -127,6 +127,7 @@ class Predictor:
         self.label_names: list[str] = self.results["dataset"]["label_names"]
         self.best_student: str | None = self.results.get("best_student")
         self.max_length = max_length(self.run_dir)  # as the run trained and evaluated
+        self.pair_task = is_pair_task(self.run_dir)  # its models read (text, text_pair)
         self.torch = torch_thread()
         self.models: dict[str, Loaded] = {}
         self.entries = model_entries(self.run_dir, self.results)  # the study's models, then sweep students
@@ -149,40 +150,55 @@ class Predictor:
                         "test": {k: v for k, v in m["test"].items()}})
         return out
 
-    def _forward(self, name: str, texts: list[str]) -> list[list[float]]:  # on the torch thread only
-        return self.models[name].backend.probabilities(texts, self.max_length)
+    def _forward(self, name: str, items: list) -> list[list[float]]:  # on the torch thread only
+        """`items`: texts, or (text, text_pair) tuples for a pair task."""
+        backend = self.models[name].backend
+        if self.pair_task:
+            return backend.probabilities([a for a, _ in items], self.max_length, [b for _, b in items])
+        return backend.probabilities(items, self.max_length)
 
-    def probabilities(self, name: str, texts: list[str]) -> tuple[list[list[float]], float]:
+    def probabilities(self, name: str, texts: list[str], pairs: list[str] | None = None) -> tuple[list[list[float]], float]:
         """(per-text class probabilities, milliseconds from request to answer, queueing included).
-        Requests of up to 64 texts are batched with concurrent ones; larger ones run alone."""
+        Requests of up to 64 texts are batched with concurrent ones; larger ones run alone. `pairs`: the
+        second texts of a pair task, one per text."""
         start = time.perf_counter()
-        if len(texts) <= self.torch.max_texts:
-            probs = self.torch.submit((id(self), name), texts, lambda batch: self._forward(name, batch)).result()
+        items = texts if pairs is None else list(zip(texts, pairs))
+        if len(items) <= self.torch.max_texts:
+            probs = self.torch.submit((id(self), name), items, lambda batch: self._forward(name, batch)).result()
         else:
-            probs = self.torch.call(self._forward, name, texts)
+            probs = self.torch.call(self._forward, name, items)
         return probs, (time.perf_counter() - start) * 1000
 
-    def predict(self, texts: list[str], models: list[str]) -> list[dict]:
-        per_model = {name: self.probabilities(name, texts) for name in models}
+    def verdict(self, p: list[float]) -> str:
+        """The label with the highest probability (the first of equals)."""
+        return self.label_names[max(range(len(p)), key=p.__getitem__)]
+
+    def predict(self, texts: list[str], models: list[str], pairs: list[str] | None = None) -> list[dict]:
+        per_model = {name: self.probabilities(name, texts, pairs) for name in models}
         out = []
         for i, text in enumerate(texts):
             results = []
             for name in models:
                 probs, ms = per_model[name]
                 p = probs[i]
-                results.append({"model": name, "label": self.label_names[int(p[1] > p[0])],
+                results.append({"model": name, "label": self.verdict(p),
                                 "probabilities": dict(zip(self.label_names, p)),
                                 "ms": round(ms / len(texts), 2)})
-            out.append({"text": text, "results": results})
+            rec = {"text": text} if pairs is None else {"text": text, "text_pair": pairs[i]}
+            out.append({**rec, "results": results})
         return out
 
-    def explain(self, text: str, name: str) -> dict:
-        """Word-level leave-one-out: a word's score is p(hate | sentence) - p(hate | sentence without it).
-        Positive scores pushed toward `hate`. All variants go through the model in one batch."""
+    def explain(self, text: str, name: str, label: str | None = None, pair: str | None = None) -> dict:
+        """Word-level leave-one-out toward class `label` (default: the class the model predicts): a word's
+        score is p(label | sentence) - p(label | sentence without it); positive scores pushed toward
+        `label`. For a pair task the words are those of `text`, and `pair` stays whole. All variants go
+        through the model in one batch."""
         words = re.findall(r"\S+", text)[:64]
         variants = [text] + [" ".join(words[:i] + words[i + 1:]) or " " for i in range(len(words))]
-        probs, ms = self.probabilities(name, variants)
-        full = probs[0][1]
-        return {"model": name, "method": "word-level leave-one-out (occlusion)", "p_hate": full,
-                "words": [{"word": w, "score": round(full - probs[i + 1][1], 6)} for i, w in enumerate(words)],
+        probs, ms = self.probabilities(name, variants, None if pair is None else [pair] * len(variants))
+        k = self.label_names.index(label) if label is not None else self.label_names.index(self.verdict(probs[0]))
+        full = probs[0][k]
+        return {"model": name, "method": "word-level leave-one-out (occlusion)", "label": self.label_names[k],
+                "p_label": full, "chosen": label is not None,
+                "words": [{"word": w, "score": round(full - probs[i + 1][k], 6)} for i, w in enumerate(words)],
                 "ms": round(ms, 2)}

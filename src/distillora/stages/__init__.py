@@ -33,7 +33,7 @@ class StageEnv:
         """`training.fit` with what every stage shares: this run's splits, tokenizer, seed, selection
         metric, class weights and quietness, and the stage `key`'s work directory and log."""
         labels = [x["labels"] for x in self.train.items]
-        weights = class_weight_vector(self.cfg.class_weights, labels, len(self.cfg.data.label_names))
+        weights = class_weight_vector(self.cfg.class_weights, labels, model.config.num_labels)
         return fit(model, self.train if train is None else train, self.validation, self.tokenizer, tc,
                    work_dir=self.work_dir(key), log_path=self.log_path(key), stage=key, seed=self.cfg.seed,
                    selection_metric=self.cfg.selection_metric, quiet=self.quiet, fingerprint=fingerprint,
