@@ -27,7 +27,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from . import integrity
 from .data import Encoded, encode
 from .evaluate import predict_proba, test_metrics
-from .fileio import read_json, write_json
+from .rundir import ExportEntry, RunDir
 from .predict import finished_run, max_length, model_entries, probabilities
 
 log = logging.getLogger(__name__)
@@ -126,20 +126,16 @@ def load_for_inference(path: str | Path, method: str = "fp32") -> torch.nn.Modul
 
 
 def _stage_fingerprint(run_dir: Path, name: str) -> str | None:
-    f = Path(run_dir) / "stages" / f"{name}.json"
-    return read_json(f).get("fingerprint") if f.exists() else None
+    return RunDir(run_dir).stage_fingerprint(name)
 
 
 def served_method(run_dir: str | Path, name: str) -> str:
     """The method `predict` and the web app use for model `name`: the export that passed for the model
     as it is now on disk (same stage fingerprint), else fp32."""
-    f = Path(run_dir) / "exports.json"
-    if not f.exists():
-        return "fp32"
-    entry = read_json(f).get("models", {}).get(name, {})
-    if entry.get("fingerprint") != _stage_fingerprint(Path(run_dir), name):
-        return "fp32"  # the model was retrained after this export was measured
-    serve = entry.get("serve", "fp32")
+    entry = RunDir(run_dir).exports().models.get(name)
+    if entry is None or entry.fingerprint != _stage_fingerprint(Path(run_dir), name):
+        return "fp32"  # none, or the model was retrained after this export was measured
+    serve = entry.serve
     return serve if serve in ("fp32", *METHODS) else "fp32"
 
 
@@ -148,7 +144,7 @@ def _splits(run_dir: Path):
     from .config import load_config
     from .data import load_splits
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunDir(run_dir).config)
     splits = load_splits(cfg.data, cfg.seed)
     return splits.validation, splits.test
 
@@ -219,21 +215,19 @@ def _export_run(run_dir: str | Path, models: list[str] | None = None, methods: t
     run_dir = Path(run_dir)
     results = finished_run(run_dir)
     validation, test = _splits(run_dir)
-    path = run_dir / "exports.json"
-    out = read_json(path) if path.exists() else {}
-    out.update({"methods": {"int8-dynamic": "torch.ao quantize_dynamic, Linear layers, int8 weights and activations",
-                            "bf16": "bfloat16 weights and activations, Linear weights pre-packed for oneDNN"},
-                "max_accuracy_drop": MAX_ACCURACY_DROP, "threads": torch.get_num_threads(),
-                "latency_sentences": LATENCY_SENTENCES})
-    out.pop("method", None)  # the single-method layout of earlier versions
-    out.setdefault("models", {})
+    run = RunDir(run_dir)
+    out = run.exports()
+    out.methods = {"int8-dynamic": "torch.ao quantize_dynamic, Linear layers, int8 weights and activations",
+                   "bf16": "bfloat16 weights and activations, Linear weights pre-packed for oneDNN"}
+    out.max_accuracy_drop, out.threads, out.latency_sentences = \
+        MAX_ACCURACY_DROP, torch.get_num_threads(), LATENCY_SENTENCES
     limit = max_length(run_dir)
     labels = {"validation": validation.labels, "test": test.labels}
     for m in model_entries(run_dir, results):  # sweep students too
         name = m["name"]
         if models and name not in models:
             continue
-        mdir = run_dir / m["path"]
+        mdir = run.model_dir(name)
         tok = AutoTokenizer.from_pretrained(str(mdir))
         enc = {s: encode(split, tok, limit) for s, split in (("validation", validation), ("test", test))}
         texts = test.texts[:LATENCY_SENTENCES]
@@ -260,7 +254,7 @@ def _export_run(run_dir: str | Path, models: list[str] | None = None, methods: t
             entry["candidates"][method] = c
             del copy_
         entry["serve"], entry["reason"] = _choose(entry)
-        out["models"][name] = entry
+        out.models[name] = ExportEntry.from_dict(entry)
         log.info("export %s: %s (%s)", name, entry["serve"], entry["reason"])
-    write_json(path, out)
-    return out
+    run.write_exports(out)
+    return out.to_dict()

@@ -11,21 +11,19 @@ from transformers import AutoTokenizer
 from . import normalize
 from .data import clip
 from .errors import UserError
-from .fileio import read_json
+from .rundir import Results, RunDir
 
 
-def finished_run(run_dir: str | Path) -> dict:
-    run = Path(run_dir)
-    if not (run / "results.json").is_file():
-        raise UserError(f"{run}: not a finished run (no results.json); finish it with `distillora run --output {run}`")
-    return read_json(run / "results.json")
+def finished_run(run_dir: str | Path) -> Results:
+    """The run's results.json (see rundir.Results); UserError when the run is not finished."""
+    return RunDir(run_dir).results()
 
 
 def max_length(run_dir: str | Path) -> int:
     """The token limit the run trained and evaluated with (config.yaml `data.max_length`)."""
     import yaml
 
-    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    cfg = yaml.safe_load(RunDir(run_dir).config.read_text(encoding="utf-8")) or {}
     return int(cfg.get("data", {}).get("max_length", 128))
 
 
@@ -33,13 +31,13 @@ def model_entries(run_dir: str | Path, results: dict | None = None) -> list[dict
     """The servable models of a finished run: the study's (results.json), then the students of
     `distillora sweep` (sweep.json) whose model directory exists. Each has at least name, path,
     num_layers, teacher_layers, objective, params_total, params_trainable and test."""
-    run = Path(run_dir)
-    models = list((results or finished_run(run))["models"])
-    sweep = run / "sweep.json"
-    if sweep.is_file():
+    run = RunDir(run_dir)
+    models = list((results or finished_run(run_dir)).models)
+    sweep = run.sweep_record()
+    if sweep:
         names = {m["name"] for m in models}
-        models += [s for s in read_json(sweep).get("students", [])
-                   if s["name"] not in names and (run / s["path"] / "config.json").is_file()]
+        models += [s for s in sweep.get("students", [])
+                   if s["name"] not in names and (run.model_dir(s["name"]) / "config.json").is_file()]
     return models
 
 
@@ -54,7 +52,7 @@ def load_model(run_dir: str | Path, name: str | None = None):
         raise UserError(f"--model {name!r} is not in this run; choose one of {', '.join(known)}")
     from .export import load_for_inference, served_method
 
-    path = Path(run_dir) / entries[name]["path"]
+    path = RunDir(run_dir).model_dir(name)
     model = load_for_inference(path, served_method(run_dir, name))  # the fastest export that passed, else fp32
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return name, model, tokenizer
