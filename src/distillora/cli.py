@@ -67,7 +67,7 @@ def cmd_export(a) -> int:
     out = export_run(a.run, a.models or None)
     print("model      | copy         | val acc | test acc | 1 sentence p50 | batch 32 ex/s | passed")
     for name, e in out["models"].items():
-        if (a.models and name not in a.models) or "candidates" not in e:
+        if (a.models and name not in a.models) or not e.get("candidates"):
             continue  # entries kept from earlier exports (possibly in an older layout)
         rows = [("fp32", e["fp32_accuracy"]["validation"], e["fp32_accuracy"]["test"], "")]
         for m, c in e["candidates"].items():

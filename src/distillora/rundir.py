@@ -161,10 +161,10 @@ class Results(_Record):
 class ExportEntry(_Record):
     """One model's inference copies: fp32 accuracy, speed per method, each candidate's gate, the choice."""
 
-    fingerprint: str | None
-    fp32_accuracy: dict
-    speed: dict
-    candidates: dict
+    fingerprint: str | None = None
+    fp32_accuracy: dict = field(default_factory=dict)  # entries of earlier layouts may lack the figures
+    speed: dict = field(default_factory=dict)
+    candidates: dict = field(default_factory=dict)
     serve: str = "fp32"
     reason: str = ""
     other: dict = field(default_factory=dict)
