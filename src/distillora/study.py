@@ -297,7 +297,7 @@ def _run_stage(run: RunDir, ctx: StageContext, stage: Stage, key: str, fp: str, 
     if rec is not None:
         log.info("stage %s: finished earlier, skipped", key)
         return {**rec, "kind": stage.kind.value}
-    log.info("stage %s (%s): %s; teacher layers %s", key, stage.kind.value, stage.objective, stage.teacher_layers)
+    log.info("stage %s: %s (kind %s, teacher layers %s)", key, stage.action, stage.kind.value, stage.teacher_layers)
     model, stats = stage.train(ctx, key, fp)
     if keep:
         ctx.keep(stage.name, model)

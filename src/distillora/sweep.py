@@ -439,7 +439,8 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
             return distill_stage.train(env, key, ctx.model(TEACHER), c.layers, get_cache(), fp)
 
         stage = Stage(name=c.name, kind=Kind.SWEEP, section="distill", consumes=(TEACHER, "teacher_outputs"),
-                      fingerprint_inputs=(recipe, c.layers), teacher_layers=c.layers, objective=objective, train=train)
+                      fingerprint_inputs=(recipe, c.layers), teacher_layers=c.layers, objective=objective, train=train,
+                      action="distilling")
         study._run_stage(run, ctx, stage, c.name, fps[c.name])
         trained.append(c.name)
     if stopped:

@@ -109,7 +109,8 @@ class StageContext:
 
         if not self._outputs:
             keys = losses.teacher_needs(losses.weights_of(self.env.cfg.distill))
-            log.info("caching teacher outputs (%s) for %d training examples", ", ".join(keys), len(self.env.train))
+            log.info("caching teacher outputs (%s) for %d training examples", ", ".join(keys),
+                     len(self.env.train))
             t0 = time.perf_counter()
             self._outputs.update(teacher_outputs(self.model(TEACHER), self.env.train, self.env.tokenizer, keys))
             log.info("teacher outputs cached in %.1fs", time.perf_counter() - t0)
@@ -132,7 +133,7 @@ class Stage:
     consumes: TEACHER and/or TEACHER_OUTPUTS; fingerprint_inputs: what its result depends on besides the
     fingerprints of the stages it consumes; train(ctx, key, fingerprint) -> (model, stats);
     save(ctx, model, stats, directory) writes the model (default: save_pretrained + tokenizer);
-    record(stats) -> extra fields of its stage record."""
+    record(stats) -> extra fields of its stage record; action: for the log line."""
 
     name: str
     kind: Kind
@@ -144,6 +145,7 @@ class Stage:
     train: Callable
     save: Callable = _save_pretrained
     record: Callable[[dict], dict] = field(default=lambda stats: {})
+    action: str = "training"  # what the log line says the stage is doing
 
 
 PLANNERS: list[Callable] = []

@@ -17,7 +17,7 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         name="baseline", kind=Kind.BASELINE, section="baseline", consumes=(TEACHER,),
         fingerprint_inputs=(resolved["baseline"],), teacher_layers=parse_layers(cfg.baseline.layers, depth),
         objective="cross-entropy, all weights fine-tuned (no teacher signal)",
-        train=lambda ctx, key, fp: train(ctx.env, ctx.model(TEACHER), fp, key))]
+        train=lambda ctx, key, fp: train(ctx.env, ctx.model(TEACHER), fp, key), action="cross-entropy")]
 
 
 def train(env: StageEnv, teacher, fingerprint: str, key: str = "baseline"):

@@ -32,7 +32,8 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
             name=name, kind=Kind.DISTILLED, section="distill", consumes=(TEACHER, OUTPUTS),
             fingerprint_inputs=(recipe, spec), teacher_layers=layers, objective=objective(cfg.distill),
             train=lambda ctx, key, fp, layers=layers: train(ctx.env, key, ctx.model(TEACHER), layers,
-                                                            ctx.teacher_outputs(), fp)))
+                                                            ctx.teacher_outputs(), fp),
+            action="distilling"))
     return stages
 
 

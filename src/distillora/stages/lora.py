@@ -41,7 +41,7 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         train=lambda ctx, key, fp: train(ctx.env, ctx.model(TEACHER), fp, key,
                                          ctx.teacher_outputs() if distilled else None),
         save=lambda ctx, model, stats, out: save(ctx.env, model, stats, out),
-        record=lambda stats: {"params_trainable": stats["params_trainable"]})]
+        record=lambda stats: {"params_trainable": stats["params_trainable"]}, action="LoRA")]
 
 
 def train(env: StageEnv, teacher, fingerprint: str, key: str = "lora", cache: dict | None = None):

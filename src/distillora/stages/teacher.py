@@ -24,7 +24,7 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         name="teacher", kind=Kind.TEACHER, section="teacher", consumes=(),
         fingerprint_inputs=(data, cfg.seed, cfg.selection_metric, teacher, cfg.class_weights),
         teacher_layers=list(range(1, depth + 1)), objective="cross-entropy, all weights fine-tuned",
-        train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key))]
+        train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key), action=f"fine-tuning {cfg.teacher.source}")]
 
 
 def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False):
