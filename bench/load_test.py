@@ -43,7 +43,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args()
     run = Path(a.run).resolve()
-    model = a.model or json.loads((run / "results.json").read_text())["best_student"]
+    from distillora.rundir import RunDir
+
+    model = a.model or RunDir(run).results().best_student
     port = free_port()
     env = {**os.environ, "DISTILLORA_RUN": str(run), "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen([sys.executable, "-m", "waitress", "--host", "127.0.0.1", f"--port={port}",

@@ -1,5 +1,5 @@
 """Where a training step's time goes: runs a few steps of the project's own distillation pipeline
-(the DistillTrainer, its collator, length-grouped batches and optimizer) under torch.profiler and
+(the Trainer with the Distillation objective, its collator, length-grouped batches and optimizer) under torch.profiler and
 prints the share of self CPU time per kind of work, with the matmul kernels' own FLOP rate against
 this machine's fp32 matmul rate measured in the same run.
 
@@ -75,7 +75,7 @@ def main() -> int:
     from distillora.data import Collator, encode, load_splits
     from distillora.stages.distill import teacher_outputs
     from distillora.students import build_student
-    from distillora.training import DistillTrainer, training_args
+    from distillora.training import Distillation, StudyTrainer, training_args
 
     torch.manual_seed(0)
     source = resolve(a.teacher) if not Path(a.teacher).is_dir() else a.teacher
@@ -86,14 +86,15 @@ def main() -> int:
     train = type(train)(train.texts[: a.rows], train.labels[: a.rows])  # a slice: the step is what is timed
     enc = encode(train, tok, 128)
     distill = DistillConfig()
-    cache = teacher_outputs(teacher, enc, tok, with_hidden=distill.w_cos > 0)
     student = build_student(teacher, a.layers)
+    objective = Distillation(distill, list(range(1, student.config.num_hidden_layers + 1)))
+    cache = teacher_outputs(teacher, enc, tok, objective.teacher_needs)
     del teacher
     tc = TrainConfig(epochs=1, batch_size=a.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         args = training_args(tc, Path(tmp), 42, "f1_macro", quiet=True)
-        trainer = DistillTrainer(model=student, args=args, train_dataset=enc.with_fields(**cache), eval_dataset=enc,
-                                 data_collator=Collator(tok), processing_class=tok, distill=distill)
+        trainer = StudyTrainer(model=student, args=args, train_dataset=enc.with_fields(**cache), eval_dataset=enc,
+                               data_collator=Collator(tok), processing_class=tok, objective=objective)
         trainer.create_optimizer_and_scheduler(num_training_steps=3 * (a.steps + a.warmup))
         batches = list(trainer.get_train_dataloader())[: a.steps + a.warmup]
         opt, sched = trainer.optimizer, trainer.lr_scheduler

@@ -54,8 +54,10 @@ def main() -> None:
     env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True)
     t0 = time.perf_counter()
     needs_cache = a.stage == "distill" or (a.stage == "lora" and cfg.lora.objective == "distill")
-    cache = distill_stage.teacher_outputs(teacher, enc["train"], tok, with_hidden=cfg.distill.w_cos > 0,
-                                          with_layers=cfg.distill.w_layer > 0) if needs_cache else None
+    from distillora.losses import teacher_needs, weights_of
+
+    cache = distill_stage.teacher_outputs(teacher, enc["train"], tok, teacher_needs(weights_of(cfg.distill))
+                                          ) if needs_cache else None
     if a.stage == "distill":
         layers = parse_layers(a.layers if a.layers in ("odd", "even") else json.loads(a.layers),
                               teacher.config.num_hidden_layers)

@@ -65,15 +65,18 @@ def useful_flops(run: Path) -> dict:
     from distillora.config import load_config
     from distillora.data import encode, load_splits
 
-    cfg = load_config(run / "config.yaml")
-    results = json.loads((run / "results.json").read_text())
+    from distillora.rundir import RunDir
+
+    rd = RunDir(run)
+    cfg = load_config(rd.config)
+    results = rd.results()
     splits = load_splits(cfg.data, cfg.seed)
-    tok = AutoTokenizer.from_pretrained(str(run / "models" / "teacher"))
+    tok = AutoTokenizer.from_pretrained(str(rd.model_dir("teacher")))
     tokens = {s: sum(encode(getattr(splits, s), tok, cfg.data.max_length).lengths())
               for s in ("train", "validation", "test")}
     flops, parts = 0.0, {}
     for m in results["models"]:
-        p = layer_params(run / m["path"])
+        p = layer_params(rd.model_dir(m["name"]))
         epochs = len(m["train"].get("epoch_losses") or [1])  # epochs actually trained
         per_token = 4 if m["name"] == "lora" else 6
         f = per_token * p * tokens["train"] * epochs + 2 * p * (tokens["validation"] * (epochs + 1) + tokens["test"])
@@ -107,7 +110,9 @@ def main() -> int:
     f = useful_flops(Path(a.output))
     rate = f["total"] / wall
     # the rate is judged against the peak of the precision the study trained in (results.json records it)
-    models = json.loads((Path(a.output) / "results.json").read_text())["models"]
+    from distillora.rundir import RunDir
+
+    models = RunDir(a.output).results().models
     used = {m["train"].get("precision", "fp32") for m in models}
     precision = "bf16" if used == {"bf16"} else "fp32" if used <= {"fp32"} else "mixed"
     peaks = {"fp32": max(peak_rate, peak_rate_after), "bf16": max(peak_bf16, peak_bf16_after)}

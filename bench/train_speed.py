@@ -5,7 +5,7 @@ writes JSON.
 naive:    every batch re-tokenised and padded to 128 tokens, teacher forward on every step (logits and
           hidden states), random order, a plain PyTorch loop with AdamW over all parameters.
 pipeline: distillora's own path: tokenised once, teacher outputs computed once (timed and included),
-          length-grouped batches with dynamic padding, transformers Trainer with DistillTrainer.
+          length-grouped batches with dynamic padding, transformers Trainer with the Distillation objective.
 
 usage: python bench/train_speed.py [--teacher minilm-l6] [--rows 640] [--repeats 2] [--out bench/results]
 """
@@ -31,9 +31,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_
 from distillora import bundles, build_student  # noqa: E402
 from distillora.config import StudyConfig  # noqa: E402
 from distillora.data import DataConfig, encode, load_splits  # noqa: E402
-from distillora.losses import distillation_loss  # noqa: E402
+from distillora.losses import LossInputs, total_loss, weights_of  # noqa: E402
 from distillora.stages.distill import teacher_outputs  # noqa: E402
-from distillora.training import fit  # noqa: E402
+from distillora.training import Distillation, fit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,9 +51,9 @@ def naive_epoch(teacher, student, tok, texts, labels, batch_size, cfg) -> tuple[
         with torch.no_grad():
             t = teacher(**batch, output_hidden_states=True)
         s = student(**batch, output_hidden_states=True)
-        loss, _ = distillation_loss(s.logits, t.logits, y, s.hidden_states[-1], t.hidden_states[-1],
-                                    batch["attention_mask"], temperature=cfg.temperature, w_ce=cfg.w_ce,
-                                    w_kd=cfg.w_kd, w_cos=cfg.w_cos)
+        loss, _ = total_loss(LossInputs(s.logits, y, batch["attention_mask"], s.hidden_states,
+                                        {"teacher_logits": t.logits, "teacher_hidden": t.hidden_states[-1]},
+                                        temperature=cfg.temperature), weights_of(cfg))
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -66,13 +66,14 @@ def pipeline_epoch(teacher, student, tok, splits, cfg: StudyConfig) -> tuple[flo
     start = time.perf_counter()
     train = encode(splits.train, tok, cfg.data.max_length)
     validation = encode(splits.validation, tok, cfg.data.max_length)
-    cache = teacher_outputs(teacher, train, tok, with_hidden=cfg.distill.w_cos > 0)
+    objective = Distillation(cfg.distill, list(range(1, student.config.num_hidden_layers + 1)))
+    cache = teacher_outputs(teacher, train, tok, objective.teacher_needs)
     setup = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as d:
         tc = cfg.distill.train
         t0 = time.perf_counter()
         fit(student, train.with_fields(**cache), validation, tok, tc, work_dir=Path(d) / "w", log_path=Path(d) / "log",
-            stage="bench", seed=0, selection_metric="f1_macro", quiet=True, fingerprint="bench", distill=cfg.distill)
+            stage="bench", seed=0, selection_metric="f1_macro", quiet=True, fingerprint="bench", objective=objective)
         loop = time.perf_counter() - t0
     return setup, loop, sum(train.lengths())
 

@@ -42,10 +42,20 @@ def test_type_submit_and_see_a_card_per_model(server, tmp_path):
         page.wait_for_selector("#results .card")
         cards = page.query_selector_all("#results .card")
         assert [c.get_attribute("data-model") for c in cards] == ["teacher", "odd", "even", "lora", "baseline"]
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(server + "/api/predict", method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"text": "they are all vermin and should leave"}).encode())
+        api = {x["model"]: x for x in json.load(urllib.request.urlopen(req))["predictions"][0]["results"]}
         for c in cards:
-            ps = [float(x.get_attribute("data-p")) for x in c.query_selector_all(".prob")]
-            assert len(ps) == 2 and abs(sum(ps) - 1) < 1e-4
-            assert c.query_selector(".verdict").inner_text() in ("hate", "not_hate")
+            # what the page shows is what the API answers for the same sentence and model
+            want = api[c.get_attribute("data-model")]
+            shown = {x.get_attribute("data-label"): float(x.query_selector(".pval").inner_text())
+                     for x in c.query_selector_all(".prob")}
+            assert shown == {k: pytest.approx(v, abs=6e-4) for k, v in want["probabilities"].items()}
+            assert c.query_selector(".verdict").inner_text() == want["label"]
+            assert c.is_visible() and c.bounding_box()["width"] > 100  # laid out, not collapsed
         assert page.query_selector(".badge").inner_text() == "best student"
         assert len(page.query_selector_all(".attribution .w")) == 7
         page.screenshot(path=str(tmp_path / "cards.png"), full_page=True)
@@ -58,7 +68,4 @@ def test_type_submit_and_see_a_card_per_model(server, tmp_path):
         assert page.inner_text("q.sentence") == evil  # shown as text, not run
         page.screenshot(path=str(tmp_path / "escaped.png"), full_page=True)
         browser.close()
-    import matplotlib.image
-
-    shot = matplotlib.image.imread(str(tmp_path / "cards.png"))
-    assert shot.shape[0] > 300 and shot.shape[1] > 300 and shot[..., :3].std() > 0.05  # a rendered page, not blank
+    assert (tmp_path / "cards.png").stat().st_size > 0  # kept for a person to look at; the checks are above

@@ -38,7 +38,14 @@ def test_override_keeps_other_section_defaults(tmp_path):
 def test_bad_config_values(overrides, needle):
     if needle is None:
         cfg = load_config(None, overrides)
-        assert cfg.baseline.layers == [0, 2]  # accepted here; the teacher's depth is checked at run time
+        assert cfg.baseline.layers == [0, 2]  # accepted here; the teacher's depth is checked at run time:
+        from transformers import BertConfig
+
+        from distillora.study import _check_models
+
+        with pytest.raises(UserError, match=r"baseline.layers = \[0, 2\]"):
+            _check_models(cfg, BertConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2,
+                                          intermediate_size=64))
         return
     with pytest.raises(UserError) as e:
         load_config(None, overrides)

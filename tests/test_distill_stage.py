@@ -16,7 +16,8 @@ def test_teacher_outputs_come_back_in_the_examples_order(minilm_tokenizer):
     enc = minilm_tokenizer(texts)
     data = Encoded([{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": 0}
                     for i in range(len(texts))])
-    cache = teacher_outputs(teacher, data, minilm_tokenizer, with_hidden=True, with_layers=True, batch_size=2)
+    cache = teacher_outputs(teacher, data, minilm_tokenizer, ("teacher_logits", "teacher_hidden", "teacher_layers"),
+                            batch_size=2)
     assert len(cache["teacher_logits"]) == len(texts)
     with torch.no_grad():
         for i in range(len(texts)):

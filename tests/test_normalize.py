@@ -13,6 +13,7 @@ from distillora.audit import unseen
 from distillora.config import load_config
 from distillora.errors import UserError
 from distillora.predict import load_model, predict, probabilities
+from distillora.rundir import RunDir, probability_columns
 from distillora.serve import create_app
 
 from conftest import tiny_bert
@@ -69,7 +70,7 @@ def test_raw_test_sentence_gets_the_evaluations_probability_in_predict_and_the_a
     raw = test.tweet[i]
     client = create_app(tiny_run).test_client()
     for name in ("teacher", "odd", "lora"):
-        stored = json.loads((tiny_run / "stages" / f"{name}.test.json").read_text())["probabilities_hate"][i]
+        stored = probability_columns(json.loads(RunDir(tiny_run).marker(name, ".test").read_text()))[i, 1]
         _, backend = load_model(tiny_run, name)
         (cli,) = predict(backend, [raw], cfg.data.label_names, cfg.data.max_length)
         assert cli["probabilities"]["hate"] == pytest.approx(stored, abs=1e-5), name

@@ -2,6 +2,7 @@
 
 import io
 import json
+import time
 
 import pytest
 
@@ -41,7 +42,9 @@ def test_healthz_and_models(client, tiny_run):
 
 
 def test_predict_single_and_batch(client):
+    start = time.perf_counter()
     r = client.post("/api/predict", json={"text": "you are all wonderful"})
+    wall_ms = (time.perf_counter() - start) * 1000
     assert r.status_code == 200
     (pred,) = r.get_json()["predictions"]
     assert pred["text"] == "you are all wonderful"
@@ -50,7 +53,7 @@ def test_predict_single_and_batch(client):
         assert set(x["probabilities"]) == {"not_hate", "hate"}
         assert abs(sum(x["probabilities"].values()) - 1) < 1e-5
         assert x["label"] == max(x["probabilities"], key=x["probabilities"].get)
-        assert x["ms"] > 0
+        assert 0 < x["ms"] <= wall_ms  # the model's share of this request's time, in milliseconds
     r = client.post("/api/predict", json={"texts": ["a", "b c"], "models": ["odd", "lora"]})
     preds = r.get_json()["predictions"]
     assert len(preds) == 2 and [x["model"] for x in preds[0]["results"]] == ["odd", "lora"]

@@ -20,6 +20,7 @@ def test_smoke_preset_on_shared_data(tmp_path, shared_data):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((out / "results.json").read_text())
     assert [m["name"] for m in r["models"]] == ["teacher", "odd", "even", "lora", "baseline"]
+    assert [m["kind"] for m in r["models"]] == ["teacher", "distilled", "distilled", "lora", "baseline"]
     assert r["dataset"]["rows"]["test"] == 1000 and r["dataset"]["dropped_empty"]["train"] in (0, 1)
     for m in r["models"]:
         c = m["test"]["confusion"]

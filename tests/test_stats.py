@@ -116,7 +116,8 @@ def test_calibration_top_label_for_three_classes():
 def test_test_metrics_for_three_classes_match_sklearn():
     from sklearn.metrics import f1_score, roc_auc_score
 
-    from distillora.evaluate import test_metrics, upgrade_metrics
+    from distillora.evaluate import test_metrics
+    from distillora.rundir import upgrade_metrics
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet([1, 1, 1], 60)

@@ -153,3 +153,42 @@ def test_seeds_repeat_every_trainable_stage(tmp_path, tiny_config):
     b = json.loads((out / "stages" / "baseline.seed43.json").read_text())["train"]["epoch_losses"]
     assert a != b
     assert "## Across 2 seeds" in (out / "report.md").read_text()
+
+
+def test_kinds_are_recorded_and_runs_from_before_kinds_still_load(tiny_run, tmp_path):
+    """results.json records each model's kind; a run written before kinds (main before issue 12: no
+    `kind`, p(hate) only in stages/*.test.json) loads with the kinds its names and objectives imply, and
+    a file this version cannot read is a UserError saying how to redo it."""
+    import json
+    import shutil
+
+    from distillora.errors import UserError
+    from distillora.predict import model_entries
+    from distillora.rundir import RunDir, probability_columns
+
+    raw = json.loads(RunDir(tiny_run).results_file.read_text())
+    assert {m["name"]: m["kind"] for m in raw["models"]} == {
+        "teacher": "teacher", "odd": "distilled", "even": "distilled", "lora": "lora", "baseline": "baseline"}
+    old = RunDir(shutil.copytree(tiny_run, tmp_path / "old"))
+    for m in raw["models"]:
+        del m["kind"]
+        m["objective"] = {"odd": "distillation: 0.5*CE + ...", "even": "distillation: 0.5*CE + ..."}.get(
+            m["name"], m["objective"])
+        f = old.marker(m["name"], ".test")
+        rec = json.loads(f.read_text())
+        p = probability_columns(rec)
+        rec.pop("probabilities"), rec.pop("validation_probabilities")
+        rec["probabilities_hate"] = p[:, 1].tolist()
+        rec["validation_probabilities_hate"] = probability_columns(
+            json.loads(RunDir(tiny_run).marker(m["name"], ".test").read_text()), "validation_probabilities")[:, 1].tolist()
+        f.write_text(json.dumps(rec))
+    old.results_file.write_text(json.dumps(raw))
+    results = old.results()
+    assert [m.kind for m in results.models] == ["teacher", "distilled", "distilled", "lora", "baseline"]
+    assert [m["kind"] for m in model_entries(old.root)] == [m.kind for m in results.models]
+    ev = old.evaluation("odd", json.loads(old.marker("odd").read_text())["fingerprint"])
+    assert ev.probabilities.shape == (40, 2) and abs(ev.probabilities.sum(1) - 1).max() < 1e-5
+    raw["models"][1]["objective"] = "something else"
+    old.results_file.write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="distillora run --output"):
+        old.results()

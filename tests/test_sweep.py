@@ -179,7 +179,7 @@ def test_sweep_budget_serving_and_report(run_copy):
 
     client = create_app(run_copy).test_client()
     listed = {m["name"]: m for m in client.get("/api/models").get_json()["models"]}
-    assert listed["sweep-1"]["kind"] == "sweep" and listed["teacher"]["kind"] == "study"
+    assert listed["sweep-1"]["kind"] == "sweep" and listed["teacher"]["kind"] == "teacher"
     got = client.post("/api/predict", json={"text": "hello there", "models": ["sweep-2-4"]}).get_json()
     assert got["predictions"][0]["results"][0]["model"] == "sweep-2-4"
     assert "sweep-1-2" in client.get("/").get_data(as_text=True)

@@ -90,25 +90,27 @@ def test_distill_trainer_matches_each_student_layer_to_the_teacher_layer_it_was_
     from transformers import TrainingArguments
 
     from distillora.config import DistillConfig
-    from distillora.losses import distillation_loss, patient_loss
+    from distillora.losses import LossInputs, patient_loss, total_loss
     from distillora.stages.distill import teacher_outputs
     from distillora.students import build_student
 
     teacher = tiny_bert(4, vocab_size=minilm_tokenizer.vocab_size)
     student = build_student(teacher, [2, 4]).eval()
     data = _encoded(4, lambda i: i % 2)
-    cache = teacher_outputs(teacher, data, minilm_tokenizer, with_hidden=False, with_layers=True)
-    batch = training.Collator(minilm_tokenizer)(list(data.with_fields(**cache)))
     d = DistillConfig(w_ce=0.5, w_kd=0.5, w_cos=0.0, w_layer=2.0, temperature=2.0)
+    objective = training.Distillation(d, layer_map=[2, 4])
+    assert objective.teacher_needs == ("teacher_logits", "teacher_layers")
+    cache = teacher_outputs(teacher, data, minilm_tokenizer, objective.teacher_needs)
+    batch = training.Collator(minilm_tokenizer)(list(data.with_fields(**cache)))
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    trainer = training.DistillTrainer(model=student, args=args, distill=d, layer_map=[2, 4])
+    trainer = training.StudyTrainer(model=student, args=args, objective=objective)
     with torch.no_grad():
         got = trainer.compute_loss(student, dict(batch))
         out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
         s_layers = torch.stack([out.hidden_states[1][:, 0], out.hidden_states[2][:, 0]], 1)
         t_layers = batch["teacher_layers"][:, [1, 3]]  # teacher layers 2 and 4, 1-based
-        want, _ = distillation_loss(out.logits, batch["teacher_logits"], batch["labels"], temperature=2.0,
-                                    w_ce=0.5, w_kd=0.5, w_cos=0.0)
+        want, _ = total_loss(LossInputs(out.logits, batch["labels"], teacher={"teacher_logits": batch["teacher_logits"]},
+                                        temperature=2.0), {"ce": 0.5, "kd": 0.5})
         want = want + 2.0 * patient_loss(s_layers, t_layers)
     assert got.item() == pytest.approx(want.item(), rel=1e-5)
     assert patient_loss(s_layers, t_layers).item() > 0  # the term is part of what the Trainer returned

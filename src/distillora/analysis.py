@@ -4,40 +4,44 @@ extra test sets, paired significance tests, and the data audit."""
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import numpy as np
 from sklearn.metrics import f1_score
 
 from . import stats
 from .audit import audit, findings
-from .evaluate import predictions, test_metrics, unpack_probabilities
+from .evaluate import test_metrics
 
 
-def add_to_models(models: list[dict], evaluations: dict, splits, extra: dict, cfg) -> None:
+def add_to_models(models: list, evaluations: dict, splits, extra: dict, cfg) -> None:
+    """Fill each ModelRecord's test, calibration, threshold, per-category and extra-test figures from
+    its `Evaluation` in `evaluations` (by model name)."""
     labels = splits.test.labels
     names = splits.info["label_names"]
     for m in models:
-        ev = evaluations[m["name"]]
-        probs = unpack_probabilities(ev)
+        ev = evaluations[m.name]
+        probs = ev.probabilities
         pred = probs.argmax(1)
         test = test_metrics(probs, labels, names)
         test["ci95"] = {k: list(stats.bootstrap_ci(labels, pred, k, cfg.bootstrap_resamples, seed=cfg.seed))
                         for k in ("accuracy", "balanced_accuracy", "f1_macro")}
-        m["test"] = test
-        m["calibration"] = {"test": stats.calibration(probs, labels)}
-        val = unpack_probabilities(ev, "validation_")
-        m["calibration"]["validation_ece"] = stats.calibration(val, splits.validation.labels)["ece"]
-        m["threshold"] = _threshold(probs, val, labels, splits.validation.labels)
+        m.test = test
+        m.calibration = {"test": stats.calibration(probs, labels)}
+        val = ev.validation_probabilities
+        m.calibration["validation_ece"] = stats.calibration(val, splits.validation.labels)["ece"]
+        m.threshold = _threshold(probs, val, labels, splits.validation.labels)
         if splits.test.categories is not None:
-            m["per_category"] = per_category(labels, pred, splits.test.categories, names)
+            m.per_category = per_category(labels, pred, splits.test.categories, names)
         if extra:
-            m["extra_tests"] = {}
+            m.extra_tests = {}
             for name, split in extra.items():
-                p = ev["extra"][name]
+                p = ev.extra[name]
                 r = test_metrics(p, split.labels, names)
                 r["ci95"] = {"accuracy": list(stats.bootstrap_ci(split.labels, p.argmax(1), "accuracy",
                                                                  cfg.bootstrap_resamples, seed=cfg.seed))}
                 r["rows"] = len(split)
-                m["extra_tests"][name] = r
+                m.extra_tests[name] = r
 
 
 def _threshold(probs: np.ndarray, val: np.ndarray, labels: np.ndarray, val_labels: np.ndarray) -> dict | None:
@@ -52,28 +56,28 @@ def _threshold(probs: np.ndarray, val: np.ndarray, labels: np.ndarray, val_label
             "test_f1_macro": float(f1_score(labels, at_t, average="macro", zero_division=0))}
 
 
-def add_seeds(models: list[dict], seeds: list[int], seed_records: dict, per_seed: dict, splits) -> None:
+def add_seeds(models: list, seeds: list[int], seed_records: dict, per_seed: dict, splits) -> None:
     """Per-seed validation and test figures of every model, with their mean and (sample) std."""
     labels, vlabels = splits.test.labels, splits.validation.labels
     names = splits.info["label_names"]
     for m in models:
         rows = []
         for seed in seeds:
-            ev, rec = per_seed[seed][m["name"]], seed_records[seed][m["name"]]
-            t = test_metrics(unpack_probabilities(ev), labels, names)
-            v = test_metrics(unpack_probabilities(ev, "validation_"), vlabels, names)
+            ev, rec = per_seed[seed][m.name], seed_records[seed][m.name]
+            t = test_metrics(ev.probabilities, labels, names)
+            v = test_metrics(ev.validation_probabilities, vlabels, names)
             rows.append({"seed": seed, "train_loss": rec["train"]["loss"],
                          "validation": {k: v[k] for k in ("accuracy", "balanced_accuracy", "f1_macro")},
                          "test": {"accuracy": t["accuracy"], "balanced_accuracy": t["balanced_accuracy"],
                                   "f1_macro": t["f1_macro"],
                                   "recall": {n: c["recall"] for n, c in t["per_class"].items()}}})
-        m["seeds"] = rows
+        m.seeds = rows
         summary = {}
         for split in ("validation", "test"):
             for k in ("accuracy", "balanced_accuracy", "f1_macro"):
                 x = np.array([r[split][k] for r in rows])
                 summary[f"{split}_{k}"] = {"mean": float(x.mean()), "std": float(x.std(ddof=1)), "n": len(x)}
-        m["seed_summary"] = summary
+        m.seed_summary = summary
 
 
 def per_category(labels: np.ndarray, pred: np.ndarray, categories: list[str], label_names: list[str]) -> dict:
@@ -91,24 +95,22 @@ def per_category(labels: np.ndarray, pred: np.ndarray, categories: list[str], la
     return out
 
 
-def comparisons(names: list[str], students: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    if "odd" in names and "even" in names:
-        pairs.append(("odd", "even"))
-    pairs += [(s, "teacher") for s in students if "teacher" in names]
-    if "lora" in names and "baseline" in names:
-        pairs.append(("lora", "baseline"))
+def comparisons(models: list) -> list[tuple[str, str]]:
+    """The pairs the report tests, by kind: every two distilled students, each student against the
+    teacher, each LoRA student against each baseline."""
+    of = lambda kind: [m.name for m in models if m.kind == kind]  # noqa: E731
+    pairs = list(combinations(of("distilled"), 2))
+    pairs += [(m.name, t) for t in of("teacher") for m in models if m.is_student]
+    pairs += [(lo, b) for lo in of("lora") for b in of("baseline")]
     return pairs
 
 
-def significance(models: list[dict], evaluations: dict, labels: np.ndarray, alpha: float = 0.05) -> list[dict]:
-    """McNemar's exact test on the test split for odd vs even, each student vs the teacher, lora vs
-    baseline."""
-    names = [m["name"] for m in models]
-    preds = {n: predictions(evaluations[n]) for n in names}
-    acc = {m["name"]: m["test"]["accuracy"] for m in models}
+def significance(models: list, evaluations: dict, labels: np.ndarray, alpha: float = 0.05) -> list[dict]:
+    """McNemar's exact test on the test split for each pair of `comparisons`."""
+    preds = {m.name: evaluations[m.name].probabilities.argmax(1) for m in models}
+    acc = {m.name: m.test["accuracy"] for m in models}
     out = []
-    for a, b in comparisons(names, [n for n in names if n != "teacher"]):
+    for a, b in comparisons(models):
         r = stats.mcnemar_exact(labels, preds[a], preds[b])
         r.update({"a": a, "b": b, "accuracy_a": acc[a], "accuracy_b": acc[b], "alpha": alpha,
                   "significant": r["p_value"] < alpha})

@@ -30,6 +30,7 @@ import numpy as np
 from . import stats
 from .errors import UserError
 from .fileio import write_json
+from .rundir import RunDir
 from .suites import Case, Suite, Test, generate, load_suite
 
 log = logging.getLogger("distillora")
@@ -138,7 +139,7 @@ def served_predictor(run_dir: Path, name: str, max_length: int) -> tuple[str, Pr
     """(method, texts -> probabilities) for model `name` as the app serves it."""
     from . import inference
 
-    backend = inference.load_served(run_dir, name, Path(run_dir) / "models" / name)
+    backend = inference.load_served(run_dir, name, RunDir(run_dir).model_dir(name))
 
     def predict(texts: list[str]) -> list[list[float]]:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
@@ -216,14 +217,14 @@ def run_checks(run_dir: Path, model_names: list[str], suite_specs: list[str], la
     run_dir = Path(run_dir)
     predictors = {n: (lambda n=n: served_predictor(run_dir, n, max_length)) for n in model_names}
     checks = check_models(predictors, suite_specs, label_names, validation_texts, resamples, seed)
-    write_json(run_dir / "checks.json", checks)
+    write_json(RunDir(run_dir).checks_file, checks)
     return checks
 
 
 def for_study(out: Path, cfg, model_names: list[str], validation_texts: list[str]) -> None:
     """The checks `distillora run` makes (config `check.suites`); none, and no checks.json, when empty."""
     if not cfg.check.suites:
-        (Path(out) / "checks.json").unlink(missing_ok=True)
+        RunDir(out).checks_file.unlink(missing_ok=True)
         return
     if cfg.data.text_pair_column is not None:
         log.info("check: skipped: the suites hold single sentences and this is a sentence-pair task")
@@ -237,12 +238,11 @@ def check_run(run_dir: str | Path, suites: list[str] | None = None, data: str | 
     """`distillora check`: run `suites` (default: the run's `check.suites`) on every model of a finished
     run, write checks.json and regenerate report.md/report.html."""
     from .config import load_config
-    from .predict import finished_run
     from .report import write_report
 
     run = Path(run_dir)
-    results = finished_run(run)
-    cfg = load_config(run / "config.yaml", [f"data.source={data}"] if data else [])
+    results = RunDir(run).results()
+    cfg = load_config(RunDir(run).config, [f"data.source={data}"] if data else [])
     if cfg.data.text_pair_column is not None:
         raise UserError(f"{run}: a sentence-pair run (data.text_pair_column = {cfg.data.text_pair_column!r}); the "
                         f"behavioural suites hold single sentences, so they cannot check it")
@@ -260,7 +260,7 @@ def check_run(run_dir: str | Path, suites: list[str] | None = None, data: str | 
         except UserError as e:
             raise UserError(f"{e}\n(the run's validation split is needed for the seed sentences of a suite; "
                             f"pass --data with the run's data directory)") from None
-    checks = run_checks(run, [m["name"] for m in results["models"]], specs, results["dataset"]["label_names"],
+    checks = run_checks(run, [m.name for m in results.models], specs, results.dataset["label_names"],
                         validation, cfg.data.max_length, cfg.bootstrap_resamples, cfg.seed)
     write_report(run, results, cfg)
     return checks

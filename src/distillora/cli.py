@@ -9,6 +9,7 @@ import os
 import sys
 
 from .errors import UserError
+from .rundir import RunDir
 
 
 def cmd_run(a) -> int:
@@ -22,7 +23,7 @@ def cmd_run(a) -> int:
     cfg = load_config(a.config, overrides)
     output = a.output or os.path.join("runs", cfg.name)
     run = run_study(cfg, output, force=a.force, quiet=a.quiet)
-    print(f"finished: {run}/report.md")
+    print(f"finished: {RunDir(run).report_md}")
     return 0
 
 
@@ -77,7 +78,7 @@ def cmd_export(a) -> int:
     print(f"cpu: {_cpu_name() or platform.processor() or 'unknown'} | threads: {out['threads']}")
     print("model      | copy              | val acc | test acc | 1 sentence p50 | batch 32 ex/s | passed")
     for name, e in out["models"].items():
-        if (a.models and name not in a.models) or "candidates" not in e:
+        if (a.models and name not in a.models) or not e.get("candidates"):
             continue  # entries kept from earlier exports (possibly in an older layout)
         rows = [("fp32", e["fp32_accuracy"]["validation"], e["fp32_accuracy"]["test"], "")]
         for m, c in e["candidates"].items():
@@ -90,7 +91,7 @@ def cmd_export(a) -> int:
             print(f"{name:10s} | {method:17s} | {val:.3f}   | {test:.3f}    | {s['p50_ms_b1']:8.1f} ms    | "
                   f"{s['examples_per_s_b32']:9.0f}     | {passed}")
         print(f"{name:10s} | served: {e['serve']} ({e['reason']})")
-    print(f"written: {a.run}/exports.json (onnx copies under {a.run}/exports/)")
+    print(f"written: {RunDir(a.run).exports_file} (onnx copies under {RunDir(a.run).exports_dir}/)")
     return 0
 
 
@@ -126,7 +127,8 @@ def cmd_check(a) -> int:
         print(f"{'mean over capabilities':49s}" + " ".join(
             "–".rjust(10) if s["overall"][m]["mean_pass_rate"] is None else f"{s['overall'][m]['mean_pass_rate']:10.3f}"
             for m in models))
-    print(f"written: {a.run}/checks.json, {a.run}/report.md, {a.run}/report.html")
+    run = RunDir(a.run)
+    print(f"written: {run.checks_file}, {run.report_md}, {run.report_html}")
     return 0
 
 
@@ -161,7 +163,8 @@ def cmd_sweep(a) -> int:
     for m in rec["not_trained"]:
         print(f"{m['name']}: {m['reason']}")
     print(f"smallest student within 1 point of the teacher on validation: {rec['smallest_within_1_point'] or 'none'}")
-    print(f"written: {a.run}/sweep.json, {a.run}/report.md ({rec['wall_seconds_this_invocation']:.0f} s)")
+    print(f"written: {RunDir(a.run).sweep_file}, {RunDir(a.run).report_md} "
+          f"({rec['wall_seconds_this_invocation']:.0f} s)")
     return 0
 
 

@@ -96,6 +96,8 @@ class DistillConfig:
     w_layer: float = _f(0.0, "Weight of the layer-to-layer term (Patient KD): each student layer's normalised "
                              "first-token state matched to the teacher layer it was copied from.")
     temperature: float = _f(2.0, "Softmax temperature T of the KL term.")
+    weights: dict[str, float] = _f({}, "Weights of further loss terms registered in distillora.losses, by name "
+                                       "(e.g. {mine: 0.1}); a name here overrides its w_<name> key.")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=5e-5))
 
 
@@ -316,10 +318,17 @@ def validate(cfg: StudyConfig) -> list[str]:
                     f"({', '.join(d.label_names)})")
     if cfg.distill.temperature <= 0:
         errs.append(f"distill.temperature = {cfg.distill.temperature}: must be > 0 (try 2.0)")
+    from .losses import TERMS, weights_of  # the registered loss terms
+
     for w in ("w_ce", "w_kd", "w_cos", "w_layer"):
         if getattr(cfg.distill, w) < 0:
             errs.append(f"distill.{w} = {getattr(cfg.distill, w)}: weights must be >= 0")
-    if cfg.distill.w_ce + cfg.distill.w_kd + cfg.distill.w_cos + cfg.distill.w_layer == 0:
+    for name, w in cfg.distill.weights.items():
+        if name not in TERMS:
+            errs.append(f"distill.weights.{name}: no such loss term; registered: {', '.join(TERMS)}")
+        elif not 0 <= w < float("inf"):
+            errs.append(f"distill.weights.{name} = {w}: weights must be finite and >= 0")
+    if not weights_of(cfg.distill):
         errs.append("distill.w_ce, w_kd, w_cos, w_layer are all 0: at least one loss term needs a positive weight")
     names = set()
     for name, layers in cfg.distill.students.items():
@@ -389,6 +398,17 @@ def to_dict(cfg) -> dict:
 
 def to_yaml(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# keys added after runs existed: at these values they are left out of a section's fingerprint, so the
+# finished stages of those runs stay finished
+NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}}, "distill": {"weights": {}}}
+
+
+def stable_section(resolved: dict, section: str, drop: tuple[str, ...] = ()) -> dict:
+    """`resolved[section]` for a fingerprint: without `drop` and without keys at their NEW_KEY_DEFAULTS."""
+    new = NEW_KEY_DEFAULTS.get(section, {})
+    return {k: v for k, v in resolved[section].items() if k not in drop and (k not in new or new[k] != v)}
 
 
 def fingerprint(*parts: Any) -> str:

@@ -380,26 +380,29 @@ def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) ->
 
 
 class Collator:
-    """Dynamic padding of token fields (via `DataCollatorWithPadding`) plus cached teacher outputs:
-    `teacher_logits` (C,) and `teacher_layers` (depth, H) are stacked, `teacher_hidden` (L_i, H) are
-    zero-padded to the batch length."""
+    """Dynamic padding of token fields (via `DataCollatorWithPadding`) plus cached teacher outputs
+    (`losses.TEACHER_OUTPUTS`): per-token ones, (L_i, H), are zero-padded to the batch length; the
+    others, fixed-shape, are stacked."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.pad = DataCollatorWithPadding(tokenizer)
 
     def __call__(self, features: list[dict]) -> dict:
-        hidden = [f["teacher_hidden"] for f in features] if "teacher_hidden" in features[0] else None
+        from .losses import TEACHER_OUTPUTS
+
         plain = [{k: v for k, v in f.items() if not k.startswith("teacher_")} for f in features]
         batch = dict(self.pad(plain))
         for key in features[0]:
-            if key.startswith("teacher_") and key != "teacher_hidden":  # fixed shapes: (C,), (depth, H)
-                batch[key] = torch.stack([f[key] for f in features]).float()
-        if hidden is not None:
-            length = batch["input_ids"].shape[1]
-            out = hidden[0].new_zeros((len(hidden), length, hidden[0].shape[-1]))
-            for i, h in enumerate(hidden):
-                out[i, : h.shape[0]] = h
-            batch["teacher_hidden"] = out
+            if not key.startswith("teacher_"):
+                continue
+            values = [f[key] for f in features]
+            if TEACHER_OUTPUTS[key].per_token:
+                out = values[0].new_zeros((len(values), batch["input_ids"].shape[1], *values[0].shape[1:]))
+                for i, v in enumerate(values):
+                    out[i, : v.shape[0]] = v
+                batch[key] = out
+            else:
+                batch[key] = torch.stack(values).float()
         return batch
 
 

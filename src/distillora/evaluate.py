@@ -54,52 +54,6 @@ def test_metrics(probs: np.ndarray, labels: np.ndarray, label_names: list[str] |
     }
 
 
-LEGACY_PER_CLASS = {"precision_hate": "precision", "recall_hate": "recall", "f1_hate": "f1"}
-
-
-def upgrade_metrics(test: dict, label_names: list[str]) -> dict:
-    """A model's test figures from a results.json written before per-class figures were keyed by label
-    name (`precision_hate`, `recall_hate`, `f1_hate`: the figures of label 1 of a binary task), in the
-    current layout: those keys move under `per_class[label_names[1]]`. Current figures pass unchanged."""
-    if "per_class" in test or not any(k in test for k in LEGACY_PER_CLASS):
-        return test
-    out = {k: v for k, v in test.items() if k not in LEGACY_PER_CLASS}
-    out["per_class"] = {label_names[1]: {new: test[old] for old, new in LEGACY_PER_CLASS.items() if old in test}}
-    return out
-
-
-# How a stage record keeps a model's probabilities (stages/<name>.test.json): a binary task keeps
-# p(label 1) per row under `probabilities_hate` (the layout of runs made before N-label tasks, so they
-# stay valid and resume); a task with more labels keeps every row's full distribution under
-# `probabilities`. Both are rounded to 6 decimals.
-
-def pack_probabilities(probs: np.ndarray, prefix: str = "") -> dict:
-    probs = np.asarray(probs)
-    if probs.shape[1] == 2:
-        return {f"{prefix}probabilities_hate": [round(float(p), 6) for p in probs[:, 1]]}
-    return {f"{prefix}probabilities": [[round(float(x), 6) for x in row] for row in probs]}
-
-
-def has_probabilities(record: dict, prefix: str = "") -> bool:
-    return f"{prefix}probabilities_hate" in record or f"{prefix}probabilities" in record
-
-
-def unpack_probabilities(record: dict, prefix: str = "") -> np.ndarray:
-    """(n, C) probabilities from a record written by `pack_probabilities`."""
-    if f"{prefix}probabilities" in record:
-        return np.asarray(record[f"{prefix}probabilities"], dtype=float)
-    p = np.asarray(record[f"{prefix}probabilities_hate"], dtype=float)
-    return np.stack([1 - p, p], axis=1)
-
-
-def predictions(record: dict, prefix: str = "") -> np.ndarray:
-    """The predicted class of every row of a stored record: argmax (for a binary record p(1) > 0.5,
-    which is the same decision, computed as it always was)."""
-    if f"{prefix}probabilities" in record:
-        return unpack_probabilities(record, prefix).argmax(1)
-    return (np.asarray(record[f"{prefix}probabilities_hate"]) > 0.5).astype(int)
-
-
 def count_params(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -24,9 +24,10 @@ from transformers import AutoTokenizer
 from . import inference
 from .data import encode
 from .evaluate import test_metrics
-from .fileio import read_json, write_dir, write_json
+from .fileio import write_dir
 from .inference import ONNX_METHODS, TorchBackend, onnx_backend, torch_backend
 from .predict import finished_run, max_length, model_entries
+from .rundir import ExportEntry, RunDir
 
 log = logging.getLogger(__name__)
 MAX_ACCURACY_DROP = 0.005  # 0.5 accuracy points
@@ -52,7 +53,7 @@ def _splits(run_dir: Path):
     from .config import load_config
     from .data import load_splits
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(RunDir(run_dir).config)
     splits = load_splits(cfg.data, cfg.seed)
     return splits.validation, splits.test
 
@@ -118,12 +119,11 @@ def _export_run(run_dir: str | Path, models: list[str] | None = None, methods: t
     run_dir = Path(run_dir)
     results = finished_run(run_dir)
     validation, test = _splits(run_dir)
-    path = run_dir / "exports.json"
-    out = read_json(path) if path.exists() else {}
-    out.update({"methods": DESCRIPTIONS, "max_accuracy_drop": MAX_ACCURACY_DROP, "threads": torch.get_num_threads(),
-                "latency_sentences": LATENCY_SENTENCES})
-    out.pop("method", None)  # the single-method layout of earlier versions
-    out.setdefault("models", {})
+    run = RunDir(run_dir)
+    out = run.exports()
+    out.methods = DESCRIPTIONS
+    out.max_accuracy_drop, out.threads, out.latency_sentences = \
+        MAX_ACCURACY_DROP, torch.get_num_threads(), LATENCY_SENTENCES
     limit = max_length(run_dir)
     labels = {"validation": validation.labels, "test": test.labels}
     label_names = results.get("dataset", {}).get("label_names")
@@ -131,7 +131,7 @@ def _export_run(run_dir: str | Path, models: list[str] | None = None, methods: t
         name = m["name"]
         if models and name not in models:
             continue
-        mdir = run_dir / m["path"]
+        mdir = run.model_dir(name)
         tok = AutoTokenizer.from_pretrained(str(mdir))
         enc = {s: encode(split, tok, limit) for s, split in (("validation", validation), ("test", test))}
         texts = test.texts[:LATENCY_SENTENCES]
@@ -167,7 +167,7 @@ def _export_run(run_dir: str | Path, models: list[str] | None = None, methods: t
             entry["candidates"][method] = c
             del copy_
         entry["serve"], entry["reason"] = _choose(entry)
-        out["models"][name] = entry
+        out.models[name] = ExportEntry.from_dict(entry)
         log.info("export %s: %s (%s)", name, entry["serve"], entry["reason"])
-    write_json(path, out)
-    return out
+    run.write_exports(out)
+    return out.to_dict()

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .rundir import RunDir
+
 
 def save_figure(fig, out: Path, name: str) -> str:
     """Lay out, write `<out>/plots/<name>` at the report's resolution, close; return the relative path."""
     import matplotlib.pyplot as plt
 
+    run = RunDir(out)
     fig.tight_layout()
-    (Path(out) / "plots").mkdir(exist_ok=True)
-    fig.savefig(Path(out) / "plots" / name, dpi=110)
+    run.plots_dir.mkdir(exist_ok=True)
+    fig.savefig(run.plot(name), dpi=110)
     plt.close(fig)
-    return f"plots/{name}"
+    return run.plot_ref(name)

@@ -7,34 +7,19 @@ from pathlib import Path
 
 from . import inference
 from .errors import UserError
-from .fileio import read_json
+from .rundir import Results, RunDir
 
 
-def finished_run(run_dir: str | Path) -> dict:
-    """results.json of a finished run, in the current layout: test figures of a results.json written
-    before per-class figures were keyed by label name are upgraded (`evaluate.upgrade_metrics`)."""
-    from .evaluate import upgrade_metrics
-
-    run = Path(run_dir)
-    if not (run / "results.json").is_file():
-        raise UserError(f"{run}: not a finished run (no results.json); finish it with `distillora run --output {run}`")
-    results = read_json(run / "results.json")
-    try:
-        names = results["dataset"]["label_names"]
-        for m in results["models"]:
-            m["test"] = upgrade_metrics(m["test"], names)
-            for name, r in (m.get("extra_tests") or {}).items():
-                m["extra_tests"][name] = upgrade_metrics(r, names)
-    except (KeyError, TypeError, IndexError):
-        raise UserError(f"{run / 'results.json'}: not in a layout this version reads (no dataset.label_names or "
-                        f"models[].test); re-run `distillora run --output {run}` to rewrite it") from None
-    return results
+def finished_run(run_dir: str | Path) -> Results:
+    """The run's results.json (see rundir.Results, which reads earlier layouts too); UserError when the
+    run is not finished or its results file unreadable."""
+    return RunDir(run_dir).results()
 
 
 def _data_setting(run_dir: str | Path, key: str, default):
     import yaml
 
-    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    cfg = yaml.safe_load(RunDir(run_dir).config.read_text(encoding="utf-8")) or {}
     return cfg.get("data", {}).get(key, default)
 
 
@@ -64,17 +49,17 @@ def model_entries(run_dir: str | Path, results: dict | None = None) -> list[dict
     """The servable models of a finished run: the study's (results.json), then the students of
     `distillora sweep` (sweep.json) whose model directory exists. Each has at least name, path,
     num_layers, teacher_layers, objective, params_total, params_trainable and test."""
-    from .evaluate import upgrade_metrics
+    from .rundir import upgrade_metrics
 
-    run = Path(run_dir)
-    results = results or finished_run(run)
-    models = list(results["models"])
-    sweep = run / "sweep.json"
-    if sweep.is_file():
+    run = RunDir(run_dir)
+    results = results or finished_run(run_dir)
+    models = list(results.models)
+    sweep = run.sweep_record()
+    if sweep:
         names = {m["name"] for m in models}
         models += [{**s, "test": upgrade_metrics(s["test"], results["dataset"]["label_names"])}
-                   for s in read_json(sweep).get("students", [])
-                   if s["name"] not in names and (run / s["path"] / "config.json").is_file()]
+                   for s in sweep.get("students", [])
+                   if s["name"] not in names and (run.model_dir(s["name"]) / "config.json").is_file()]
     return models
 
 
@@ -87,7 +72,7 @@ def load_model(run_dir: str | Path, name: str | None = None) -> tuple[str, infer
     name = name or results.get("best_student") or known[0]
     if name not in known:
         raise UserError(f"--model {name!r} is not in this run; choose one of {', '.join(known)}")
-    return name, inference.load_served(run_dir, name, Path(run_dir) / entries[name]["path"])
+    return name, inference.load_served(run_dir, name, RunDir(run_dir).model_dir(name))
 
 
 def blank(text: str) -> bool:

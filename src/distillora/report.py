@@ -11,7 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .config import StudyConfig  # noqa: E402
+from .figures import save_figure  # noqa: E402
 from .fileio import read_jsonl, write_text  # noqa: E402
+from .rundir import Results, RunDir  # noqa: E402
 
 
 # The seed's quality bar (issue 10); the report states whether each is met.
@@ -30,23 +32,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
+def _plots(out: Path, results: Results) -> list[tuple[str, str]]:
+    run = RunDir(out)
     made = []
     models = results["models"]
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for m in models:
-        rows = [r for r in read_jsonl(out / "logs" / f"{m['name']}.jsonl") if "loss" in r and "epoch" in r]
+        rows = [r for r in read_jsonl(run.log(m["name"])) if "loss" in r and "epoch" in r]
         if rows:
             ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], label=m["name"])
     ax.set_xlabel("epoch"); ax.set_ylabel("training loss (per logging step)"); ax.set_title("Training loss")
     if ax.lines:
         ax.legend()
-    fig.tight_layout(); fig.savefig(plots / "loss_curves.png", dpi=110); plt.close(fig)
     made.append(("Training loss per logging step (distilled students' loss includes the KD and cosine terms, "
-                 "so it is not comparable in level with cross-entropy)", "plots/loss_curves.png"))
+                 "so it is not comparable in level with cross-entropy)", save_figure(fig, out, "loss_curves.png")))
 
     names = results["dataset"]["label_names"]
     n = len(names)
@@ -67,8 +67,7 @@ def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
         ax.set_yticks(range(n), names, fontsize=7)
         ax.set_title(m["name"], fontsize=9); ax.set_xlabel("predicted", fontsize=7)
         ax.set_ylabel("true", fontsize=7)
-    fig.tight_layout(); fig.savefig(plots / "confusion_matrices.png", dpi=110); plt.close(fig)
-    made.append(("Confusion matrices on the test split", "plots/confusion_matrices.png"))
+    made.append(("Confusion matrices on the test split", save_figure(fig, out, "confusion_matrices.png")))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in models:
@@ -76,9 +75,9 @@ def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
         ax.scatter(m["params_trainable"] / 1e6, m["test"]["accuracy"], marker="x", color="gray")
         ax.annotate(m["name"], (m["params_total"] / 1e6, m["test"]["accuracy"]), fontsize=8)
     ax.set_xscale("log"); ax.set_xlabel("parameters (millions; x = trainable)"); ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy against parameters"); fig.tight_layout()
-    fig.savefig(plots / "accuracy_vs_params.png", dpi=110); plt.close(fig)
-    made.append(("Test accuracy against parameters (dots: total, crosses: trainable)", "plots/accuracy_vs_params.png"))
+    ax.set_title("Accuracy against parameters")
+    made.append(("Test accuracy against parameters (dots: total, crosses: trainable)",
+                 save_figure(fig, out, "accuracy_vs_params.png")))
     fig, ax = plt.subplots(figsize=(5, 4.5))
     low = 1 / n  # a top-label confidence among n classes is at least 1/n
     ax.plot([low, 1], [low, 1], color="gray", linestyle=":", label="perfect")
@@ -88,9 +87,8 @@ def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
             ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
                     label=f"{m['name']} (ECE {m['calibration']['test']['ece']:.3f})")
     ax.set_xlabel("confidence of the predicted class"); ax.set_ylabel("accuracy on test")
-    ax.set_title("Reliability on the test split"); ax.legend(fontsize=7); fig.tight_layout()
-    fig.savefig(plots / "reliability.png", dpi=110); plt.close(fig)
-    made.append(("Reliability diagram on the test split (10 confidence bins)", "plots/reliability.png"))
+    ax.set_title("Reliability on the test split"); ax.legend(fontsize=7)
+    made.append(("Reliability diagram on the test split (10 confidence bins)", save_figure(fig, out, "reliability.png")))
     return made
 
 
@@ -261,11 +259,11 @@ def _table(results: dict) -> list[str]:
     return lines
 
 
-def analysis(results: dict) -> list[str]:
-    """Plain-language findings computed from the numbers, including every shortfall."""
-    by = {m["name"]: m for m in results["models"]}
+def analysis(results: Results) -> list[str]:
+    """Plain-language findings computed from the numbers, including every shortfall. Models are found
+    by kind (rundir.KINDS), never by name."""
     out = []
-    teacher = by.get("teacher")
+    teacher = next(iter(results.of_kind("teacher")), None)
     if teacher:
         acc = teacher["test"]["accuracy"]
         verdict = "meets" if acc >= TEACHER_MIN_ACC else "falls short of"
@@ -279,16 +277,15 @@ def analysis(results: dict) -> list[str]:
             detail = f"macro-F1 {teacher['test']['f1_macro']:.3f}; weakest class `{weakest}`, F1 {pc[weakest]['f1']:.2f}"
         out.append(f"- The teacher reaches test accuracy {acc:.3f}, which {verdict} the target of {TEACHER_MIN_ACC:.2f} "
                    f"({detail}).")
-        for m in results["models"]:
-            if m["objective"].startswith("distillation"):
-                ratio = m["test"]["accuracy"] / acc if acc else 0.0
-                verdict = "meets" if ratio >= STUDENT_MIN_RATIO else "falls short of"
-                speed = m["inference"]["examples_per_s"] / teacher["inference"]["examples_per_s"]
-                out.append(f"- Student `{m['name']}` (teacher layers {m['teacher_layers']}) keeps {100 * ratio:.1f}% of the "
-                           f"teacher's test accuracy ({m['test']['accuracy']:.3f}), which {verdict} the {100 * STUDENT_MIN_RATIO:.0f}% "
-                           f"target, with {m['params_total'] / teacher['params_total']:.0%} of its parameters and "
-                           f"{speed:.2f}x its measured throughput.")
-    students = [m for m in results["models"] if m["objective"].startswith("distillation")]
+        for m in results.of_kind("distilled"):
+            ratio = m["test"]["accuracy"] / acc if acc else 0.0
+            verdict = "meets" if ratio >= STUDENT_MIN_RATIO else "falls short of"
+            speed = m["inference"]["examples_per_s"] / teacher["inference"]["examples_per_s"]
+            out.append(f"- Student `{m['name']}` (teacher layers {m['teacher_layers']}) keeps {100 * ratio:.1f}% of the "
+                       f"teacher's test accuracy ({m['test']['accuracy']:.3f}), which {verdict} the {100 * STUDENT_MIN_RATIO:.0f}% "
+                       f"target, with {m['params_total'] / teacher['params_total']:.0%} of its parameters and "
+                       f"{speed:.2f}x its measured throughput.")
+    students = results.of_kind("distilled")
     if len(students) == 2:
         a, b = students
         d = a["test"]["accuracy"] - b["test"]["accuracy"]
@@ -298,12 +295,11 @@ def analysis(results: dict) -> list[str]:
                    f"; McNemar's exact test: p = {sig['p_value']:.3g}, "
                    f"{'a significant' if sig['significant'] else 'not a significant'} difference at 0.05")
         out.append(f"- `{a['name']}` minus `{b['name']}` test accuracy: {d:+.3f} ({abs(d) * n:.0f} of {n} examples){verdict}.")
-    if "lora" in by and "baseline" in by:
-        lo, ba = by["lora"], by["baseline"]
+    for lo, ba in [(lo, ba) for lo in results.of_kind("lora") for ba in results.of_kind("baseline")]:
         ratio = lo["test"]["accuracy"] / ba["test"]["accuracy"] if ba["test"]["accuracy"] else 0.0
         share = lo["params_trainable"] / lo["params_total"]
         ok = ratio >= LORA_MIN_RATIO and share <= LORA_MAX_TRAINABLE and lo["test"]["accuracy"] >= LORA_MIN_ACC
-        out.append(f"- LoRA reaches test accuracy {lo['test']['accuracy']:.3f}, {100 * ratio:.1f}% of the baseline's, with "
+        out.append(f"- LoRA student `{lo['name']}` reaches test accuracy {lo['test']['accuracy']:.3f}, {100 * ratio:.1f}% of the baseline's, with "
                    f"{100 * share:.2f}% of its parameters trainable: the target (at least {LORA_MIN_ACC:.2f} and "
                    f"{100 * LORA_MIN_RATIO:.0f}% of the baseline, at most {100 * LORA_MAX_TRAINABLE:.0f}% trainable) is "
                    f"{'met' if ok else 'not met'}.")
@@ -316,7 +312,11 @@ def analysis(results: dict) -> list[str]:
     return out
 
 
-def write_report(out: Path, results: dict, cfg: StudyConfig) -> None:
+def write_report(out: Path, results: Results | dict, cfg: StudyConfig) -> None:
+    out = Path(out)
+    run = RunDir(out)
+    if not isinstance(results, Results):
+        results = Results.from_dict(results)
     plots = _plots(out, results)
     ds = results["dataset"]
     lines = [f"# distillora report: {results['name']}", ""]
@@ -342,8 +342,8 @@ def write_report(out: Path, results: dict, cfg: StudyConfig) -> None:
 
     lines += sweep_section(out)  # empty unless `distillora sweep` has written sweep.json
     md = "\n".join(lines)
-    write_text(out / "report.md", md)
-    write_text(out / "report.html", to_html(md, out, results["name"]))
+    write_text(run.report_md, md)
+    write_text(run.report_html, to_html(md, out, results.name))
 
 
 def to_html(md: str, out: Path, title: str) -> str:

@@ -8,6 +8,7 @@ from html import escape
 from pathlib import Path
 
 from .fileio import read_json
+from .rundir import RunDir
 
 FLAG = "▼"
 
@@ -66,7 +67,7 @@ def heatmap(out: Path, checks: dict) -> str | None:
 
 def section(out: Path) -> list[str]:
     """The report's lines for `<out>/checks.json`; none when the run has no checks."""
-    path = Path(out) / "checks.json"
+    path = RunDir(out).checks_file
     if not path.is_file():
         return []
     checks = read_json(path)

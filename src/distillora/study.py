@@ -1,18 +1,6 @@
-"""Run the study's stages in order into one run directory, skipping stages already finished with
-the same configuration.
-
-Run directory:
-  config.yaml              resolved configuration
-  stages/<name>.json       a finished stage: fingerprint + training statistics
-  stages/<name>.test.json  its test-split evaluation
-  .lock                    held by the one process writing here (see runlock)
-  models/<name>/           save_pretrained output (lora: merged, adapter in models/lora/adapter),
-                           with weights.sha256.json (see integrity)
-  checkpoints/<name>/      Trainer checkpoints while a stage runs (removed when it finishes)
-  logs/<name>.jsonl        training logs
-  checks.json              behavioural checks (config check.suites; distillora.check)
-  results.json, report.md, plots/   written last; results.json marks the run finished
-"""
+"""Run the study's registered stages (`distillora.stages`) in order into one run directory
+(`distillora.rundir`), skipping stages already finished with the same configuration; then evaluate
+every saved model once and write results.json and the report."""
 
 from __future__ import annotations
 
@@ -28,61 +16,28 @@ import yaml
 from accelerate import PartialState
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from . import bundles, integrity
+from . import bundles, integrity, stages
 from .config import StudyConfig, diff, fingerprint, load_config, to_dict, to_yaml
 from .data import encode, load_splits, load_table
 from .errors import UserError
-from .evaluate import count_params, has_probabilities, pack_probabilities, predict_proba, size_on_disk, \
-    unpack_probabilities
-from .fileio import read_json, remove_stale_temporaries, write_dir, write_json, write_text
+from .evaluate import count_params, predict_proba, size_on_disk
+from .fileio import read_json, remove_stale_temporaries, write_dir, write_text
+from .rundir import Evaluation, ModelRecord, Results, RunDir
 from .runlock import LOCK_NAME, RunLock
-from .stages import StageEnv, baseline as baseline_stage, distill as distill_stage, lora as lora_stage
-from .stages import teacher as teacher_stage
+from .stages import Kind, Stage, StageContext, StageEnv, load_model
 from .students import parse_layers
 
 log = logging.getLogger("distillora")
-
-
-EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "category_column")
-# data keys added after runs existed: at their default they leave the fingerprints (and so the
-# finished stages) of those runs as they were
-NEW_KEY_DEFAULTS = {"sep": ",", "text_pair_column": None, "where": {}}
 
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class Run:
-    """Paths and stage bookkeeping of one run directory."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def model_dir(self, name: str) -> Path:
-        return self.root / "models" / name
-
-    def marker(self, name: str, kind: str = "") -> Path:
-        return self.root / "stages" / f"{name}{kind}.json"
-
-    def done(self, name: str, fp: str, kind: str = "") -> dict | None:
-        m = self.marker(name, kind)
-        if m.exists() and (self.model_dir(name) / "config.json").exists():
-            rec = read_json(m)
-            if rec.get("fingerprint") == fp:
-                return rec
-        return None
-
-    def finish(self, name: str, fp: str, record: dict, kind: str = "") -> dict:
-        rec = {"fingerprint": fp, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
-        write_json(self.marker(name, kind), rec)
-        return rec
-
-
 def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file; give a directory")
-    cfg_file = out / "config.yaml"
+    cfg_file = RunDir(out).config
     if cfg_file.exists():
         try:
             # through load_config, so keys added to distillora since that run compare as their defaults
@@ -95,7 +50,7 @@ def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) 
             raise UserError(f"{out} holds a run with a different configuration:\n  " + "\n  ".join(changes[:20]) +
                             "\nuse another --output, or pass --force to redo the stages these changes affect")
         if changes and write:
-            (out / "results.json").unlink(missing_ok=True)  # no longer describes what is on disk
+            RunDir(out).discard_results()  # no longer describes what is on disk
     elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise UserError(f"{out} exists, is not empty and is not a distillora run; choose another --output")
     if not write:
@@ -172,22 +127,12 @@ def _save(model, tokenizer, path: Path) -> None:
     write_dir(path, fill)
 
 
-def _load(path: Path):
-    integrity.verify(path)
-    return AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).to(_device())
+_load = load_model
 
 
-def objectives(cfg: StudyConfig) -> dict[str, str]:
-    d, c = cfg.distill, cfg.lora
-    return {
-        "teacher": "cross-entropy, all weights fine-tuned",
-        "distill": (f"distillation: {d.w_ce:g}*CE + {d.w_kd:g}*T^2*KL (T={d.temperature:g}) + {d.w_cos:g}*cosine(hidden)"
-                    + (f" + {d.w_layer:g}*layer-to-layer (PKD)" if d.w_layer > 0 else "")),
-        "lora": (f"{'distillation (as distill)' if c.objective == 'distill' else 'cross-entropy'}, LoRA r={c.r} "
-                 f"alpha={c.alpha} dropout={c.dropout:g} on {c.target_modules or 'query, value'}; adapters + head "
-                 f"trainable"),
-        "baseline": "cross-entropy, all weights fine-tuned (no teacher signal)",
-    }
+def objectives(cfg: StudyConfig, depth: int = 12) -> dict[str, str]:
+    """{stage name: its objective line}, from the registered stages."""
+    return {s.name: s.objective for s in stages.plan(cfg, to_dict(cfg), depth)}
 
 
 def run_study(cfg: StudyConfig, output: str | Path, force: bool = False, quiet: bool = False) -> Path:
@@ -261,9 +206,9 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     held.append(_take_lock(out, state))
     if state.is_main_process:
         _prepare_output(out, resolved, force)
-        write_text(out / "config.yaml", config_yaml)
+        write_text(RunDir(out).config, config_yaml)
     state.wait_for_everyone()
-    run = Run(out)
+    run = RunDir(out)
     log.info("data: %s", splits.info["rows"])
 
     t0 = time.perf_counter()
@@ -282,7 +227,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     if not state.is_main_process:
         state.wait_for_everyone()  # the main process evaluates and reports
         return out
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
 
     # ---- evaluation: every saved model, reloaded from disk, on the test split once (and on the
     # validation split, for calibration and a threshold chosen there, and on any extra test sets)
@@ -294,204 +239,136 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
         for set_name in extra:
             path = Path(cfg.data.extra_tests[set_name])
             fp_extra = fingerprint(rec["fingerprint"], str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
-            done = run.done(name, fp_extra, f".extra-{set_name}")
-            if done is None:
+            probs = run.extra_probabilities(name, set_name, fp_extra)
+            if probs is None:
                 log.info("evaluating %s on extra test set %s", name, set_name)
                 model = model or _load(run.model_dir(name))
-                probs, _ = predict_proba(model, extra_enc[set_name], tokenizer)
-                done = run.finish(name, fp_extra, pack_probabilities(probs), f".extra-{set_name}")
-            ev.setdefault("extra", {})[set_name] = unpack_probabilities(done)
+                probs = run.write_extra_probabilities(name, set_name, fp_extra,
+                                                      predict_proba(model, extra_enc[set_name], tokenizer)[0])
+            ev.extra[set_name] = probs
         evaluations[name] = ev
 
     from . import analysis  # scipy and the statistics are needed only here
 
-    models = [_model_entry(name, rec, evaluations[name], run) for name, rec in records.items()]
+    models = [_model_entry(name, Kind(rec["kind"]), rec, evaluations[name], run) for name, rec in records.items()]
     analysis.add_to_models(models, evaluations, splits, extra, cfg)
     if len(seeds) > 1:
         per_seed = {seed: {name: _evaluate(run, name + f".seed{seed}", rec, enc, tokenizer)
                            for name, rec in seed_records[seed].items()} for seed in seeds[1:]}
         per_seed[cfg.seed] = evaluations
         analysis.add_seeds(models, seeds, seed_records, per_seed, splits)
-    results = {
-        "name": cfg.name,
-        "dataset": splits.info,
-        "models": models,
-        "best_student": _best_student(models, cfg.selection_metric),
-        "selection_metric": cfg.selection_metric,
-        "significance": analysis.significance(models, evaluations, splits.test.labels),
-        "audit": analysis.run_audit(splits, cfg, tokenizer),
-        "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
-        "versions": _versions(),
-    }
+    results = Results(
+        name=cfg.name,
+        dataset=splits.info,
+        models=models,
+        best_student=_best_student(models, cfg.selection_metric),
+        selection_metric=cfg.selection_metric,
+        significance=analysis.significance(models, evaluations, splits.test.labels),
+        audit=analysis.run_audit(splits, cfg, tokenizer),
+        wall_seconds_this_invocation=round(time.perf_counter() - t0, 1),
+        versions=_versions(),
+    )
     from . import check  # behavioural suites (config check.suites): checks.json, read by the report
 
-    check.for_study(out, cfg, [m["name"] for m in models], splits.validation.texts)
+    check.for_study(out, cfg, [m.name for m in models], splits.validation.texts)
     from .report import write_report  # matplotlib is imported only when a report is written
 
     write_report(out, results, cfg)
-    write_json(out / "results.json", results)  # last: its presence marks the run finished
+    run.write_results(results)  # last: its presence marks the run finished
     state.wait_for_everyone()
     return out
 
 
-def _train_models(run: Run, env: StageEnv, source: str, teacher_config, resolved: dict, suffix: str) -> dict[str, dict]:
-    """Train (or skip, when finished) every stage for `env.cfg.seed`; stage keys are name + `suffix`.
-    Returns each model's stage record, keyed by model name."""
-    cfg, tokenizer = env.cfg, env.tokenizer
-    obj = objectives(cfg)
-    depth = teacher_config.num_hidden_layers
+def _train_models(run: RunDir, env: StageEnv, source: str, teacher_config, resolved: dict,
+                  suffix: str) -> dict[str, dict]:
+    """Train (or skip, when finished) every registered stage for `env.cfg.seed`; stage keys are name +
+    `suffix`. Returns each model's stage record, keyed by model name."""
+    planned = stages.plan(env.cfg, resolved, teacher_config.num_hidden_layers)
+    ctx = StageContext(env, source, suffix)
+    fps: dict[str, str] = {}
     records: dict[str, dict] = {}
-    # what the trained models depend on (not evaluation-only keys such as extra_tests)
-    data_fp = {k: v for k, v in resolved["data"].items()
-               if k not in EVALUATION_ONLY_DATA_KEYS and NEW_KEY_DEFAULTS.get(k, object()) != v}
-    teacher_fp = {k: v for k, v in resolved["teacher"].items() if k != "allow_pickle"}  # a permission, not a setting
-    fp_teacher = fingerprint(data_fp, cfg.seed, cfg.selection_metric, teacher_fp, cfg.class_weights)
-    trained: dict[str, object] = {}
-
-    def save_model(key):
-        return lambda model, stats: _save(model, tokenizer, run.model_dir(key))
-
-    # ---- teacher
-    def train_teacher():
-        log.info("stage teacher%s: fine-tuning %s", suffix, cfg.teacher.source)
-        model, stats = teacher_stage.train(env, source, fp_teacher, "teacher" + suffix)
-        trained["teacher"] = model
-        return model, stats
-
-    records["teacher"] = _run_stage(
-        run, env, "teacher" + suffix, fp_teacher, train_teacher, save_model("teacher" + suffix),
-        lambda model, stats: {"objective": obj["teacher"], "teacher_layers": list(range(1, depth + 1)), "train": stats})
-
-    def get_teacher():
-        if "teacher" not in trained:
-            trained["teacher"] = _load(run.model_dir("teacher" + suffix))
-        return trained["teacher"]
-
-    # ---- distilled students (teacher outputs computed once, shared by all of them)
-    cache = {}
-
-    def teacher_cache():
-        if not cache:
-            log.info("caching teacher outputs for %d training examples", len(env.train))
-            c0 = time.perf_counter()
-            cache.update(distill_stage.teacher_outputs(get_teacher(), env.train, tokenizer,
-                                                       with_hidden=cfg.distill.w_cos > 0,
-                                                       with_layers=cfg.distill.w_layer > 0))
-            log.info("teacher outputs cached in %.1fs", time.perf_counter() - c0)
-        return cache
-
-    distill_common = {k: v for k, v in resolved["distill"].items() if k != "students"}
-    for name, layers in cfg.distill.students.items():
-        chosen = parse_layers(layers, depth)
-        fp = fingerprint(fp_teacher, distill_common, layers)
-
-        def train_student(key=name + suffix, chosen=chosen, fp=fp):
-            log.info("stage %s: distilling teacher layers %s", key, chosen)
-            return distill_stage.train(env, key, get_teacher(), chosen, teacher_cache(), fp)
-
-        records[name] = _run_stage(
-            run, env, name + suffix, fp, train_student, save_model(name + suffix),
-            lambda model, stats, chosen=chosen: {"objective": obj["distill"], "teacher_layers": chosen, "train": stats})
-
-    # ---- LoRA student
-    if cfg.lora.enabled:
-        # the distill objective reads distill.*'s weights and temperature
-        fp = fingerprint(fp_teacher, resolved["lora"], distill_common if cfg.lora.objective == "distill" else None)
-
-        def train_lora():
-            log.info("stage lora%s: LoRA on teacher layers %s", suffix, parse_layers(cfg.lora.layers, depth))
-            return lora_stage.train(env, get_teacher(), fp, "lora" + suffix,
-                                    teacher_cache() if cfg.lora.objective == "distill" else None)
-
-        records["lora"] = _run_stage(
-            run, env, "lora" + suffix, fp, train_lora,
-            lambda model, stats: write_dir(run.model_dir("lora" + suffix),
-                                           lambda tmp: (lora_stage.save(env, model, stats, tmp), integrity.record(tmp))),
-            lambda model, stats: {"objective": obj["lora"], "teacher_layers": stats["teacher_layers"],
-                                  "params_trainable": stats["params_trainable"], "train": stats})
-    cache.clear()
-
-    # ---- baseline student
-    if cfg.baseline.enabled:
-        fp = fingerprint(fp_teacher, resolved["baseline"])
-        chosen = parse_layers(cfg.baseline.layers, depth)
-
-        def train_baseline():
-            log.info("stage baseline%s: cross-entropy on teacher layers %s", suffix, chosen)
-            return baseline_stage.train(env, get_teacher(), fp, "baseline" + suffix)
-
-        records["baseline"] = _run_stage(
-            run, env, "baseline" + suffix, fp, train_baseline, save_model("baseline" + suffix),
-            lambda model, stats: {"objective": obj["baseline"], "teacher_layers": chosen, "train": stats})
+    for i, stage in enumerate(planned):
+        # a stage's result depends on the stages it consumes (their fingerprints) and its own inputs
+        fps[stage.name] = fingerprint(*[fps[c] for c in stage.consumes if c in fps], *stage.fingerprint_inputs)
+        consumed_later = any(stage.name in later.consumes for later in planned[i + 1:])
+        records[stage.name] = _run_stage(run, ctx, stage, stage.name + suffix, fps[stage.name], consumed_later)
+        if not any(stages.TEACHER_OUTPUTS in later.consumes for later in planned[i + 1:]):
+            ctx.release_teacher_outputs()
     return records
 
 
-def _run_stage(run: Run, env: StageEnv, name: str, fp: str, train, save, describe) -> dict:
+def _run_stage(run: RunDir, ctx: StageContext, stage: Stage, key: str, fp: str, keep: bool = False) -> dict:
     """Skip a stage finished with fingerprint `fp`; otherwise train it (on every process, when
-    data-parallel), then save and mark it finished on the main process only."""
-    rec = run.done(name, fp)
+    data-parallel), then save and mark it finished on the main process only. `keep`: later stages
+    consume this model; hold it in `ctx` rather than reload it."""
+    rec = run.done(key, fp)
     if rec is not None:
-        log.info("stage %s: finished earlier, skipped", name)
-        return rec
-    model, stats = train()
+        log.info("stage %s: finished earlier, skipped", key)
+        return {**rec, "kind": stage.kind.value}
+    log.info("stage %s: %s (kind %s, teacher layers %s)", key, stage.action, stage.kind.value, stage.teacher_layers)
+    model, stats = stage.train(ctx, key, fp)
+    if keep:
+        ctx.keep(stage.name, model)
     state = PartialState()
     if state.is_main_process:
-        save(model, stats)
-        run.finish(name, fp, describe(model, stats))
-        shutil.rmtree(env.work_dir(name), ignore_errors=True)
+        def fill(tmp: Path):
+            stage.save(ctx, model, stats, tmp)
+            integrity.record(tmp)
+        write_dir(run.model_dir(key), fill)
+        run.finish(key, fp, {"kind": stage.kind.value, "objective": stage.objective,
+                             "teacher_layers": stage.teacher_layers, **stage.record(stats), "train": stats})
+        shutil.rmtree(run.work_dir(key), ignore_errors=True)
     state.wait_for_everyone()
-    return read_json(run.marker(name))
+    return read_json(run.marker(key))
 
 
-def _evaluate(run: Run, key: str, rec: dict, enc: dict, tokenizer) -> dict:
+def _evaluate(run: RunDir, key: str, rec: dict, enc: dict, tokenizer) -> Evaluation:
     """Test and validation probabilities of the saved model `key` (reloaded from disk), computed once
     per trained model and kept in stages/<key>.test.json."""
-    ev = run.done(key, rec["fingerprint"], ".test")
-    if ev is not None and has_probabilities(ev, "validation_"):
+    ev = run.evaluation(key, rec["fingerprint"])
+    if ev is not None:
         return ev
     log.info("evaluating %s on the test split", key)
     model = _load(run.model_dir(key))
     probs, throughput = predict_proba(model, enc["test"], tokenizer)
     val_probs, _ = predict_proba(model, enc["validation"], tokenizer)
     total, trainable = count_params(model)
-    return run.finish(key, rec["fingerprint"], {
-        **pack_probabilities(probs),
-        **pack_probabilities(val_probs, "validation_"),
-        "params_total": total,
-        "params_trainable": rec.get("params_trainable", trainable),
-        "num_layers": model.config.num_hidden_layers,
-        "inference": {"examples_per_s": round(throughput, 1), "batch_size": 128,
-                      "device": str(_device()), "threads": torch.get_num_threads()},
-    }, ".test")
+    return run.write_evaluation(key, Evaluation(
+        fingerprint=rec["fingerprint"], probabilities=probs, validation_probabilities=val_probs,
+        params_total=total, params_trainable=rec.get("params_trainable", trainable),
+        num_layers=model.config.num_hidden_layers,
+        inference={"examples_per_s": round(throughput, 1), "batch_size": 128,
+                   "device": str(_device()), "threads": torch.get_num_threads()}))
 
 
-def _model_entry(name: str, rec: dict, ev: dict, run: Run) -> dict:
+def _model_entry(name: str, kind: Kind, rec: dict, ev: Evaluation, run: RunDir) -> ModelRecord:
     tr = rec["train"]
-    return {
-        "name": name,
-        "num_layers": ev["num_layers"],
-        "teacher_layers": rec["teacher_layers"],
-        "objective": rec["objective"],
-        "params_total": ev["params_total"],
-        "params_trainable": ev["params_trainable"],
-        "train": {"loss": tr["loss"], "seconds": tr["seconds"], "steps": tr["steps"],
-                  "epoch_losses": tr.get("epoch_losses"), "best_checkpoint": tr.get("best_checkpoint"),
-                  "precision": tr.get("precision", "fp32")},
-        "validation": {k: tr["validation"][k] for k in ("accuracy", "balanced_accuracy", "f1_macro")
-                       if k in tr["validation"]},
-        "test": {},  # filled by analysis.add_to_models from the stored test probabilities
-        "inference": ev["inference"],
-        "size_bytes": size_on_disk(run.model_dir(name)),
-        "adapter_size_bytes": size_on_disk(run.model_dir(name) / "adapter", ()) if name == "lora" else None,
-        "merge_max_abs_diff": tr.get("merge_max_abs_diff"),
-        "path": f"models/{name}",
-    }
+    return ModelRecord(
+        name=name,
+        kind=kind.value,
+        num_layers=ev.num_layers,
+        teacher_layers=rec["teacher_layers"],
+        objective=rec["objective"],
+        params_total=ev.params_total,
+        params_trainable=ev.params_trainable,
+        train={"loss": tr["loss"], "seconds": tr["seconds"], "steps": tr["steps"],
+               "epoch_losses": tr.get("epoch_losses"), "best_checkpoint": tr.get("best_checkpoint"),
+               "precision": tr.get("precision", "fp32")},
+        validation={k: tr["validation"][k] for k in ("accuracy", "balanced_accuracy", "f1_macro")
+                    if k in tr["validation"]},
+        test={},  # filled by analysis.add_to_models from the stored test probabilities
+        inference=ev.inference,
+        size_bytes=size_on_disk(run.model_dir(name)),
+        adapter_size_bytes=size_on_disk(run.adapter_dir(name), ()) if kind is Kind.LORA else None,
+        merge_max_abs_diff=tr.get("merge_max_abs_diff"),
+        path=run.model_ref(name),
+    )
 
 
-def _best_student(models: list[dict], metric: str) -> str | None:
+def _best_student(models: list[ModelRecord], metric: str) -> str | None:
     """Chosen on validation, never on test."""
-    students = [m for m in models if m["name"] != "teacher"]
-    return max(students, key=lambda m: m["validation"][metric])["name"] if students else None
+    students = [m for m in models if m.is_student]
+    return max(students, key=lambda m: m.validation[metric]).name if students else None
 
 
 def _versions() -> dict:

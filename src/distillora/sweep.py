@@ -266,12 +266,14 @@ def check_request(run_dir: str | Path, depths: str | None, strategies: str | Non
     and raised together as one UserError. With only --layers, no strategy students are planned."""
     from .predict import finished_run
 
+    from .rundir import RunDir
+
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"--run {run}: no such directory; give a finished run, made by `distillora run`")
     finished_run(run)  # raises UserError when results.json is missing
-    teacher_cfg = run / "models" / "teacher" / "config.json"
-    if not teacher_cfg.is_file() or not (run / "stages" / "teacher.json").is_file():
+    teacher_cfg = RunDir(run).model_dir("teacher") / "config.json"
+    if not teacher_cfg.is_file() or not RunDir(run).marker("teacher").is_file():
         raise UserError(f"--run {run}: no fine-tuned teacher (models/teacher, stages/teacher.json); "
                         f"finish the run with `distillora run --output {run}`")
     import json
@@ -344,6 +346,7 @@ def _reuse_study_student(run, c: Candidate, fp: str, cfg, teacher_fp: str, recip
 
     from .config import fingerprint
     from .fileio import write_dir
+    from .stages import Kind
     from .students import parse_layers
 
     if run.done(c.name, fp) is not None:
@@ -357,7 +360,7 @@ def _reuse_study_student(run, c: Candidate, fp: str, cfg, teacher_fp: str, recip
         log.info("sweep student %s (%s): the study's `%s` has these layers and recipe; reused, not retrained",
                  c.name, ", ".join(c.strategies), name)
         write_dir(run.model_dir(c.name), lambda tmp: shutil.copytree(run.model_dir(name), tmp, dirs_exist_ok=True))
-        run.finish(c.name, fp, {"objective": rec["objective"], "teacher_layers": c.layers, "kind": "sweep",
+        run.finish(c.name, fp, {"objective": rec["objective"], "teacher_layers": c.layers, "kind": Kind.SWEEP.value,
                                 "reused_from": name, "train": rec["train"]})
         return True
     return False
@@ -387,41 +390,42 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     from .config import fingerprint, load_config, to_dict
     from .data import encode, load_splits
     from .fileio import read_json, write_json
-    from .stages import StageEnv, distill as distill_stage
+    from . import losses
+    from .config import stable_section
+    from .rundir import RunDir
+    from .stages import TEACHER, Kind, Stage, StageContext, StageEnv, distill as distill_stage
 
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
-    run = study.Run(run_dir)
+    run = RunDir(run_dir)
+    cfg = load_config(run.config)
     splits = load_splits(cfg.data, cfg.seed)
     cfg = study._with_label_names(cfg, splits.info["label_names"])  # inferred when config.yaml has null
     tokenizer = AutoTokenizer.from_pretrained(str(run.model_dir("teacher")))
     enc = {s: encode(getattr(splits, s), tokenizer, cfg.data.max_length) for s in ("train", "validation", "test")}
     env = StageEnv(cfg, tokenizer, enc["train"], enc["validation"], run_dir, quiet)
     teacher_fp = read_json(run.marker("teacher"))["fingerprint"]
-    recipe = {k: v for k, v in to_dict(cfg)["distill"].items() if k != "students"}
+    recipe = stable_section(to_dict(cfg), "distill", drop=("students",))  # as the study's distill stages
     fps = {c.name: fingerprint(teacher_fp, recipe, c.layers) for c in candidates}  # as the study's students
     mine = candidates[share.index::share.count]
     log.info("sweep: %d distinct students planned%s; %d finished earlier", len(candidates),
              f", {len(mine)} for process {share.index} of {share.count}" if share.count > 1 else "",
              sum(run.done(c.name, fps[c.name]) is not None for c in candidates))
 
-    teacher, cache = [], {}
-    with_hidden, with_layers = cfg.distill.w_cos > 0, cfg.distill.w_layer > 0
+    ctx = StageContext(env)
+    cache = {}
+    needs = losses.teacher_needs(losses.weights_of(cfg.distill))
 
     def get_cache():
         if not cache:
-            if not teacher:
-                teacher.append(study._load(run.model_dir("teacher")))
-            cache.update(_teacher_cache(run_dir / "sweep" / "teacher_outputs.pt", fingerprint(teacher_fp, with_hidden, with_layers),
-                                        share, lambda: distill_stage.teacher_outputs(teacher[0], env.train, tokenizer,
-                                                                                     with_hidden=with_hidden,
-                                                                                     with_layers=with_layers)))
+            cache.update(_teacher_cache(run.sweep_dir / "teacher_outputs.pt", fingerprint(teacher_fp, needs), share,
+                                        lambda: distill_stage.teacher_outputs(ctx.model(TEACHER), env.train, tokenizer,
+                                                                              needs)))
         return cache
 
     if share.is_main and any(run.done(c.name, fps[c.name]) is None for c in candidates):
         get_cache()  # every process's students need it: written before the main process trains its own
     trained, stopped = [], []
-    objective = study.objectives(cfg)["distill"]
+    objective = distill_stage.objective(cfg.distill)
     for c in mine:
         if max_minutes is not None and time.monotonic() - t0 > 60 * max_minutes and run.done(c.name, fps[c.name]) is None:
             stopped.append(c.name)
@@ -431,32 +435,31 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
             trained.append(c.name)
             continue
 
-        def train(c=c):
-            get_cache()
+        def train(ctx, key, fp, c=c):
             log.info("sweep student %s (%s): distilling teacher layers %s", c.name, ", ".join(c.strategies), c.layers)
-            return distill_stage.train(env, c.name, teacher[0], c.layers, cache, fps[c.name])
+            return distill_stage.train(env, key, ctx.model(TEACHER), c.layers, get_cache(), fp)
 
-        study._run_stage(run, env, c.name, fps[c.name], train,
-                         lambda model, stats, c=c: study._save(model, tokenizer, run.model_dir(c.name)),
-                         lambda model, stats, c=c: {"objective": objective, "teacher_layers": c.layers,
-                                                    "kind": "sweep", "train": stats})
+        stage = Stage(name=c.name, kind=Kind.SWEEP, section="distill", consumes=(TEACHER, "teacher_outputs"),
+                      fingerprint_inputs=(recipe, c.layers), teacher_layers=c.layers, objective=objective, train=train,
+                      action="distilling")
+        study._run_stage(run, ctx, stage, c.name, fps[c.name])
         trained.append(c.name)
     if stopped:
         log.info("sweep: --max-minutes %g reached; %d students not started: %s", max_minutes, len(stopped),
                  ", ".join(stopped))
     cache.clear()
-    teacher.clear()
+    ctx = None  # the teacher is no longer needed
     mine_summary = {"token": share.token, "process": share.index, "finished": trained, "not_started": stopped}
     if share.count > 1:
         # each process reports through its own file; only the main process writes the shared ones
-        write_json(run_dir / "sweep" / "processes" / f"{share.index}.json", mine_summary)
+        write_json(run.sweep_dir / "processes" / f"{share.index}.json", mine_summary)
         if not share.is_main:
             return mine_summary
 
         def others():
             rows = []
             for i in range(1, share.count):
-                f = run_dir / "sweep" / "processes" / f"{i}.json"
+                f = run.sweep_dir / "processes" / f"{i}.json"
                 r = read_json(f) if f.is_file() else None
                 if r is None or r.get("token") != share.token:
                     return None
@@ -469,7 +472,7 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
                        budget={"max_minutes": max_minutes, "not_started": stopped}, processes=share.count,
                        rounds=timing_rounds)
     record["wall_seconds_this_invocation"] = round(time.monotonic() - t0, 1)
-    write_json(run_dir / "sweep.json", record)
+    write_json(run.sweep_file, record)
     _rewrite_report(run_dir, cfg)
     return record
 
@@ -526,18 +529,18 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
 
     from . import inference, study
     from .config import to_dict
-    from .evaluate import predictions, size_on_disk, test_metrics, unpack_probabilities
+    from .evaluate import size_on_disk, test_metrics
     from .fileio import read_json
     from .predict import max_length
 
     labels = {"validation": splits.validation.labels, "test": splits.test.labels}
     R, seed = cfg.bootstrap_resamples, cfg.seed
 
-    def figures(ev: dict) -> dict:
-        out = {"validation": split_figures(predictions(ev, "validation_"), labels["validation"], R, seed),
-               "test": split_figures(predictions(ev), labels["test"], R, seed)}
+    def figures(ev) -> dict:
+        out = {"validation": split_figures(ev.validation_probabilities.argmax(1), labels["validation"], R, seed),
+               "test": split_figures(ev.probabilities.argmax(1), labels["test"], R, seed)}
         # the keys the web app's table shows beside the study's models
-        out["test"].update({k: v for k, v in test_metrics(unpack_probabilities(ev), labels["test"],
+        out["test"].update({k: v for k, v in test_metrics(ev.probabilities, labels["test"],
                                                           splits.info["label_names"]).items()
                             if k in ("f1_macro", "per_class", "roc_auc", "confusion")})
         return out
@@ -545,7 +548,7 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
     teacher_rec = read_json(run.marker("teacher"))
     teacher_ev = study._evaluate(run, "teacher", teacher_rec, enc, env.tokenizer)
     teacher = {"name": "teacher", "teacher_layers": list(range(1, teacher_depth + 1)), "num_layers": teacher_depth,
-               "params_total": teacher_ev["params_total"], "size_bytes": size_on_disk(run.model_dir("teacher")),
+               "params_total": teacher_ev.params_total, "size_bytes": size_on_disk(run.model_dir("teacher")),
                **figures(teacher_ev)}
     students, not_trained = [], []
     for c in candidates:
@@ -558,7 +561,7 @@ def summarise(run, env, candidates: list[Candidate], fps: dict, enc: dict, split
         ev = study._evaluate(run, c.name, rec, enc, env.tokenizer)
         students.append({"name": c.name, "kind": "sweep", "strategies": c.strategies, "teacher_layers": c.layers,
                          "num_layers": len(c.layers), "objective": rec["objective"], "path": f"models/{c.name}",
-                         "params_total": ev["params_total"], "params_trainable": ev["params_total"],
+                         "params_total": ev.params_total, "params_trainable": ev.params_total,
                          "size_bytes": size_on_disk(run.model_dir(c.name)),
                          "train": {k: rec["train"].get(k) for k in ("seconds", "steps", "loss", "best_checkpoint",
                                                                     "resumed_from")},
@@ -618,4 +621,6 @@ def _rewrite_report(run_dir: Path, cfg) -> None:
     from .fileio import read_json
     from .report import write_report
 
-    write_report(run_dir, read_json(run_dir / "results.json"), cfg)
+    from .rundir import RunDir
+
+    write_report(run_dir, RunDir(run_dir).results(), cfg)

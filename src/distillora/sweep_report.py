@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .fileio import read_json
+from .rundir import RunDir
 
 
 def _ci(split: dict, key: str) -> str:
@@ -50,7 +51,7 @@ def plot(out: Path, sweep: dict) -> str:
 
 def section(out: Path) -> list[str]:
     """The report's sweep section, or nothing if the run has no sweep.json."""
-    f = Path(out) / "sweep.json"
+    f = RunDir(out).sweep_file
     if not f.is_file():
         return []
     sweep = read_json(f)

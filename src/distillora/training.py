@@ -1,5 +1,5 @@
 """Training on the transformers Trainer: the arguments every stage shares, a Trainer that tracks
-the mean training loss of the last epoch, the distillation Trainer, and the JSONL log callback.
+the mean training loss of the last epoch, the two objectives (cross-entropy, distillation), and the JSONL log callback.
 
 The Trainer (not a hand-written loop) gives checkpointing and resume, dynamic padding, length-grouped
 batches, mixed precision and multi-GPU via accelerate."""
@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from .config import DistillConfig, TrainConfig
 from .data import Collator, Encoded
 from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_text
-from .losses import distillation_loss, weighted_cross_entropy
+from . import losses
+from .losses import weighted_cross_entropy
 
 log = logging.getLogger("distillora")
 EPOCH_LOSS_KEY = "train_epoch_loss"  # log_history entries holding one epoch's mean training loss
@@ -174,20 +175,20 @@ class StudyTrainer(Trainer):
     checkpoint saves (trainer_state.json) and a resume restores, so a resumed stage reports the
     losses of the epochs it did before the kill too."""
 
-    def __init__(self, *a, class_weights: torch.Tensor | None = None, **kw):
+    def __init__(self, *a, objective=None, **kw):
         super().__init__(*a, **kw)
-        self.class_weights = class_weights
+        self.objective = objective
         self._loss_sum, self._loss_n = None, 0
         self.add_callback(_EpochLoss(self))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The model's own cross-entropy, or a class-weighted one when `class_weights` is set
-        (transformers' heads take no weights)."""
-        if self.class_weights is None or "labels" not in inputs:
+        """The stage's `objective` (CrossEntropy or Distillation): the Trainer is one class, the loss
+        is what the stage chose. An objective answers None for the Trainer's own loss (the model's
+        cross-entropy, with the Trainer's handling of `num_items_in_batch`)."""
+        got = self.objective(model, inputs) if self.objective is not None else None
+        if got is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        loss = weighted_cross_entropy(outputs.logits, labels, self.class_weights)
+        loss, outputs = got
         return (loss, outputs) if return_outputs else loss
 
     @property
@@ -217,43 +218,50 @@ class _EpochLoss(TrainerCallback):
                                       EPOCH_LOSS_KEY: float(t.accelerator.reduce(mean, "mean"))})
 
 
-class DistillTrainer(StudyTrainer):
-    """Reads cached teacher outputs (`teacher_logits`, `teacher_hidden`, `teacher_layers`) from the
-    batch; evaluation batches without them fall back to the (class-weighted) cross-entropy.
+class CrossEntropy:
+    """The objective of the teacher, the baseline and a LoRA student with `lora.objective: ce`: the
+    model's own cross-entropy, or a class-weighted one when `class_weights` (C,) is set
+    (transformers' heads take no weights). Called as (model, batch) -> (loss, outputs), or None
+    where the Trainer's own loss is the same thing."""
 
-    `layer_map[i]` is the teacher layer (1-based) that student layer i+1 is matched to by the
-    layer-to-layer term; `teacher_layers` in the batch holds the first-token state of every teacher
-    layer, (B, depth, H)."""
+    def __init__(self, class_weights: torch.Tensor | None = None):
+        self.class_weights = class_weights
 
-    def __init__(self, *a, distill: DistillConfig, layer_map: list[int] | None = None, **kw):
-        super().__init__(*a, **kw)
-        self.distill = distill
+    def __call__(self, model, inputs: dict):
+        if self.class_weights is None or "labels" not in inputs:
+            return None
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        return weighted_cross_entropy(outputs.logits, labels, self.class_weights), outputs
+
+
+class Distillation:
+    """The distilled students' objective: the weighted sum of the loss terms registered in `losses`
+    whose weight in `distill` is positive. Reads the cached teacher outputs (`teacher_*`) from the
+    batch; evaluation batches carry none and fall back to the (class-weighted) cross-entropy.
+    `layer_map[i]`: the teacher layer (1-based) student layer i+1 was copied from."""
+
+    def __init__(self, distill: DistillConfig, layer_map: list[int] | None = None,
+                 class_weights: torch.Tensor | None = None):
+        self.weights = losses.weights_of(distill)
+        self.temperature = distill.temperature
         self.layer_map = layer_map
+        self.class_weights = class_weights
+        self.student_hidden = losses.needs_student_hidden(self.weights)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        t_logits = inputs.pop("teacher_logits", None)
-        t_hidden = inputs.pop("teacher_hidden", None)
-        t_layers = inputs.pop("teacher_layers", None)
-        if t_logits is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        d = self.distill
-        use_layers = d.w_layer > 0 and self.layer_map is not None
-        outputs = model(**inputs, output_hidden_states=d.w_cos > 0 or use_layers)
-        s_layers = t_sel = None
-        if use_layers:
-            # hidden_states[0] is the embedding output, [i] the output of layer i
-            s_layers = torch.stack([outputs.hidden_states[i + 1][:, 0] for i in range(len(self.layer_map))], 1)
-            t_sel = t_layers[:, [k - 1 for k in self.layer_map]]
-        loss, _ = distillation_loss(
-            outputs.logits, t_logits, inputs["labels"],
-            outputs.hidden_states[-1] if d.w_cos > 0 else None,
-            t_hidden if d.w_cos > 0 else None,
-            inputs["attention_mask"],
-            temperature=d.temperature, w_ce=d.w_ce, w_kd=d.w_kd, w_cos=d.w_cos,
-            class_weights=self.class_weights, student_layers=s_layers, teacher_layers=t_sel,
-            w_layer=d.w_layer if use_layers else 0.0,
-        )
-        return (loss, outputs) if return_outputs else loss
+    @property
+    def teacher_needs(self) -> tuple[str, ...]:
+        return losses.teacher_needs(self.weights)
+
+    def __call__(self, model, inputs: dict):
+        teacher = {k: inputs.pop(k) for k in list(inputs) if k.startswith("teacher_")}
+        if not teacher:
+            return CrossEntropy(self.class_weights)(model, inputs)
+        outputs = model(**inputs, output_hidden_states=self.student_hidden)
+        x = losses.LossInputs(outputs.logits, inputs["labels"], inputs.get("attention_mask"),
+                              outputs.hidden_states if self.student_hidden else None, teacher,
+                              self.layer_map, self.temperature, self.class_weights)
+        return losses.total_loss(x, self.weights)[0], outputs
 
 
 class _Elapsed(TrainerCallback):
@@ -316,11 +324,10 @@ def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> None:
 
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
         log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool, fingerprint: str,
-        distill: DistillConfig | None = None, class_weights: torch.Tensor | None = None,
-        layer_map: list[int] | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train `model`, keep the epoch best on validation, resume from `work_dir`'s last checkpoint if
-    one exists and was made with the same `fingerprint`. Returns the best model and
-    {loss (mean of last epoch), seconds, steps, validation}."""
+        class_weights: torch.Tensor | None = None, objective=None) -> tuple[torch.nn.Module, dict]:
+    """Train `model` on `objective` (default: CrossEntropy(class_weights)), keep the epoch best on
+    validation, resume from `work_dir`'s last checkpoint if one exists and was made with the same
+    `fingerprint`. Returns the best model and {loss (mean of last epoch), seconds, steps, validation}."""
     if tc.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     state = PartialState()
@@ -335,12 +342,10 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     callbacks = [JsonlLog(log_path, stage, tc.batch_size), elapsed]
     if tc.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
-    cls, extra = ((DistillTrainer, {"distill": distill, "layer_map": layer_map}) if distill is not None
-                  else (StudyTrainer, {}))
-    extra["class_weights"] = class_weights
-    trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=validation,
+    trainer = StudyTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=Collator(tokenizer), processing_class=tokenizer,
-                  compute_metrics=compute_metrics, callbacks=callbacks, **extra)
+                  compute_metrics=compute_metrics, callbacks=callbacks,
+                           objective=objective or CrossEntropy(class_weights))
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if not quiet:

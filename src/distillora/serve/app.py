@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import UserError
 from ..predict import blank, check_pairs
+from ..rundir import RunDir
 from .openapi import spec
 from .predictor import Predictor
 
@@ -49,8 +50,8 @@ class BadRequest(Exception):
 def newest_run(root: str | Path = "runs") -> Path | None:
     """The most recently finished run (by its results.json) under `root`, or None."""
     root = Path(root)
-    runs = [p.parent for p in root.glob("*/results.json")] if root.is_dir() else []
-    return max(runs, key=lambda p: (p / "results.json").stat().st_mtime) if runs else None
+    runs = [RunDir(p) for p in root.iterdir() if RunDir(p).finished()] if root.is_dir() else []
+    return max(runs, key=lambda r: r.results_file.stat().st_mtime).root if runs else None
 
 
 def capability_table(run_dir) -> dict | None:
@@ -58,7 +59,7 @@ def capability_table(run_dir) -> dict | None:
     not the per-case results), or None when the run has none or it cannot be read."""
     from ..fileio import read_json
 
-    path = Path(run_dir) / "checks.json" if run_dir else None
+    path = RunDir(run_dir).checks_file if run_dir else None
     if path is None or not path.is_file():
         return None
     try:

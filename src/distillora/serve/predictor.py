@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .. import inference
 from ..predict import finished_run, is_pair_task, max_length, model_entries
+from ..rundir import RunDir
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Predictor:
         self.models: dict[str, Loaded] = {}
         self.entries = model_entries(self.run_dir, self.results)  # the study's models, then sweep students
         for m in self.entries:
-            path = self.run_dir / m["path"]
+            path = RunDir(self.run_dir).model_dir(m["name"])
             self.models[m["name"]] = self.torch.call(
                 lambda: Loaded(m["name"], inference.load_served(self.run_dir, m["name"], path)))
 
@@ -146,7 +147,7 @@ class Predictor:
             out.append({"name": m["name"], "num_layers": m["num_layers"], "teacher_layers": m["teacher_layers"],
                         "objective": m["objective"], "params_total": m["params_total"],
                         "params_trainable": m["params_trainable"], "served_as": self.models[m["name"]].method,
-                        "best_student": m["name"] == self.best_student, "kind": m.get("kind", "study"),
+                        "best_student": m["name"] == self.best_student, "kind": m["kind"],
                         "test": {k: v for k, v in m["test"].items()}})
         return out
 

@@ -5,8 +5,19 @@ from __future__ import annotations
 
 from transformers import set_seed
 
-from ..students import build_student
-from . import StageEnv
+from ..students import build_student, parse_layers
+from . import TEACHER, Kind, Stage, StageEnv, register
+
+
+@register
+def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
+    if not cfg.baseline.enabled:
+        return []
+    return [Stage(
+        name="baseline", kind=Kind.BASELINE, section="baseline", consumes=(TEACHER,),
+        fingerprint_inputs=(resolved["baseline"],), teacher_layers=parse_layers(cfg.baseline.layers, depth),
+        objective="cross-entropy, all weights fine-tuned (no teacher signal)",
+        train=lambda ctx, key, fp: train(ctx.env, ctx.model(TEACHER), fp, key), action="cross-entropy")]
 
 
 def train(env: StageEnv, teacher, fingerprint: str, key: str = "baseline"):

@@ -8,39 +8,53 @@ from __future__ import annotations
 import torch
 from transformers import set_seed
 
+from .. import losses
+from ..config import stable_section
 from ..data import Encoded, length_sorted_batches
-from ..students import build_student
-from . import StageEnv
+from ..losses import TEACHER_OUTPUTS
+from ..students import build_student, parse_layers
+from . import TEACHER, TEACHER_OUTPUTS as OUTPUTS, Kind, Stage, StageEnv, register
+
+
+def objective(distill) -> str:
+    """The distillation loss in one line, from the registered terms and their weights."""
+    return f"distillation: {losses.describe(losses.weights_of(distill))} (T={distill.temperature:g})"
+
+
+@register
+def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
+    """One stage per `distill.students` entry."""
+    recipe = stable_section(resolved, "distill", drop=("students",))
+    stages = []
+    for name, spec in cfg.distill.students.items():
+        layers = parse_layers(spec, depth)
+        stages.append(Stage(
+            name=name, kind=Kind.DISTILLED, section="distill", consumes=(TEACHER, OUTPUTS),
+            fingerprint_inputs=(recipe, spec), teacher_layers=layers, objective=objective(cfg.distill),
+            train=lambda ctx, key, fp, layers=layers: train(ctx.env, key, ctx.model(TEACHER), layers,
+                                                            ctx.teacher_outputs(), fp),
+            action="distilling"))
+    return stages
 
 
 @torch.inference_mode()
-def teacher_outputs(teacher, encoded: Encoded, tokenizer, with_hidden: bool, with_layers: bool = False,
-                    batch_size: int = 64) -> dict:
-    """Per example, in `encoded`'s order: {"teacher_logits": (C,) float32, "teacher_hidden": (L_i, H)
-    float16 final hidden states, "teacher_layers": (depth, H) float16 first-token state of every layer}.
-    Hidden states are stored unpadded and in float16 (both terms that read them are scale-free, and
-    fp16 halves the cache: about 5k tweets x 25 tokens x 768 x 2 bytes = 0.2 GB for MPNet-base; the
-    first-token states of all 12 layers add 5k x 12 x 768 x 2 bytes = 0.09 GB)."""
+def teacher_outputs(teacher, encoded: Encoded, tokenizer, keys=("teacher_logits",), batch_size: int = 64) -> dict:
+    """{key: one tensor per example, in `encoded`'s order} for each of `keys` (see
+    `losses.TEACHER_OUTPUTS`; `losses.teacher_needs` names those the active loss terms read).
+    Per-token outputs keep each example's real tokens only. Sizes, for MPNet-base on about 5k tweets
+    x 25 tokens: final hidden states in float16 0.2 GB, the first-token states of all 12 layers 0.09 GB."""
     teacher.eval()
+    specs = {k: TEACHER_OUTPUTS[k] for k in keys}
     n = len(encoded)
-    logits, hidden, layers = [None] * n, [None] * n, [None] * n
+    cache = {k: [None] * n for k in specs}
+    hidden = any(s.hidden_states for s in specs.values())
     for idx, batch in length_sorted_batches(encoded, tokenizer, batch_size, next(teacher.parameters()).device):
-        out = teacher(**batch, output_hidden_states=with_hidden or with_layers)
-        lg = out.logits.float().cpu()
-        hs = out.hidden_states[-1].to(torch.float16).cpu() if with_hidden else None
-        ls = torch.stack([h[:, 0] for h in out.hidden_states[1:]], 1).to(torch.float16).cpu() if with_layers else None
+        out = teacher(**batch, output_hidden_states=hidden)
         lengths = batch["attention_mask"].sum(-1).tolist()
-        for row, j in enumerate(idx):
-            logits[j] = lg[row]
-            if with_hidden:
-                hidden[j] = hs[row, : lengths[row]].clone()
-            if with_layers:
-                layers[j] = ls[row].clone()
-    cache = {"teacher_logits": logits}
-    if with_hidden:
-        cache["teacher_hidden"] = hidden
-    if with_layers:
-        cache["teacher_layers"] = layers
+        for key, spec in specs.items():
+            values = spec.extract(out).to(spec.dtype).cpu()
+            for row, j in enumerate(idx):
+                cache[key][j] = values[row, : lengths[row]].clone() if spec.per_token else values[row].clone()
     return cache
 
 
@@ -48,4 +62,4 @@ def train(env: StageEnv, name: str, teacher, layers, cache: dict, fingerprint: s
     set_seed(env.cfg.seed)
     student = build_student(teacher, layers)
     return env.fit(student, env.cfg.distill.train, name, fingerprint, train=env.train.with_fields(**cache),
-                   distill=env.cfg.distill, layer_map=list(layers))
+                   objective=env.distillation(layers))

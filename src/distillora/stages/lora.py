@@ -14,10 +14,34 @@ from transformers import set_seed
 from .. import lora
 from ..evaluate import count_params, predict_proba
 from ..fileio import write_json
+from ..config import stable_section
 from ..students import build_student, parse_layers
-from . import StageEnv
+from . import TEACHER, TEACHER_OUTPUTS, Kind, Stage, StageEnv, register
 
 MERGE_TOLERANCE = 1e-4
+
+
+@register
+def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
+    if not cfg.lora.enabled:
+        return []
+    from .distill import objective as distill_objective
+
+    c = cfg.lora
+    distilled = c.objective == "distill"
+    # the distill objective reads distill.*'s weights and temperature
+    recipe = stable_section(resolved, "distill", drop=("students",)) if distilled else None
+    loss = "distillation (as distill)" if distilled else "cross-entropy"
+    return [Stage(
+        name="lora", kind=Kind.LORA, section="lora", consumes=(TEACHER, TEACHER_OUTPUTS) if distilled else (TEACHER,),
+        fingerprint_inputs=(resolved["lora"], recipe), teacher_layers=parse_layers(c.layers, depth),
+        objective=(f"{loss}, LoRA r={c.r} alpha={c.alpha} dropout={c.dropout:g} on "
+                   f"{c.target_modules or 'query, value'}; adapters + head trainable"
+                   + (f" [{distill_objective(cfg.distill)}]" if distilled else "")),
+        train=lambda ctx, key, fp: train(ctx.env, ctx.model(TEACHER), fp, key,
+                                         ctx.teacher_outputs() if distilled else None),
+        save=lambda ctx, model, stats, out: save(ctx.env, model, stats, out),
+        record=lambda stats: {"params_trainable": stats["params_trainable"]}, action="LoRA")]
 
 
 def train(env: StageEnv, teacher, fingerprint: str, key: str = "lora", cache: dict | None = None):
@@ -30,7 +54,7 @@ def train(env: StageEnv, teacher, fingerprint: str, key: str = "lora", cache: di
     total, trainable = count_params(model)
     if c.objective == "distill":
         model, stats = env.fit(model, c.train, key, fingerprint, train=env.train.with_fields(**cache),
-                               distill=env.cfg.distill, layer_map=layers)
+                               objective=env.distillation(layers))
     else:
         model, stats = env.fit(model, c.train, key, fingerprint)
     stats["params_trainable"] = trainable

@@ -7,9 +7,24 @@ import torch
 from transformers import AutoModelForSequenceClassification, set_seed
 
 from .. import normalize
+from ..config import stable_section
 from ..evaluate import predict_proba
 from ..training import compute_metrics
-from . import StageEnv
+from . import Kind, Stage, StageEnv, register
+
+# data keys that only evaluation reads: changing them re-evaluates, it does not retrain
+EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "category_column")
+
+
+@register
+def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
+    data = stable_section(resolved, "data", drop=EVALUATION_ONLY_DATA_KEYS)
+    teacher = stable_section(resolved, "teacher", drop=("allow_pickle",))  # a permission, not a setting
+    return [Stage(
+        name="teacher", kind=Kind.TEACHER, section="teacher", consumes=(),
+        fingerprint_inputs=(data, cfg.seed, cfg.selection_metric, teacher, cfg.class_weights),
+        teacher_layers=list(range(1, depth + 1)), objective="cross-entropy, all weights fine-tuned",
+        train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key), action=f"fine-tuning {cfg.teacher.source}")]
 
 
 def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False):
