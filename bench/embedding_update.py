@@ -1,12 +1,13 @@
-"""What the word-embedding update costs a student's training step: `train.word_embeddings` dense
-(AdamW on every row, transformers' default), frozen, and sparse (SparseAdam on the rows a batch uses),
+"""What the word-embedding update costs a student's training step: dense (AdamW on every row,
+transformers' default), frozen (`train.freeze_word_embeddings`) and sparse (`train.sparse_word_embeddings`:
+SparseAdam on the rows a batch uses),
 timed side by side in one process on the project's own distillation step (DistillTrainer, its collator,
 length-grouped batches, optimizer, clipping, scheduler), the three students taking turns round by round.
 Prints seconds per step and each mode's speed-up over dense, names the CPU, writes JSON.
 
 Accuracy is a separate measurement (validation and the dev set, never test):
     python bench/student_recipe.py --config configs/quick.yaml --teacher <run>/models/teacher --stage distill \\
-        --layers 1,3,5 --name frozen distill.train.word_embeddings=frozen
+        --layers 1,3,5 --name frozen distill.train.freeze_word_embeddings=true
 
 usage: python bench/embedding_update.py [--teacher runs/seed/models/teacher] [--layers odd] [--rounds 4]
 """
@@ -84,7 +85,7 @@ def main() -> int:
         emb = student.get_input_embeddings()
         emb.weight.requires_grad_(mode != "frozen")
         emb.sparse = mode == "sparse"
-        tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision, word_embeddings=mode)
+        tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision)
         args = training_args(tc, Path(tmp.name) / mode, 42, "f1_macro", quiet=True)
         trainer = DistillTrainer(model=student, args=args, train_dataset=enc.with_fields(**cache), eval_dataset=enc,
                                  data_collator=Collator(tok), processing_class=tok, distill=distill,

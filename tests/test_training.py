@@ -77,7 +77,7 @@ def test_frozen_word_embeddings_stay_fixed_while_the_rest_trains(tmp_path, minil
     layer = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
     data = _encoded(16, lambda i: i % 2)
     tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
-                     word_embeddings="frozen")
+                     freeze_word_embeddings=True)
     model, _ = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / "w", log_path=tmp_path / "l",
                             stage="s", seed=0, selection_metric="accuracy", quiet=True, fingerprint="f")
     assert torch.equal(model.get_input_embeddings().weight, emb)
@@ -85,7 +85,7 @@ def test_frozen_word_embeddings_stay_fixed_while_the_rest_trains(tmp_path, minil
 
 
 def test_sparse_word_embeddings_update_only_the_rows_a_batch_uses(tmp_path, minilm_tokenizer):
-    """`word_embeddings: sparse`: rows of tokens that occur in training change, every other row stays
+    """`sparse_word_embeddings`: rows of tokens that occur in training change, every other row stays
     bit-identical (dense AdamW would decay them all), the rest of the model trains, and the saved
     model takes dense gradients again."""
     model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
@@ -94,7 +94,7 @@ def test_sparse_word_embeddings_update_only_the_rows_a_batch_uses(tmp_path, mini
     data = _encoded(16, lambda i: i % 2)
     used = sorted({t for x in data.items for t in x["input_ids"]})
     tc = TrainConfig(epochs=2, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
-                     word_embeddings="sparse")
+                     sparse_word_embeddings=True)
     model, stats = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / "w",
                                 log_path=tmp_path / "l", stage="s", seed=0, selection_metric="accuracy",
                                 quiet=True, fingerprint="f")
@@ -113,7 +113,7 @@ def test_sparse_word_embeddings_resume_from_a_checkpoint(tmp_path, minilm_tokeni
     kw = dict(work_dir=tmp_path / "w", log_path=tmp_path / "l", stage="s", seed=0, selection_metric="accuracy",
               quiet=True, fingerprint="f")
     tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
-                     word_embeddings="sparse", weight_decay=0.0)
+                     sparse_word_embeddings=True, weight_decay=0.0)
     training.fit(tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size), data, data, minilm_tokenizer, tc, **kw)
     saved = torch.load(tmp_path / "w" / "checkpoint-2" / "optimizer.pt", weights_only=True)
     assert set(saved) == {"dense", "sparse"} and saved["sparse"]["state"]

@@ -30,9 +30,6 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help}, **kw)
 
 
-WORD_EMBEDDINGS = ("dense", "frozen", "sparse")
-
-
 @dataclass
 class TrainConfig:
     epochs: float = _f(3.0, "Training epochs (the best epoch on validation is kept).")
@@ -43,10 +40,10 @@ class TrainConfig:
     warmup_ratio: float = _f(0.06, "Share of steps with linear warm-up.")
     early_stopping_patience: int = _f(0, "Stop after this many epochs without validation gain (0: never).")
     logging_steps: int = _f(10, "Steps between log lines (loss, learning rate, examples/s).")
-    word_embeddings: str = _f("dense", "How the word-embedding matrix (~30k x hidden) learns: dense (AdamW on every "
-                                       "row, as transformers does), frozen (fixed; a student's is the fine-tuned "
-                                       "teacher's), or sparse (only the rows a batch uses: sparse gradients, SparseAdam, "
-                                       "no weight decay on them).")
+    freeze_word_embeddings: bool = _f(False, "Keep the word-embedding matrix fixed (a student's is the fine-tuned "
+                                             "teacher's): no gradient for its ~30k x hidden entries.")
+    sparse_word_embeddings: bool = _f(False, "Update only the word-embedding rows a batch uses (sparse gradients, "
+                                             "SparseAdam, no weight decay on those rows) instead of AdamW on every row.")
     precision: str = _f("auto", "fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the device runs "
                                 "bf16 matrix products natively and measurably faster than fp32, else fp32.")
 
@@ -348,8 +345,9 @@ def validate(cfg: StudyConfig) -> list[str]:
             errs.append(f"{sec}.train.logging_steps = {t.logging_steps}: must be >= 1")
         if not 0 <= t.warmup_ratio < 1:
             errs.append(f"{sec}.train.warmup_ratio = {t.warmup_ratio}: use a share of steps in [0, 1), e.g. 0.06")
-        if t.word_embeddings not in WORD_EMBEDDINGS:
-            errs.append(f"{sec}.train.word_embeddings = {t.word_embeddings!r}: use {', '.join(WORD_EMBEDDINGS)}")
+        if t.freeze_word_embeddings and t.sparse_word_embeddings:
+            errs.append(f"{sec}.train: freeze_word_embeddings and sparse_word_embeddings are both true; a frozen "
+                        f"matrix takes no update, sparse or dense: set one of them")
         if t.precision not in ("auto", "fp32", "bf16"):
             errs.append(f"{sec}.train.precision = {t.precision!r}: use auto, fp32 or bf16")
         if t.early_stopping_patience < 0:

@@ -169,7 +169,7 @@ class _Bar(ProgressCallback):
 
 
 class SparseEmbeddingOptimizer(torch.optim.Optimizer):
-    """`train.word_embeddings: sparse`: AdamW (fused, as the Trainer's default) for every dense parameter
+    """`train.sparse_word_embeddings`: AdamW (fused, as the Trainer's default) for every dense parameter
     and torch's SparseAdam for the word embeddings, whose gradient is sparse (`nn.Embedding(sparse=True)`):
     a batch reads and writes only the ~600 rows it uses instead of zero-filling and updating all ~30k.
 
@@ -398,9 +398,9 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     one exists and was made with the same `fingerprint`. Returns the best model and
     {loss (mean of last epoch), seconds, steps, validation}."""
     embeddings = model.get_input_embeddings()
-    if tc.word_embeddings == "frozen":
+    if tc.freeze_word_embeddings:
         embeddings.weight.requires_grad_(False)
-    embeddings.sparse = tc.word_embeddings == "sparse"
+    embeddings.sparse = tc.sparse_word_embeddings
     state = PartialState()
     if state.is_main_process:
         _prepare_work_dir(work_dir, log_path, fingerprint)
