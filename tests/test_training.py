@@ -84,6 +84,63 @@ def test_frozen_word_embeddings_stay_fixed_while_the_rest_trains(tmp_path, minil
     assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, layer)
 
 
+def test_sparse_word_embeddings_update_only_the_rows_a_batch_uses(tmp_path, minilm_tokenizer):
+    """`sparse_word_embeddings`: rows of tokens that occur in training change, every other row stays
+    bit-identical (dense AdamW would decay them all), the rest of the model trains, and the saved
+    model takes dense gradients again."""
+    model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+    emb = model.get_input_embeddings().weight.detach().clone()
+    layer = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    data = _encoded(16, lambda i: i % 2)
+    used = sorted({t for x in data.items for t in x["input_ids"]})
+    tc = TrainConfig(epochs=2, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
+                     sparse_word_embeddings=True)
+    model, stats = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / "w",
+                                log_path=tmp_path / "l", stage="s", seed=0, selection_metric="accuracy",
+                                quiet=True, fingerprint="f")
+    after = model.get_input_embeddings().weight.detach()
+    unused = torch.ones(len(emb), dtype=torch.bool)
+    unused[used] = False
+    assert torch.equal(after[unused], emb[unused])
+    assert not torch.equal(after[used], emb[used])
+    assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, layer)
+    assert model.get_input_embeddings().sparse is False and stats["steps"] == 4
+
+
+def test_sparse_word_embeddings_resume_from_a_checkpoint(tmp_path, minilm_tokenizer):
+    """The split optimizer's state is saved in each checkpoint and loaded on resume."""
+    data = _encoded(16, lambda i: i % 2)
+    kw = dict(work_dir=tmp_path / "w", log_path=tmp_path / "l", stage="s", seed=0, selection_metric="accuracy",
+              quiet=True, fingerprint="f")
+    tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
+                     sparse_word_embeddings=True, weight_decay=0.0)
+    training.fit(tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size), data, data, minilm_tokenizer, tc, **kw)
+    saved = torch.load(tmp_path / "w" / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    assert set(saved) == {"dense", "sparse"} and saved["sparse"]["state"]
+    tc.epochs = 2
+    _, stats = training.fit(tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size), data, data, minilm_tokenizer, tc, **kw)
+    assert stats["resumed_from"] == "checkpoint-2" and stats["steps"] == 4
+
+
+def test_sparse_optimizer_clips_dense_and_sparse_gradients_together():
+    """The global norm over a dense and a sparse gradient is clipped to the limit, as clip_grad_norm_
+    does for dense ones (which has no sparse kernel)."""
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    lin = torch.nn.Linear(3, 1)
+    lin(emb(torch.tensor([1, 1, 4]))).sum().mul(100).backward()
+    opt = training.SparseEmbeddingOptimizer(torch.optim.AdamW(lin.parameters()), torch.optim.SparseAdam([emb.weight]))
+    want = torch.linalg.vector_norm(torch.cat([emb.weight.grad.to_dense().flatten(),
+                                               *[p.grad.flatten() for p in lin.parameters()]]))
+    assert torch.isclose(opt.clip(1.0), want) and want > 1
+    after = torch.linalg.vector_norm(torch.cat([emb.weight.grad.to_dense().flatten(),
+                                                *[p.grad.flatten() for p in lin.parameters()]]))
+    assert torch.isclose(after, torch.tensor(1.0), atol=1e-4)
+    state = opt.state_dict()
+    opt.step()
+    opt.load_state_dict(state)
+    assert set(state) == {"dense", "sparse"}
+
+
 def test_distill_trainer_matches_each_student_layer_to_the_teacher_layer_it_was_copied_from(tmp_path, minilm_tokenizer):
     """The Trainer's loss with w_layer > 0 equals the hand-assembled loss: student layer i's first-token
     state against cached teacher layer layer_map[i]."""
@@ -131,3 +188,18 @@ def test_a_model_trained_in_bf16_runs_in_fp32_afterwards(tmp_path, minilm_tokeni
     with torch.no_grad():
         model(input_ids=torch.tensor([data[0]["input_ids"]]))
     assert seen == [False]
+
+
+def test_sparse_word_embeddings_at_its_default_leaves_fingerprints_as_they_were():
+    """Runs made before `sparse_word_embeddings` existed keep their finished stages."""
+    from distillora.config import load_config, stable_section, to_dict
+
+    resolved = to_dict(load_config(None))
+    for section in ("teacher", "distill", "lora", "baseline"):
+        before = {k: v for k, v in resolved[section].items()}
+        before["train"] = {k: v for k, v in before["train"].items() if k != "sparse_word_embeddings"}
+        assert stable_section(resolved, section) == stable_section({section: before}, section)
+    on = to_dict(load_config(None, ["distill.train.sparse_word_embeddings=true"]))
+    assert stable_section(on, "distill")["train"]["sparse_word_embeddings"] is True
+    with pytest.raises(UserError, match="sparse_word_embeddings"):
+        load_config(None, ["lora.train.sparse_word_embeddings=true", "lora.train.freeze_word_embeddings=true"])

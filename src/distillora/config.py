@@ -42,6 +42,8 @@ class TrainConfig:
     logging_steps: int = _f(10, "Steps between log lines (loss, learning rate, examples/s).")
     freeze_word_embeddings: bool = _f(False, "Keep the word-embedding matrix fixed (a student's is the fine-tuned "
                                              "teacher's): no gradient for its ~30k x hidden entries.")
+    sparse_word_embeddings: bool = _f(False, "Update only the word-embedding rows a batch uses (sparse gradients, "
+                                             "SparseAdam, no weight decay on those rows) instead of AdamW on every row.")
     precision: str = _f("auto", "fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the device runs "
                                 "bf16 matrix products natively and measurably faster than fp32, else fp32.")
 
@@ -372,6 +374,9 @@ def validate(cfg: StudyConfig) -> list[str]:
             errs.append(f"{sec}.train.logging_steps = {t.logging_steps}: must be >= 1")
         if not 0 <= t.warmup_ratio < 1:
             errs.append(f"{sec}.train.warmup_ratio = {t.warmup_ratio}: use a share of steps in [0, 1), e.g. 0.06")
+        if t.freeze_word_embeddings and t.sparse_word_embeddings:
+            errs.append(f"{sec}.train: freeze_word_embeddings and sparse_word_embeddings are both true; a frozen "
+                        f"matrix takes no update, sparse or dense: set one of them")
         if t.precision not in ("auto", "fp32", "bf16"):
             errs.append(f"{sec}.train.precision = {t.precision!r}: use auto, fp32 or bf16")
         if t.early_stopping_patience < 0:
@@ -405,10 +410,18 @@ def to_yaml(cfg) -> str:
 NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}}, "distill": {"weights": {}}}
 
 
+# keys added to every section's `train` settings after runs existed, at the value that leaves them out
+NEW_TRAIN_KEY_DEFAULTS = {"sparse_word_embeddings": False}
+
+
 def stable_section(resolved: dict, section: str, drop: tuple[str, ...] = ()) -> dict:
-    """`resolved[section]` for a fingerprint: without `drop` and without keys at their NEW_KEY_DEFAULTS."""
+    """`resolved[section]` for a fingerprint: without `drop` and without keys at their NEW_KEY_DEFAULTS
+    (nor `train` keys at their NEW_TRAIN_KEY_DEFAULTS)."""
     new = NEW_KEY_DEFAULTS.get(section, {})
-    return {k: v for k, v in resolved[section].items() if k not in drop and (k not in new or new[k] != v)}
+    out = {k: v for k, v in resolved[section].items() if k not in drop and (k not in new or new[k] != v)}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if NEW_TRAIN_KEY_DEFAULTS.get(k, object()) != v}
+    return out
 
 
 def fingerprint(*parts: Any) -> str:

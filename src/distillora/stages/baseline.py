@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from transformers import set_seed
 
+from ..config import stable_section
 from ..students import build_student, parse_layers
 from . import TEACHER, Kind, Stage, StageEnv, register
 
@@ -15,7 +16,7 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         return []
     return [Stage(
         name="baseline", kind=Kind.BASELINE, section="baseline", consumes=(TEACHER,),
-        fingerprint_inputs=(resolved["baseline"],), teacher_layers=parse_layers(cfg.baseline.layers, depth),
+        fingerprint_inputs=(stable_section(resolved, "baseline"),), teacher_layers=parse_layers(cfg.baseline.layers, depth),
         objective="cross-entropy, all weights fine-tuned (no teacher signal)",
         train=lambda ctx, key, fp: train(ctx.env, ctx.model(TEACHER), fp, key), action="cross-entropy")]
 

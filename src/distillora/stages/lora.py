@@ -34,7 +34,7 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
     loss = "distillation (as distill)" if distilled else "cross-entropy"
     return [Stage(
         name="lora", kind=Kind.LORA, section="lora", consumes=(TEACHER, TEACHER_OUTPUTS) if distilled else (TEACHER,),
-        fingerprint_inputs=(resolved["lora"], recipe), teacher_layers=parse_layers(c.layers, depth),
+        fingerprint_inputs=(stable_section(resolved, "lora"), recipe), teacher_layers=parse_layers(c.layers, depth),
         objective=(f"{loss}, LoRA r={c.r} alpha={c.alpha} dropout={c.dropout:g} on "
                    f"{c.target_modules or 'query, value'}; adapters + head trainable"
                    + (f" [{distill_objective(cfg.distill)}]" if distilled else "")),

@@ -1,0 +1,139 @@
+"""What the word-embedding update costs a student's training step: dense (AdamW on every row,
+transformers' default), frozen (`train.freeze_word_embeddings`) and sparse (`train.sparse_word_embeddings`:
+SparseAdam on the rows a batch uses),
+timed side by side in one process on the project's own distillation step (the Trainer with the Distillation objective, its collator,
+length-grouped batches, optimizer, clipping, scheduler), the three students taking turns round by round.
+Prints seconds per step and each mode's speed-up over dense, names the CPU, writes JSON.
+
+Accuracy is a separate measurement (validation and the dev set, never test):
+    python bench/student_recipe.py --config configs/quick.yaml --teacher <run>/models/teacher --stage distill \\
+        --layers "[1,3,5]" --name frozen distill.train.freeze_word_embeddings=true
+
+usage: python bench/embedding_update.py [--teacher runs/seed/models/teacher] [--layers odd] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("dense", "frozen", "sparse")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--teacher", default=str(REPO / "runs" / "seed" / "models" / "teacher"),
+                    help="a fine-tuned teacher directory or a bundle name such as mpnet-base / minilm-l6")
+    ap.add_argument("--layers", default="odd")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --steps steps of every mode")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    a = ap.parse_args()
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from distillora.bundles import resolve
+    from distillora.config import DataConfig, DistillConfig, TrainConfig
+    from distillora.data import Collator, encode, load_splits
+    from distillora.stages.distill import teacher_outputs
+    from distillora.students import build_student
+    from distillora.training import Distillation, StudyTrainer, training_args
+
+    torch.manual_seed(0)
+    source = a.teacher if Path(a.teacher).is_dir() else resolve(a.teacher)
+    tok = AutoTokenizer.from_pretrained(source)
+    teacher = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+    splits = load_splits(DataConfig(source=str(REPO.parent / "shared" / "data" / "hate_speech_twitter")), 42)
+    train = type(splits.train)(splits.train.texts[: a.rows], splits.train.labels[: a.rows])
+    enc = encode(train, tok, 128)
+    layers = [int(x) for x in a.layers.split(",")] if a.layers[0].isdigit() else a.layers
+    base = build_student(teacher, layers)
+    objective = Distillation(DistillConfig(), list(range(1, base.config.num_hidden_layers + 1)))
+    cache = teacher_outputs(teacher, enc, tok, objective.teacher_needs)
+    del teacher
+    need = a.steps * (a.rounds + 1)
+    runners, tmp = {}, tempfile.TemporaryDirectory()
+    for mode in MODES:
+        student = copy.deepcopy(base)
+        emb = student.get_input_embeddings()
+        emb.weight.requires_grad_(mode != "frozen")
+        emb.sparse = mode == "sparse"
+        tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision)
+        args = training_args(tc, Path(tmp.name) / mode, 42, "f1_macro", quiet=True)
+        trainer = StudyTrainer(model=student, args=args, train_dataset=enc.with_fields(**cache), eval_dataset=enc,
+                               data_collator=Collator(tok), processing_class=tok, objective=objective,
+                               sparse_embeddings=mode == "sparse")
+        trainer.create_optimizer_and_scheduler(num_training_steps=need)
+        model = trainer.accelerator.prepare_model(student) if args.bf16 else student  # bf16: autocast forward
+        trainer.optimizer = trainer.accelerator.prepare_optimizer(trainer.optimizer)
+        batches = list(trainer.get_train_dataloader())
+        batches = (batches * (need // len(batches) + 1))[:need]
+        trainer.current_gradient_accumulation_steps = 1  # normally set by the Trainer's own loop
+        model.train()
+        runners[mode] = (trainer, model, batches)
+
+    def run(mode: str, rnd: int) -> float:
+        trainer, model, batches = runners[mode]
+        start = time.perf_counter()
+        for b in batches[rnd * a.steps:(rnd + 1) * a.steps]:
+            trainer.training_step(model, dict(b))
+            trainer._clip_grad_norm(model)
+            trainer.optimizer.step()
+            trainer.lr_scheduler.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) / a.steps
+
+    for mode in MODES:
+        run(mode, 0)  # warm-up round, not timed
+    times = {m: [] for m in MODES}
+    for rnd in range(1, a.rounds + 1):
+        order = MODES if rnd % 2 else MODES[::-1]
+        for mode in order:
+            times[mode].append(run(mode, rnd))
+    tmp.cleanup()
+
+    med = {m: statistics.median(v) for m, v in times.items()}
+    precision = "bf16" if runners["dense"][0].args.bf16 else "fp32"
+    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} torch threads; student {a.layers} of {a.teacher}; "
+          f"batch {a.batch_size}; {precision}; {a.rounds} alternating rounds of {a.steps} steps per mode")
+    print("| word embeddings | s/step (median of rounds) | speed-up over dense |")
+    print("|---|---|---|")
+    for m in MODES:
+        print(f"| {m} | {med[m]:.3f} | {med['dense'] / med[m]:.2f}x |")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "embedding_update.json").write_text(json.dumps({
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "teacher": a.teacher, "layers": a.layers,
+        "batch_size": a.batch_size, "precision": precision, "rounds": a.rounds, "steps": a.steps,
+        "seconds_per_step": times, "median": med}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
