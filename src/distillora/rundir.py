@@ -126,7 +126,7 @@ class ModelRecord(_Record):
     seed_summary: dict | None = None
     other: dict = field(default_factory=dict)
 
-    _optional = ("calibration", "threshold", "per_category", "extra_tests", "seeds", "seed_summary")
+    _optional = ("calibration", "per_category", "extra_tests", "seeds", "seed_summary")  # threshold: null for N > 2
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelRecord":

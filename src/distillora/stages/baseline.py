@@ -7,7 +7,7 @@ from transformers import set_seed
 
 from ..config import stable_section
 from ..students import build_student, parse_layers
-from . import TEACHER, Kind, Stage, StageEnv, register
+from .base import TEACHER, Kind, Stage, StageEnv, register
 
 
 @register

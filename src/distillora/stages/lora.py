@@ -16,7 +16,7 @@ from ..evaluate import count_params, predict_proba
 from ..fileio import write_json
 from ..config import stable_section
 from ..students import build_student, parse_layers
-from . import TEACHER, TEACHER_OUTPUTS, Kind, Stage, StageEnv, register
+from .base import TEACHER, TEACHER_OUTPUTS, Kind, Stage, StageEnv, register
 
 MERGE_TOLERANCE = 1e-4
 

@@ -10,7 +10,7 @@ from .. import normalize
 from ..config import stable_section
 from ..evaluate import predict_proba
 from ..training import compute_metrics
-from . import Kind, Stage, StageEnv, register
+from .base import Kind, Stage, StageEnv, register
 
 # data keys that only evaluation reads: changing them re-evaluates, it does not retrain
 EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "category_column")
