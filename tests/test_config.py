@@ -63,3 +63,32 @@ def test_yaml_syntax_error_names_line(tmp_path):
     p.write_text("name: x\nteacher: [unclosed\n")
     with pytest.raises(UserError, match=r"bad.yaml: line \d+, column \d+"):
         load_config(p)
+
+
+def test_quality_bars_default_to_the_reference_tasks_and_can_be_switched_off():
+    from distillora.config import QUALITY_BARS
+    from distillora.report import analysis
+    from distillora.rundir import Results
+
+    assert load_config(None).quality_bars == QUALITY_BARS
+    cfg = load_config(REPO_CONFIGS / "targets.yaml")
+    assert cfg.quality_bars is None
+    with pytest.raises(UserError, match="quality_bars.teacher_acc"):
+        load_config(None, ["quality_bars={teacher_acc: 0.9}"])
+    test = {"accuracy": 0.5, "f1_macro": 0.4, "confusion": [[1, 1], [1, 1]],
+            "per_class": {"a": {"precision": 0.5, "recall": 0.5, "f1": 0.5}, "b": {"precision": 0.5, "recall": 0.5, "f1": 0.5}}}
+    model = {"num_layers": 2, "objective": "x", "params_total": 10, "params_trainable": 10, "train": {}, "validation": {},
+             "test": test, "inference": {"examples_per_s": 1.0}, "size_bytes": 1}
+    results = Results.from_dict({
+        "name": "t", "dataset": {"label_names": ["a", "b"], "rows": {"test": 4}, "label_counts": {"test": [2, 2], "train": [2, 2]}},
+        "models": [{**model, "name": "teacher", "kind": "teacher", "teacher_layers": [1, 2]},
+                   {**model, "name": "s", "kind": "distilled", "teacher_layers": [1]},
+                   {**model, "name": "lo", "kind": "lora", "teacher_layers": [1], "params_trainable": 1},
+                   {**model, "name": "ba", "kind": "baseline", "teacher_layers": [1]}],
+        "best_student": "s", "selection_metric": "f1_macro", "significance": [], "audit": {},
+        "wall_seconds_this_invocation": 1.0, "versions": {}})
+    judged = "\n".join(analysis(results, QUALITY_BARS))
+    assert "falls short of the target of 0.80" in judged and "is not met" in judged
+    assert "which meets the 97% target" in judged  # the student keeps 100% of the teacher's 0.5
+    plain = "\n".join(analysis(results, None))
+    assert "target" not in plain and "keeps 100.0% of the teacher's test accuracy (0.500)" in plain

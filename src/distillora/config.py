@@ -30,6 +30,11 @@ def _f(default, help: str, **kw):
     return field(default=default, metadata={"help": help}, **kw)
 
 
+# the reference task's quality bars (issue 10), the default of `quality_bars`
+QUALITY_BARS = {"teacher_accuracy": 0.80, "student_ratio": 0.97, "lora_accuracy": 0.75, "lora_ratio": 0.95,
+                "lora_max_trainable": 0.01}
+
+
 @dataclass
 class TrainConfig:
     epochs: float = _f(3.0, "Training epochs (the best epoch on validation is kept).")
@@ -145,6 +150,11 @@ class StudyConfig:
                     "prior is unknown, so no class is favoured for being frequent in train.")
     selection_metric: str = _f("f1_macro", "Validation metric that selects the best epoch: f1_macro or accuracy.")
     bootstrap_resamples: int = _f(1000, "Resamples of the test split for 95% confidence intervals.")
+    quality_bars: Union[dict[str, float], None] = _f(
+        dict(QUALITY_BARS), "The bars the report's analysis states as met or not: teacher_accuracy, student_ratio "
+        "(of the teacher's accuracy), lora_accuracy, lora_ratio (of the baseline's), lora_max_trainable (share). "
+        "The defaults are the reference task's (hate speech on the shifted test split); null: the figures "
+        "without verdicts, for a task whose bars are not known.")
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -301,6 +311,8 @@ def validate(cfg: StudyConfig) -> list[str]:
     for name, path in d.extra_tests.items():
         if name in ("train", "validation", "test"):
             errs.append(f"data.extra_tests.{name}: that name is taken by a split; pick another")
+    for key in sorted(set(cfg.quality_bars or {}) - set(QUALITY_BARS)):
+        errs.append(f"quality_bars.{key}: not a bar the report knows; use {', '.join(QUALITY_BARS)} (or null for none)")
     if cfg.selection_metric not in ("f1_macro", "accuracy", "balanced_accuracy"):
         errs.append(f"selection_metric = {cfg.selection_metric!r}: use f1_macro, balanced_accuracy or accuracy")
     try:

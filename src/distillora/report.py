@@ -16,12 +16,6 @@ from .fileio import read_jsonl, write_text  # noqa: E402
 from .rundir import Results, RunDir  # noqa: E402
 
 
-# The seed's quality bar (issue 10); the report states whether each is met.
-TEACHER_MIN_ACC = 0.80
-LORA_MIN_ACC = 0.75
-STUDENT_MIN_RATIO = 0.97
-LORA_MIN_RATIO = 0.95
-LORA_MAX_TRAINABLE = 0.01
 
 
 def _mb(n: int | None) -> str:
@@ -259,14 +253,17 @@ def _table(results: dict) -> list[str]:
     return lines
 
 
-def analysis(results: Results) -> list[str]:
-    """Plain-language findings computed from the numbers, including every shortfall. Models are found
-    by kind (rundir.KINDS), never by name."""
+def analysis(results: Results, bars: dict | None = None) -> list[str]:
+    """Plain-language findings computed from the numbers, including every shortfall against `bars`
+    (config `quality_bars`; None: figures without verdicts). Models are found by kind (rundir.KINDS),
+    never by name."""
+    from .config import QUALITY_BARS
+
+    bars = None if bars is None else {**QUALITY_BARS, **bars}  # a bar left out keeps the reference value
     out = []
     teacher = next(iter(results.of_kind("teacher")), None)
     if teacher:
         acc = teacher["test"]["accuracy"]
-        verdict = "meets" if acc >= TEACHER_MIN_ACC else "falls short of"
         names = results["dataset"]["label_names"]
         if len(names) == 2:
             p, r = _pr(teacher["test"], names[1]).split(" / ")
@@ -275,15 +272,17 @@ def analysis(results: Results) -> list[str]:
             pc = teacher["test"]["per_class"]
             weakest = min(names, key=lambda n: pc[n]["f1"])
             detail = f"macro-F1 {teacher['test']['f1_macro']:.3f}; weakest class `{weakest}`, F1 {pc[weakest]['f1']:.2f}"
-        out.append(f"- The teacher reaches test accuracy {acc:.3f}, which {verdict} the target of {TEACHER_MIN_ACC:.2f} "
-                   f"({detail}).")
+        bar = "" if bars is None else (f", which {'meets' if acc >= bars['teacher_accuracy'] else 'falls short of'} "
+                                       f"the target of {bars['teacher_accuracy']:.2f}")
+        out.append(f"- The teacher reaches test accuracy {acc:.3f}{bar} ({detail}).")
         for m in results.of_kind("distilled"):
             ratio = m["test"]["accuracy"] / acc if acc else 0.0
-            verdict = "meets" if ratio >= STUDENT_MIN_RATIO else "falls short of"
+            bar = "" if bars is None else (f", which {'meets' if ratio >= bars['student_ratio'] else 'falls short of'} "
+                                           f"the {100 * bars['student_ratio']:.0f}% target")
             speed = m["inference"]["examples_per_s"] / teacher["inference"]["examples_per_s"]
             out.append(f"- Student `{m['name']}` (teacher layers {m['teacher_layers']}) keeps {100 * ratio:.1f}% of the "
-                       f"teacher's test accuracy ({m['test']['accuracy']:.3f}), which {verdict} the {100 * STUDENT_MIN_RATIO:.0f}% "
-                       f"target, with {m['params_total'] / teacher['params_total']:.0%} of its parameters and "
+                       f"teacher's test accuracy ({m['test']['accuracy']:.3f}){bar}, with "
+                       f"{m['params_total'] / teacher['params_total']:.0%} of its parameters and "
                        f"{speed:.2f}x its measured throughput.")
     students = results.of_kind("distilled")
     if len(students) == 2:
@@ -298,11 +297,14 @@ def analysis(results: Results) -> list[str]:
     for lo, ba in [(lo, ba) for lo in results.of_kind("lora") for ba in results.of_kind("baseline")]:
         ratio = lo["test"]["accuracy"] / ba["test"]["accuracy"] if ba["test"]["accuracy"] else 0.0
         share = lo["params_trainable"] / lo["params_total"]
-        ok = ratio >= LORA_MIN_RATIO and share <= LORA_MAX_TRAINABLE and lo["test"]["accuracy"] >= LORA_MIN_ACC
-        out.append(f"- LoRA student `{lo['name']}` reaches test accuracy {lo['test']['accuracy']:.3f}, {100 * ratio:.1f}% of the baseline's, with "
-                   f"{100 * share:.2f}% of its parameters trainable: the target (at least {LORA_MIN_ACC:.2f} and "
-                   f"{100 * LORA_MIN_RATIO:.0f}% of the baseline, at most {100 * LORA_MAX_TRAINABLE:.0f}% trainable) is "
-                   f"{'met' if ok else 'not met'}.")
+        bar = ""
+        if bars is not None:
+            ok = (ratio >= bars["lora_ratio"] and share <= bars["lora_max_trainable"]
+                  and lo["test"]["accuracy"] >= bars["lora_accuracy"])
+            bar = (f": the target (at least {bars['lora_accuracy']:.2f} and {100 * bars['lora_ratio']:.0f}% of the "
+                   f"baseline, at most {100 * bars['lora_max_trainable']:.0f}% trainable) is {'met' if ok else 'not met'}")
+        out.append(f"- LoRA student `{lo['name']}` reaches test accuracy {lo['test']['accuracy']:.3f}, {100 * ratio:.1f}% of "
+                   f"the baseline's, with {100 * share:.2f}% of its parameters trainable{bar}.")
     if results.get("best_student"):
         out.append(f"- Best student on validation ({results['selection_metric']}): `{results['best_student']}`.")
     ds = results["dataset"]
@@ -332,7 +334,7 @@ def write_report(out: Path, results: Results | dict, cfg: StudyConfig) -> None:
     lines += ["## Plots", ""]
     for caption, path in plots:
         lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]
-    lines += ["## Analysis", ""] + analysis(results) + [""]
+    lines += ["## Analysis", ""] + analysis(results, cfg.quality_bars) + [""]
     lines += _sections(results)
     from .report_checks import section as checks_section  # read from checks.json when the run has one
 
