@@ -31,10 +31,10 @@ from transformers import AutoTokenizer  # noqa: E402
 from distillora import bundles, normalize  # noqa: E402
 from distillora.config import load_config  # noqa: E402
 from distillora.data import encode, load_splits, load_table  # noqa: E402
+from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
 from distillora.stages.teacher import load_pretrained, wise_ft  # noqa: E402
-from distillora.training import class_weight_vector, fit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "configs" / "dev" / "short_sentences.csv"
@@ -91,7 +91,7 @@ def main() -> None:
         m = wise_ft(model, pretrained, alpha) if alpha < 1 else model
         row = {"name": a.name, "config": Path(a.config).name, "overrides": a.overrides, "wise_alpha": alpha,
                "linear_probe_epochs": a.linear_probe_epochs, "train_seconds": round(seconds, 1),
-               "best_checkpoint": stats["best_checkpoint"], "cpu": _cpu()}
+               "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name()}
         for split in ("validation", "dev"):
             probs, _ = predict_proba(m, enc[split], tok)
             labels = (splits.validation if split == "validation" else dev).labels
@@ -99,16 +99,6 @@ def main() -> None:
         print(json.dumps(row))
         with open(a.log, "a") as f:
             f.write(json.dumps(row) + "\n")
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

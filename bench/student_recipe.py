@@ -23,13 +23,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 
 from distillora.config import load_config  # noqa: E402
 from distillora.data import encode, load_splits, load_table  # noqa: E402
+from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.evaluate import count_params, predict_proba  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
 from distillora.stages import baseline as baseline_stage, distill as distill_stage, lora as lora_stage  # noqa: E402
 from distillora.students import parse_layers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe import DEV, REPO, _cpu, scores  # noqa: E402
+from recipe import DEV, REPO, scores  # noqa: E402
 
 
 def main() -> None:
@@ -70,7 +71,7 @@ def main() -> None:
     row = {"name": a.name, "stage": a.stage, "config": Path(a.config).name, "overrides": a.overrides,
            "teacher": a.teacher, "train_seconds": round(time.perf_counter() - t0, 1),
            "params_trainable": stats.get("params_trainable", trainable), "params_total": total,
-           "trainable_pct": round(100 * stats.get("params_trainable", trainable) / total, 3), "cpu": _cpu()}
+           "trainable_pct": round(100 * stats.get("params_trainable", trainable) / total, 3), "cpu": cpu_name()}
     for split in ("validation", "dev"):
         probs, _ = predict_proba(model, enc[split], tok)
         row[split] = scores(probs, (splits.validation if split == "validation" else dev).labels)

@@ -27,6 +27,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from distillora.inference.timing import cpu_name  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,13 +40,6 @@ def matmul_rate(n: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * n ** 3 * repeats / (time.perf_counter() - start)
-
-
-def _cpu() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def layer_params(model_dir: Path) -> int:
@@ -118,11 +113,11 @@ def main() -> int:
     peaks = {"fp32": max(peak_rate, peak_rate_after), "bf16": max(peak_bf16, peak_bf16_after)}
     peak = peaks["bf16" if precision == "bf16" else "fp32"]
     result = {"config": a.config, "overrides": a.overrides, "wall_seconds": wall, "peak_rss_bytes": peak_rss,
-              "cpu": _cpu(), "threads": torch.get_num_threads(), "precision": precision,
+              "cpu": cpu_name(), "threads": torch.get_num_threads(), "precision": precision,
               "matmul_flops_per_s": {"fp32": {"before": peak_rate, "after": peak_rate_after},
                                      "bf16": {"before": peak_bf16, "after": peak_bf16_after}},
               "useful_flops": f, "achieved_flops_per_s": rate, "fraction_of_matmul_peak": rate / peak}
-    print(f"CPU: {_cpu()}, {torch.get_num_threads()} threads; trained in {precision}")
+    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; trained in {precision}")
     print(f"| preset | wall | peak memory | useful FLOP | achieved FLOP/s | {precision} matmul FLOP/s | share |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {Path(a.config).stem} | {wall / 60:.1f} min | {peak_rss / 2**30:.2f} GiB | {f['total']:.2e} | "

@@ -67,15 +67,14 @@ def cmd_audit(a) -> int:
 
 
 def cmd_export(a) -> int:
-    import platform
-
     from .export import METHODS, export_run
+    from .inference.timing import cpu_name
 
     unknown = [m for m in a.methods or [] if m not in METHODS]
     if unknown:
         raise UserError(f"export: unknown --methods {unknown}; choose from {', '.join(METHODS)}")
     out = export_run(a.run, a.models or None, tuple(a.methods or METHODS))
-    print(f"cpu: {_cpu_name() or platform.processor() or 'unknown'} | threads: {out['threads']}")
+    print(f"cpu: {cpu_name()} | threads: {out['threads']}")
     print("model      | copy              | val acc | test acc | 1 sentence p50 | batch 32 ex/s | passed")
     for name, e in out["models"].items():
         if (a.models and name not in a.models) or not e.get("candidates"):
@@ -93,17 +92,6 @@ def cmd_export(a) -> int:
         print(f"{name:10s} | served: {e['serve']} ({e['reason']})")
     print(f"written: {RunDir(a.run).exports_file} (onnx copies under {RunDir(a.run).exports_dir}/)")
     return 0
-
-
-def _cpu_name() -> str | None:
-    """The CPU's model name (Linux), printed with the timings they depend on."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def cmd_check(a) -> int:

@@ -7,7 +7,6 @@ import re
 from html import escape
 from pathlib import Path
 
-from .fileio import read_json
 from .rundir import RunDir
 
 FLAG = "▼"
@@ -67,10 +66,9 @@ def heatmap(out: Path, checks: dict) -> str | None:
 
 def section(out: Path) -> list[str]:
     """The report's lines for `<out>/checks.json`; none when the run has no checks."""
-    path = RunDir(out).checks_file
-    if not path.is_file():
+    checks = RunDir(out).checks()
+    if checks is None:
         return []
-    checks = read_json(path)
     models = list(checks["models"])
     lines = ["## Behavioural checks", "",
              "CheckList-style tests (`distillora check`): MFT cases have a fixed expected label; INV cases pass when "

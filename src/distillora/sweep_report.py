@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .fileio import read_json
 from .rundir import RunDir
 
 
@@ -51,10 +50,9 @@ def plot(out: Path, sweep: dict) -> str:
 
 def section(out: Path) -> list[str]:
     """The report's sweep section, or nothing if the run has no sweep.json."""
-    f = RunDir(out).sweep_file
-    if not f.is_file():
+    sweep = RunDir(out).sweep_record()
+    if sweep is None:
         return []
-    sweep = read_json(f)
     students, teacher = sweep["students"], sweep["teacher"]
     lines = ["## Layer sweep: which layers, and how many", "",
              f"`distillora sweep`: {len(students)} distinct students distilled from the {sweep['teacher_depth']}-layer "

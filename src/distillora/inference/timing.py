@@ -11,6 +11,20 @@ from ..data import Encoded
 from .base import Backend
 
 
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (else the platform's word for it, else "unknown"),
+    printed beside every timing: a time measured on one CPU is not a figure for another."""
+    import platform
+
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def measure(backend: Backend, enc: dict[str, Encoded], texts: list[str], max_length: int) -> tuple[dict, dict]:
     """({split: probabilities (N, C)}, speed) for `enc` = {"validation": ..., "test": ...}: the test pass,
     after a warm-up, gives both the test probabilities and `examples_per_s_b32`; `p50_ms_b1` is the
