@@ -84,6 +84,29 @@ def test_frozen_word_embeddings_stay_fixed_while_the_rest_trains(tmp_path, minil
     assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, layer)
 
 
+def test_freeze_lower_layers_keeps_embeddings_and_lower_layers_and_trains_the_rest(tmp_path, minilm_tokenizer):
+    """`freeze_lower_layers=2` on a 3-layer model: the embedding block and layers 0-1 end bit-identical,
+    layer 2 and the head change, and every parameter is trainable again afterwards."""
+    model = tiny_bert(3, vocab_size=minilm_tokenizer.vocab_size)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = _encoded(16, lambda i: i % 2)
+    tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
+                     freeze_lower_layers=2)
+    model, _ = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / "w", log_path=tmp_path / "l",
+                            stage="s", seed=0, selection_metric="accuracy", quiet=True, fingerprint="f")
+    after = dict(model.named_parameters())
+    fixed = [n for n in before if n.startswith(("bert.embeddings.", "bert.encoder.layer.0.", "bert.encoder.layer.1."))]
+    moved = [n for n in before if n.startswith(("bert.encoder.layer.2.", "classifier."))]
+    assert fixed and moved
+    assert all(torch.equal(after[n], before[n]) for n in fixed)
+    assert all(not torch.equal(after[n], before[n]) for n in moved if n.endswith("weight"))
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="3 layers"):
+        training.freeze_lower_layers(model, 4)
+    with pytest.raises(UserError, match="LoRA keeps"):
+        load_config(None, ["lora.train.freeze_lower_layers=2"])
+
+
 def test_sparse_word_embeddings_update_only_the_rows_a_batch_uses(tmp_path, minilm_tokenizer):
     """`sparse_word_embeddings`: rows of tokens that occur in training change, every other row stays
     bit-identical (dense AdamW would decay them all), the rest of the model trains, and the saved

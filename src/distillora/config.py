@@ -47,6 +47,8 @@ class TrainConfig:
     logging_steps: int = _f(10, "Steps between log lines (loss, learning rate, examples/s).")
     freeze_word_embeddings: bool = _f(False, "Keep the word-embedding matrix fixed (a student's is the fine-tuned "
                                              "teacher's): no gradient for its ~30k x hidden entries.")
+    freeze_lower_layers: int = _f(0, "Keep the embeddings and the first N transformer layers at their loaded "
+                                     "weights: backward stops at layer N, and what pre-training learned there stays.")
     sparse_word_embeddings: bool = _f(False, "Update only the word-embedding rows a batch uses (sparse gradients, "
                                              "SparseAdam, no weight decay on those rows) instead of AdamW on every row.")
     precision: str = _f("auto", "fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the device runs "
@@ -391,6 +393,11 @@ def validate(cfg: StudyConfig) -> list[str]:
                         f"matrix takes no update, sparse or dense: set one of them")
         if t.precision not in ("auto", "fp32", "bf16"):
             errs.append(f"{sec}.train.precision = {t.precision!r}: use auto, fp32 or bf16")
+        if t.freeze_lower_layers < 0:
+            errs.append(f"{sec}.train.freeze_lower_layers = {t.freeze_lower_layers}: must be >= 0")
+        elif sec == "lora" and t.freeze_lower_layers:
+            errs.append(f"lora.train.freeze_lower_layers = {t.freeze_lower_layers}: LoRA keeps every pretrained "
+                        f"weight fixed already; set it to 0")
         if t.early_stopping_patience < 0:
             errs.append(f"{sec}.train.early_stopping_patience = {t.early_stopping_patience}: must be >= 0")
     return errs
@@ -423,7 +430,7 @@ NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}},
 
 
 # keys added to every section's `train` settings after runs existed, at the value that leaves them out
-NEW_TRAIN_KEY_DEFAULTS = {"sparse_word_embeddings": False}
+NEW_TRAIN_KEY_DEFAULTS = {"sparse_word_embeddings": False, "freeze_lower_layers": 0}
 
 
 def stable_section(resolved: dict, section: str, drop: tuple[str, ...] = ()) -> dict:

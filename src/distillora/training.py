@@ -26,6 +26,7 @@ from .data import Collator, Encoded
 from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_text
 from . import losses
 from .losses import weighted_cross_entropy
+from .students import layer_list_path
 
 log = logging.getLogger("distillora")
 EPOCH_LOSS_KEY = "train_epoch_loss"  # log_history entries holding one epoch's mean training loss
@@ -398,6 +399,22 @@ def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> None:
     write_text(log_path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def freeze_lower_layers(model, n: int) -> list[torch.nn.Parameter]:
+    """`train.freeze_lower_layers`: stop gradients to the embedding block and the first `n` transformer
+    layers (the parameters that were trainable and now are not, to be released after training).
+    Nothing below layer n then needs a gradient, so autograd's backward pass ends there."""
+    if n <= 0:
+        return []
+    layers = model.get_submodule(layer_list_path(model))
+    if n > len(layers):
+        raise ValueError(f"train.freeze_lower_layers = {n}, but the model has {len(layers)} layers")
+    modules = [model.base_model.embeddings, *list(layers)[:n]]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    return params
+
+
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
         log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool, fingerprint: str,
         class_weights: torch.Tensor | None = None, objective=None) -> tuple[torch.nn.Module, dict]:
@@ -407,6 +424,7 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     embeddings = model.get_input_embeddings()
     if tc.freeze_word_embeddings:
         embeddings.weight.requires_grad_(False)
+    frozen = freeze_lower_layers(model, tc.freeze_lower_layers)
     embeddings.sparse = tc.sparse_word_embeddings
     state = PartialState()
     if state.is_main_process:
@@ -430,6 +448,8 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
         trainer.add_callback(_Bar())
     trainer.train(resume_from_checkpoint=last)
     embeddings.sparse = False  # what is saved and served takes dense gradients, as from_pretrained builds it
+    for p in frozen:
+        p.requires_grad_(True)  # the weights stay as loaded; later stages (LoRA, WiSE-FT) decide their own
     seconds = elapsed.total()
     best = trainer.evaluate()  # the loaded best model, on validation
     stats = {
