@@ -4,8 +4,12 @@ rate measured in the same invocation.
 
 Useful FLOPs count only real (non-padding) tokens T: a full fine-tuning step costs 6*P*T (forward
 2PT, backward 4PT) where P is the parameters in transformer layers and head (embedding lookups are not
-matrix work); a LoRA step about 4*P*T (no weight gradients for frozen layers); a forward pass (teacher
-cache, validation, test) 2*P*T. Attention score products are left out (tweets are short: under 5%).
+matrix work); a LoRA step about 4*P*T (no weight gradients for frozen layers); with
+`train.freeze_lower_layers: k` of L layers, 2PT + 4PT*(L-k)/L (no backward below layer k); a forward
+pass (teacher cache, validation, test) 2*P*T. Attention score products are left out (tweets are
+short: under 5%). The rate is printed twice: over the whole wall time (evaluation, checks, report
+and loading included) and over the stages' training seconds alone, each against the matmul peak of
+the precision the study trained in, measured in the same invocation (before and after; the higher).
 
 usage: python bench/study_wall.py --config configs/seed.yaml [--output /tmp/bench-seed] [key=value ...]
 """
@@ -69,17 +73,29 @@ def useful_flops(run: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(str(rd.model_dir("teacher")))
     tokens = {s: sum(encode(getattr(splits, s), tok, cfg.data.max_length).lengths())
               for s in ("train", "validation", "test")}
-    flops, parts = 0.0, {}
+    sections = {"teacher": cfg.teacher.train, "distilled": cfg.distill.train, "baseline": cfg.baseline.train,
+                "lora": cfg.lora.train}
+    flops, parts, train_flops, train_seconds = 0.0, {}, 0.0, 0.0
     for m in results["models"]:
         p = layer_params(rd.model_dir(m["name"]))
+        kind = m.get("kind", "teacher" if m["name"] == "teacher" else "distilled")
+        tc = sections.get(kind, cfg.distill.train)
         epochs = len(m["train"].get("epoch_losses") or [1])  # epochs actually trained
-        per_token = 4 if m["name"] == "lora" else 6
-        f = per_token * p * tokens["train"] * epochs + 2 * p * (tokens["validation"] * (epochs + 1) + tokens["test"])
+        depth = m.get("num_layers") or 1
+        # backward: 4PT through the layers that learn; LoRA's frozen layers pass input gradients only
+        # (2PT); frozen lower layers (train.freeze_lower_layers) take no backward at all
+        above = max(depth - tc.freeze_lower_layers, 0) / depth
+        per_token = 4 if kind == "lora" else 2 + 4 * above
+        train = per_token * p * tokens["train"] * epochs
+        f = train + 2 * p * (tokens["validation"] * (epochs + 1) + tokens["test"])
         if m["name"] == "teacher":
             f += 2 * p * tokens["train"]  # the cached teacher outputs for distillation
         parts[m["name"]] = f
         flops += f
-    return {"tokens": tokens, "per_model": parts, "total": flops}
+        train_flops += train
+        train_seconds += float(m["train"].get("seconds") or 0.0)
+    return {"tokens": tokens, "per_model": parts, "total": flops, "training": train_flops,
+            "training_seconds": train_seconds}
 
 
 def main() -> int:
@@ -118,10 +134,15 @@ def main() -> int:
                                      "bf16": {"before": peak_bf16, "after": peak_bf16_after}},
               "useful_flops": f, "achieved_flops_per_s": rate, "fraction_of_matmul_peak": rate / peak}
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; trained in {precision}")
-    print(f"| preset | wall | peak memory | useful FLOP | achieved FLOP/s | {precision} matmul FLOP/s | share |")
-    print("|---|---|---|---|---|---|---|")
+    train_rate = f["training"] / f["training_seconds"] if f["training_seconds"] else 0.0
+    result["training_flops_per_s"] = train_rate
+    result["training_fraction_of_matmul_peak"] = train_rate / peak
+    print(f"| preset | wall | peak memory | useful FLOP | achieved FLOP/s (whole study) | during training only "
+          f"| {precision} matmul FLOP/s | share (whole / training) |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {Path(a.config).stem} | {wall / 60:.1f} min | {peak_rss / 2**30:.2f} GiB | {f['total']:.2e} | "
-          f"{rate / 1e9:.1f} G | {peak / 1e9:.1f} G | {100 * rate / peak:.0f}% |")
+          f"{rate / 1e9:.1f} G | {train_rate / 1e9:.1f} G | {peak / 1e9:.1f} G | "
+          f"{100 * rate / peak:.0f}% / {100 * train_rate / peak:.0f}% |")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"study_{Path(a.config).stem}.json").write_text(json.dumps(result, indent=2))
