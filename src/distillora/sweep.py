@@ -394,6 +394,7 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     from .config import stable_section
     from .rundir import RunDir
     from .stages import TEACHER, Kind, Stage, StageContext, StageEnv, distill as distill_stage
+    from .training import use_bf16
 
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
@@ -418,8 +419,9 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     def get_cache():
         if not cache:
             cache.update(_teacher_cache(run.sweep_dir / "teacher_outputs.pt", fingerprint(teacher_fp, needs), share,
-                                        lambda: distill_stage.teacher_outputs(ctx.model(TEACHER), env.train, tokenizer,
-                                                                              needs)))
+                                        lambda: distill_stage.teacher_outputs(
+                                            ctx.model(TEACHER), env.train, tokenizer, needs,
+                                            bf16=use_bf16(cfg.distill.train.precision))))
         return cache
 
     if share.is_main and any(run.done(c.name, fps[c.name]) is None for c in candidates):

@@ -15,7 +15,7 @@ import torch
 from ..config import StudyConfig
 from ..data import Encoded, length_sorted_batches
 from ..losses import TEACHER_OUTPUTS as OUTPUT_SPECS
-from ..training import Distillation, class_weight_vector, fit
+from ..training import Distillation, class_weight_vector, fit, use_bf16
 
 log = logging.getLogger("distillora")
 
@@ -109,7 +109,8 @@ class StageContext:
             log.info("caching teacher outputs (%s) for %d training examples", ", ".join(keys),
                      len(self.env.train))
             t0 = time.perf_counter()
-            self._outputs.update(teacher_outputs(self.model(TEACHER), self.env.train, self.env.tokenizer, keys))
+            self._outputs.update(teacher_outputs(self.model(TEACHER), self.env.train, self.env.tokenizer, keys,
+                                                 bf16=use_bf16(self.env.cfg.distill.train.precision)))
             log.info("teacher outputs cached in %.1fs", time.perf_counter() - t0)
         return self._outputs
 
@@ -171,17 +172,27 @@ def load_model(path: Path):
 
 
 @torch.inference_mode()
-def teacher_outputs(teacher, encoded: Encoded, tokenizer, keys=("teacher_logits",), batch_size: int = 64) -> dict:
+def teacher_outputs(teacher, encoded: Encoded, tokenizer, keys=("teacher_logits",), batch_size: int = 64,
+                    bf16: bool = False) -> dict:
     """{key: one tensor per example, in `encoded`'s order} for each of `keys` (see
     `losses.TEACHER_OUTPUTS`; `losses.teacher_needs` names those the active loss terms read).
     Per-token outputs keep each example's real tokens only. Sizes, for MPNet-base on about 5k tweets
-    x 25 tokens: final hidden states in float16 0.2 GB, the first-token states of all 12 layers 0.09 GB."""
+    x 25 tokens: final hidden states in float16 0.2 GB, the first-token states of all 12 layers 0.09 GB.
+    `bf16`: the forward passes run under bf16 autocast, as the students' training does when it uses
+    bf16 (the cache is stored in float16 or float32 either way); on the seed teacher this pass took
+    86 s in fp32."""
     teacher.eval()
+    device = next(teacher.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return _teacher_outputs(teacher, encoded, tokenizer, keys, batch_size, device)
+
+
+def _teacher_outputs(teacher, encoded: Encoded, tokenizer, keys, batch_size: int, device) -> dict:
     specs = {k: OUTPUT_SPECS[k] for k in keys}
     n = len(encoded)
     cache = {k: [None] * n for k in specs}
     hidden = any(s.hidden_states for s in specs.values())
-    for idx, batch in length_sorted_batches(encoded, tokenizer, batch_size, next(teacher.parameters()).device):
+    for idx, batch in length_sorted_batches(encoded, tokenizer, batch_size, device):
         out = teacher(**batch, output_hidden_states=hidden)
         lengths = batch["attention_mask"].sum(-1).tolist()
         for key, spec in specs.items():
