@@ -78,8 +78,11 @@ def test_frozen_word_embeddings_stay_fixed_while_the_rest_trains(tmp_path, minil
     data = _encoded(16, lambda i: i % 2)
     tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
                      freeze_word_embeddings=True)
-    model, _ = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / "w", log_path=tmp_path / "l",
-                            stage="s", seed=0, selection_metric="accuracy", quiet=True, fingerprint="f")
+    total = sum(p.numel() for p in model.parameters())
+    model, stats = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / "w",
+                                log_path=tmp_path / "l", stage="s", seed=0, selection_metric="accuracy", quiet=True,
+                                fingerprint="f")
+    assert stats["params_trainable"] == total - emb.numel()  # what the report's "trainable" column shows
     assert torch.equal(model.get_input_embeddings().weight, emb)
     assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, layer)
 

@@ -425,6 +425,7 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     if tc.freeze_word_embeddings:
         embeddings.weight.requires_grad_(False)
     frozen = freeze_lower_layers(model, tc.freeze_lower_layers)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before anything is released
     embeddings.sparse = tc.sparse_word_embeddings
     state = PartialState()
     if state.is_main_process:
@@ -460,6 +461,7 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
         "best_checkpoint": Path(trainer.state.best_model_checkpoint).name if trainer.state.best_model_checkpoint else None,
         "resumed_from": Path(last).name if last else None,
         "precision": "bf16" if args.bf16 else "fp32",
+        "params_trainable": trainable,
         "validation": {"accuracy": best["eval_accuracy"], "balanced_accuracy": best["eval_balanced_accuracy"],
                        "f1_macro": best["eval_f1_macro"],
                        "loss": best.get("eval_loss")},
