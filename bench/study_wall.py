@@ -78,10 +78,10 @@ def useful_flops(run: Path) -> dict:
     flops, parts, train_flops, train_seconds = 0.0, {}, 0.0, 0.0
     for m in results["models"]:
         p = layer_params(rd.model_dir(m["name"]))
-        kind = m.get("kind", "teacher" if m["name"] == "teacher" else "distilled")
-        tc = sections.get(kind, cfg.distill.train)
+        kind = m["kind"]  # RunDir infers it for runs written before kinds were recorded
+        tc = sections.get(kind, cfg.distill.train)  # sweep students train as the distilled ones
         epochs = len(m["train"].get("epoch_losses") or [1])  # epochs actually trained
-        depth = m.get("num_layers") or 1
+        depth = m["num_layers"]
         # backward: 4PT through the layers that learn; LoRA's frozen layers pass input gradients only
         # (2PT); frozen lower layers (train.freeze_lower_layers) take no backward at all
         above = max(depth - tc.freeze_lower_layers, 0) / depth

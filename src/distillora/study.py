@@ -335,9 +335,8 @@ def _evaluate(run: RunDir, key: str, rec: dict, enc: dict, tokenizer) -> Evaluat
     total, trainable = count_params(model)
     return run.write_evaluation(key, Evaluation(
         fingerprint=rec["fingerprint"], probabilities=probs, validation_probabilities=val_probs,
-        # what learned in training (frozen embeddings or layers excluded), as the stage recorded it
-        params_total=total, params_trainable=rec.get("params_trainable", rec.get("train", {}).get("params_trainable",
-                                                                                               trainable)),
+        # what learned in training (frozen weights excluded), as `fit` recorded it; runs before it did: all
+        params_total=total, params_trainable=rec["train"].get("params_trainable", trainable),
         num_layers=model.config.num_hidden_layers,
         inference={"examples_per_s": round(throughput, 1), "batch_size": 128,
                    "device": str(_device()), "threads": torch.get_num_threads()}))

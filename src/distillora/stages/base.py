@@ -183,17 +183,13 @@ def teacher_outputs(teacher, encoded: Encoded, tokenizer, keys=("teacher_logits"
     86 s in fp32."""
     teacher.eval()
     device = next(teacher.parameters()).device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return _teacher_outputs(teacher, encoded, tokenizer, keys, batch_size, device)
-
-
-def _teacher_outputs(teacher, encoded: Encoded, tokenizer, keys, batch_size: int, device) -> dict:
     specs = {k: OUTPUT_SPECS[k] for k in keys}
     n = len(encoded)
     cache = {k: [None] * n for k in specs}
     hidden = any(s.hidden_states for s in specs.values())
     for idx, batch in length_sorted_batches(encoded, tokenizer, batch_size, device):
-        out = teacher(**batch, output_hidden_states=hidden)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = teacher(**batch, output_hidden_states=hidden)
         lengths = batch["attention_mask"].sum(-1).tolist()
         for key, spec in specs.items():
             values = spec.extract(out).to(spec.dtype).cpu()

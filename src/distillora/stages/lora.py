@@ -12,7 +12,7 @@ import numpy as np
 from transformers import set_seed
 
 from .. import lora
-from ..evaluate import count_params, predict_proba
+from ..evaluate import predict_proba
 from ..fileio import write_json
 from ..config import stable_section
 from ..students import build_student, parse_layers
@@ -51,13 +51,11 @@ def train(env: StageEnv, teacher, fingerprint: str, key: str = "lora", cache: di
     layers = parse_layers(c.layers, teacher.config.num_hidden_layers)
     student = build_student(teacher, layers)
     model = lora.wrap(student, c.r, c.alpha, c.dropout, c.target_modules)
-    total, trainable = count_params(model)
     if c.objective == "distill":
         model, stats = env.fit(model, c.train, key, fingerprint, train=env.train.with_fields(**cache),
                                objective=env.distillation(layers))
     else:
         model, stats = env.fit(model, c.train, key, fingerprint)
-    stats["params_trainable"] = trainable
     stats["target_modules"] = list(model.peft_config["default"].target_modules)
     stats["teacher_layers"] = parse_layers(c.layers, teacher.config.num_hidden_layers)
     return model, stats
