@@ -1,9 +1,11 @@
-"""Where a training step's time goes: runs a few steps of the project's own distillation pipeline
-(the Trainer with the Distillation objective, its collator, length-grouped batches and optimizer) under torch.profiler and
-prints the share of self CPU time per kind of work, with the matmul kernels' own FLOP rate against
-this machine's fp32 matmul rate measured in the same run.
+"""Where a training step's time goes: runs a few steps of the project's own pipeline (the Trainer with
+the Distillation objective, or the teacher's cross-entropy with `--layers teacher`, its collator,
+length-grouped batches, optimizer, and bf16 autocast as accelerate wraps the forward) under torch.profiler
+and prints the share of self CPU time per kind of work, with the matmul kernels' own FLOP rate against
+this machine's matmul rate of the precision used, measured in the same run.
 
-usage: python bench/profile_step.py [--teacher runs/seed/models/teacher] [--steps 12] [--rows 1024] [--compile]
+usage: python bench/profile_step.py [--teacher runs/seed/models/teacher] [--layers odd|teacher] [--steps 12]
+                                    [--rows 1024] [--precision auto] [--dropout bit|torch] [--compile]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,7 +60,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teacher", default=str(REPO / "runs" / "seed" / "models" / "teacher"),
                     help="a fine-tuned teacher directory (the seed run's) or a bundle name such as mpnet-base")
-    ap.add_argument("--layers", default="odd")
+    ap.add_argument("--layers", default="odd", help="the student's layers (odd, even, 1,3,5), or `teacher` for the "
+                                                     "teacher's own cross-entropy step on the full model")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--dropout", default="bit", choices=["bit", "torch"],
+                    help="bit: training.BitDropout, as fit uses on CPU; torch: nn.Dropout")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rows", type=int, default=1024)
@@ -68,41 +75,51 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     a = ap.parse_args()
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from distillora.bundles import resolve
     from distillora.config import DataConfig, DistillConfig, TrainConfig
     from distillora.data import Collator, encode, load_splits
     from distillora.stages.distill import teacher_outputs
     from distillora.students import build_student
-    from distillora.training import Distillation, StudyTrainer, training_args
+    from distillora.stages.teacher import load_pretrained
+    from distillora.training import CrossEntropy, Distillation, StudyTrainer, bit_dropout, training_args, use_bf16
 
     torch.manual_seed(0)
     source = resolve(a.teacher) if not Path(a.teacher).is_dir() else a.teacher
     tok = AutoTokenizer.from_pretrained(source)
-    teacher = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
-    splits = load_splits(DataConfig(source=str(REPO.parent / "shared" / "data" / "hate_speech_twitter")), 42)
+    teacher = load_pretrained(source, ["not_hate", "hate"])
+    splits = load_splits(DataConfig(source=str(REPO.parent / "shared" / "data" / "hate_speech_twitter"),
+                                    normalize="hate_speech_twitter"), 42)
     train = splits.train
     train = type(train)(train.texts[: a.rows], train.labels[: a.rows])  # a slice: the step is what is timed
     enc = encode(train, tok, 128)
-    distill = DistillConfig()
-    student = build_student(teacher, a.layers)
-    objective = Distillation(distill, list(range(1, student.config.num_hidden_layers + 1)))
-    cache = teacher_outputs(teacher, enc, tok, objective.teacher_needs)
-    del teacher
-    tc = TrainConfig(epochs=1, batch_size=a.batch_size)
-    with tempfile.TemporaryDirectory() as tmp:
+    tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision)
+    if a.layers == "teacher":  # the teacher's own step: cross-entropy on the full model
+        student, objective = teacher, CrossEntropy(None)
+    else:
+        student = build_student(teacher, a.layers)
+        objective = Distillation(DistillConfig(), list(range(1, student.config.num_hidden_layers + 1)))
+        enc = enc.with_fields(**teacher_outputs(teacher, enc, tok, objective.teacher_needs,
+                                                bf16=use_bf16(tc.precision)))
+        del teacher
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         args = training_args(tc, Path(tmp), 42, "f1_macro", quiet=True)
-        trainer = StudyTrainer(model=student, args=args, train_dataset=enc.with_fields(**cache), eval_dataset=enc,
+        trainer = StudyTrainer(model=student, args=args, train_dataset=enc, eval_dataset=enc,
                                data_collator=Collator(tok), processing_class=tok, objective=objective)
         trainer.create_optimizer_and_scheduler(num_training_steps=3 * (a.steps + a.warmup))
         batches = list(trainer.get_train_dataloader())[: a.steps + a.warmup]
         opt, sched = trainer.optimizer, trainer.lr_scheduler
-        student.train()
+        # as the Trainer's own loop does: accelerate wraps forward in bf16 autocast when args.bf16 (before
+        # 2026-11-30 this script skipped that and so profiled fp32 steps), and fit swaps in BitDropout on CPU
+        model = trainer.accelerator.prepare_model(student) if args.bf16 else student
+        if a.dropout == "bit":
+            stack.enter_context(bit_dropout(student))
+        model.train()
         trainer.current_gradient_accumulation_steps = 1  # normally set by the Trainer's own loop
 
         def step(b):
-            trainer.training_step(student, dict(b))
+            trainer.training_step(model, dict(b))
             torch.nn.utils.clip_grad_norm_(student.parameters(), args.max_grad_norm)
             opt.step()
             sched.step()
@@ -110,7 +127,7 @@ def main() -> int:
 
         for b in batches[: a.warmup]:
             step(b)
-        peak = matmul_rate()
+        peak = matmul_rate(dtype=torch.bfloat16 if args.bf16 else torch.float32)
         tokens = sum(int(b["attention_mask"].sum()) for b in batches[a.warmup:])
         padded = sum(b["attention_mask"].numel() for b in batches[a.warmup:])
         start = time.perf_counter()
@@ -124,7 +141,7 @@ def main() -> int:
         plain = (time.perf_counter() - plain) / a.steps
         compiled = None
         if a.compile:
-            trainer.model_wrapped = student = torch.compile(student, dynamic=True)
+            trainer.model_wrapped = model = torch.compile(model, dynamic=True)
             t0 = time.perf_counter()
             for b in batches[: a.warmup]:
                 step(b)
@@ -143,13 +160,15 @@ def main() -> int:
     total = sum(by_kind.values())
     params = sum(p.numel() for n, p in student.named_parameters() if "embeddings" not in n)
     useful = 6 * params * tokens
-    print(f"student {a.layers} of {a.teacher}: {a.steps} steps of batch {a.batch_size}, {tokens} real tokens "
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    print(f"{'teacher' if a.layers == 'teacher' else 'student ' + a.layers} of {a.teacher}, {precision}, {a.dropout} "
+          f"dropout: {a.steps} steps of batch {a.batch_size}, {tokens} real tokens "
           f"({100 * tokens / padded:.0f}% of padded), {wall:.2f} s wall under the profiler "
           f"({wall / a.steps:.3f} s/step)")
     print(f"without the profiler: {plain:.3f} s/step = {6 * params * tokens / a.steps / plain / 1e9:.1f} GFLOP/s useful"
           + (f"; torch.compile: {compiled['seconds_per_step']:.3f} s/step after {compiled['compile_and_warmup_seconds']:.0f} s "
              f"of compiling and warm-up" if compiled else ""))
-    print(f"fp32 matmul peak (2048^2, this run): {peak / 1e9:.1f} GFLOP/s; useful 6PT FLOP/s: "
+    print(f"{'bf16' if args.bf16 else 'fp32'} matmul peak (2048^2, this run): {peak / 1e9:.1f} GFLOP/s; useful 6PT FLOP/s: "
           f"{useful / wall / 1e9:.1f} G = {100 * useful / wall / peak:.0f}% of peak")
     print("| kind of work | self CPU s | share | GFLOP/s of its own ops |")
     print("|---|---|---|---|")
@@ -162,7 +181,7 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile_step.json").write_text(json.dumps({
-        "teacher": a.teacher, "layers": a.layers, "steps": a.steps, "batch_size": a.batch_size,
+        "teacher": a.teacher, "layers": a.layers, "precision": precision, "dropout": a.dropout, "steps": a.steps, "batch_size": a.batch_size,
         "real_tokens": tokens, "padded_tokens": padded, "wall_seconds": wall, "matmul_peak_flops_per_s": peak,
         "useful_flops_per_s": useful / wall,
         "seconds_per_step_without_profiler": plain, "compiled": compiled, "self_cpu_seconds_by_kind": by_kind,

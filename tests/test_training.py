@@ -229,3 +229,52 @@ def test_sparse_word_embeddings_at_its_default_leaves_fingerprints_as_they_were(
     assert stable_section(on, "distill")["train"]["sparse_word_embeddings"] is True
     with pytest.raises(UserError, match="sparse_word_embeddings"):
         load_config(None, ["lora.train.sparse_word_embeddings=true", "lora.train.freeze_word_embeddings=true"])
+
+
+def test_bit_dropout_drops_at_the_rate_asked_and_keeps_the_expectation():
+    torch.manual_seed(0)
+    drop = training.BitDropout(0.1)
+    x = torch.ones(200_000)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert kept == pytest.approx(1 - 6554 / 65536, abs=0.003)  # p quantised to 1/65536
+    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(65536 / (65536 - 6554))))
+    assert y.mean().item() == pytest.approx(1.0, abs=0.01)  # inverted scaling: expectation unchanged
+    # a fresh mask each call, the same masks under the same seed, bf16 kept in bf16, shape of any rank
+    assert not torch.equal(drop(x), drop(x))
+    torch.manual_seed(1)
+    a = drop(torch.ones(3, 5, 7))
+    torch.manual_seed(1)
+    assert torch.equal(a, drop(torch.ones(3, 5, 7))) and a.shape == (3, 5, 7)
+    assert drop(torch.ones(9, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    # gradient: through the kept elements, scaled; none through the dropped ones
+    x = torch.ones(1000, requires_grad=True)
+    out = drop(x)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())
+    # identity in eval mode and at p = 0; zeros at p = 1
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(training.BitDropout(0.0).train()(x), x)
+    assert torch.equal(training.BitDropout(1.0).train()(x.detach()), torch.zeros(1000))
+
+
+def test_fit_trains_with_bit_dropout_on_cpu_and_returns_torchs_own_modules(tmp_path, minilm_tokenizer):
+    """Every nn.Dropout (embeddings, attention, hidden, head) is swapped while training and put back after."""
+    model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+    before = [type(m) for m in model.modules()]
+    seen = []
+    model.bert.encoder.layer[0].attention.output.register_forward_pre_hook(
+        lambda m, i: seen.append(type(m.dropout).__name__) if m.training else None)
+    data = _encoded(16, lambda i: i % 2)
+    tc = TrainConfig(epochs=1, learning_rate=1e-3, batch_size=8, logging_steps=100, precision="fp32")
+    model, _ = training.fit(model, data, data, minilm_tokenizer, tc, work_dir=tmp_path / "w",
+                            log_path=tmp_path / "l", stage="s", seed=0, selection_metric="accuracy", quiet=True,
+                            fingerprint="f")
+    assert seen and set(seen) == {"BitDropout"}
+    assert [type(m) for m in model.modules()] == before
+    n = sum(type(m) is torch.nn.Dropout for m in model.modules())
+    with training.bit_dropout(model) as swapped:
+        assert swapped == n > 0
+        assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    assert sum(type(m) is torch.nn.Dropout for m in model.modules()) == n

@@ -1,0 +1,132 @@
+"""What dropout's mask costs a CPU training step: torch's `nn.Dropout` (one mt19937 draw per element)
+against `training.BitDropout` (four 16-bit draws per 64-bit random number, which `fit` uses on CPU),
+timed side by side in one process on the project's own step (the Trainer with the stage's objective,
+its collator, length-grouped batches, bf16 autocast as accelerate wraps it, fused AdamW, clipping,
+scheduler), the two copies of the model taking turns round by round on the same batches.
+Prints seconds per step and the speed-up, names the CPU, writes JSON.
+
+usage: python bench/dropout_step.py [--model mpnet-base] [--layers odd] [--rounds 4] [--steps 6]
+  without --layers: the teacher's step (cross-entropy on the full model `--model`)
+  with --layers: a student built from `--model`'s layers, trained by distillation on cached outputs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from distillora.inference.timing import cpu_name  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("torch", "bit")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="mpnet-base", help="a model directory or a bundle name (mpnet-base, minilm-l6)")
+    ap.add_argument("--layers", default=None, help="build a student from these layers (odd, even, 1,3,5)")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --steps steps of every mode")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    a = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from distillora.bundles import resolve
+    from distillora.config import DataConfig, DistillConfig, TrainConfig
+    from distillora.data import Collator, encode, load_splits
+    from distillora.stages.distill import teacher_outputs
+    from distillora.stages.teacher import load_pretrained
+    from distillora.students import build_student
+    from distillora.training import CrossEntropy, Distillation, StudyTrainer, bit_dropout, training_args
+
+    torch.manual_seed(0)
+    source = a.model if Path(a.model).is_dir() else resolve(a.model)
+    tok = AutoTokenizer.from_pretrained(source)
+    model = load_pretrained(source, ["not_hate", "hate"])
+    splits = load_splits(DataConfig(source=str(REPO.parent / "shared" / "data" / "hate_speech_twitter"),
+                                    normalize="hate_speech_twitter"), 42)
+    train = type(splits.train)(splits.train.texts[: a.rows], splits.train.labels[: a.rows])
+    enc = encode(train, tok, 128)
+    if a.layers:
+        layers = [int(x) for x in a.layers.split(",")] if a.layers[0].isdigit() else a.layers
+        base = build_student(model, layers)
+        objective = Distillation(DistillConfig(), list(range(1, base.config.num_hidden_layers + 1)))
+        enc = enc.with_fields(**teacher_outputs(model, enc, tok, objective.teacher_needs, bf16=True))
+        what = f"student {a.layers} of {a.model} (distillation)"
+    else:
+        base, objective, what = model, CrossEntropy(None), f"teacher {a.model} (cross-entropy)"
+    need = a.steps * (a.rounds + 1)
+    runners, tmp, stacks = {}, tempfile.TemporaryDirectory(), []
+    for mode in MODES:
+        m = copy.deepcopy(base)
+        tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision)
+        args = training_args(tc, Path(tmp.name) / mode, 42, "f1_macro", quiet=True)
+        trainer = StudyTrainer(model=m, args=args, train_dataset=enc, eval_dataset=enc,
+                               data_collator=Collator(tok), processing_class=tok, objective=objective)
+        trainer.create_optimizer_and_scheduler(num_training_steps=need)
+        if mode == "bit":
+            ctx = bit_dropout(m)
+            swapped = ctx.__enter__()
+            stacks.append(ctx)
+        wrapped = trainer.accelerator.prepare_model(m) if args.bf16 else m  # bf16: autocast forward, as in fit
+        trainer.optimizer = trainer.accelerator.prepare_optimizer(trainer.optimizer)
+        batches = list(trainer.get_train_dataloader())
+        batches = (batches * (need // len(batches) + 1))[:need]
+        trainer.current_gradient_accumulation_steps = 1  # normally set by the Trainer's own loop
+        wrapped.train()
+        runners[mode] = (trainer, wrapped, batches)
+
+    def run(mode: str, rnd: int) -> float:
+        trainer, model, batches = runners[mode]
+        start = time.perf_counter()
+        for b in batches[rnd * a.steps:(rnd + 1) * a.steps]:
+            trainer.training_step(model, dict(b))
+            trainer._clip_grad_norm(model)
+            trainer.optimizer.step()
+            trainer.lr_scheduler.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) / a.steps
+
+    for mode in MODES:
+        run(mode, 0)  # warm-up round, not timed
+    times = {m: [] for m in MODES}
+    for rnd in range(1, a.rounds + 1):
+        for mode in (MODES if rnd % 2 else MODES[::-1]):
+            times[mode].append(run(mode, rnd))
+    tmp.cleanup()
+
+    med = {m: statistics.median(v) for m, v in times.items()}
+    precision = "bf16" if runners["torch"][0].args.bf16 else "fp32"
+    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} torch threads; {what}; batch {a.batch_size}; {precision}; "
+          f"{swapped} dropout modules; {a.rounds} alternating rounds of {a.steps} steps per mode")
+    print("| dropout | s/step (median of rounds) | rounds | speed-up over torch |")
+    print("|---|---|---|---|")
+    for m in MODES:
+        print(f"| {m} | {med[m]:.3f} | {', '.join(f'{t:.3f}' for t in times[m])} | {med['torch'] / med[m]:.2f}x |")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "dropout_step" + (f"_{a.layers.replace(',', '-')}" if a.layers else "_teacher")
+    (out / f"{name}.json").write_text(json.dumps({
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "model": a.model, "layers": a.layers,
+        "batch_size": a.batch_size, "precision": precision, "rounds": a.rounds, "steps": a.steps,
+        "dropout_modules": swapped, "seconds_per_step": times, "median": med}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
