@@ -278,3 +278,25 @@ def test_fit_trains_with_bit_dropout_on_cpu_and_returns_torchs_own_modules(tmp_p
         assert swapped == n > 0
         assert not any(type(m) is torch.nn.Dropout for m in model.modules())
     assert sum(type(m) is torch.nn.Dropout for m in model.modules()) == n
+
+
+def test_fit_reports_the_validation_figures_of_the_model_it_returns(tmp_path, minilm_tokenizer, monkeypatch):
+    """fit reads the best epoch's validation metrics from the Trainer's log instead of evaluating the
+    reloaded best model again: they must be that model's figures."""
+    from distillora.evaluate import predict_proba, test_metrics
+
+    calls = []
+    evaluate = training.StudyTrainer.evaluate
+    monkeypatch.setattr(training.StudyTrainer, "evaluate", lambda self, *a, **k: calls.append(1) or evaluate(self, *a, **k))
+    model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+    train, val = _encoded(32, lambda i: i % 2), _encoded(24, lambda i: (i // 3) % 2)
+    tc = TrainConfig(epochs=3, learning_rate=5e-3, batch_size=8, logging_steps=100, precision="fp32")
+    model, stats = training.fit(model, train, val, minilm_tokenizer, tc, work_dir=tmp_path / "w",
+                                log_path=tmp_path / "l", stage="s", seed=0, selection_metric="f1_macro", quiet=True,
+                                fingerprint="f")
+    assert len(calls) == 3  # once per epoch, none after the best model is reloaded
+    probs, _ = predict_proba(model.eval(), val, minilm_tokenizer)
+    got = test_metrics(probs, np.array([x["labels"] for x in val]))
+    assert stats["validation"]["accuracy"] == pytest.approx(got["accuracy"])
+    assert stats["validation"]["f1_macro"] == pytest.approx(got["f1_macro"])
+    assert stats["validation"]["loss"] == pytest.approx(got["loss"], abs=1e-4)

@@ -460,6 +460,18 @@ def freeze_lower_layers(model, n: int) -> list[torch.nn.Parameter]:
     return params
 
 
+def _logged_evaluation(state) -> dict | None:
+    """The validation metrics logged at the best checkpoint's step. `load_best_model_at_end` reloads
+    exactly the weights evaluated then, and evaluation runs in eval mode on the same batches, so a
+    second pass over validation (one per stage: ~10 s for an MPNet teacher here) would repeat these
+    figures. None when the log has no such entry (a state from an older transformers)."""
+    step = getattr(state, "best_global_step", None)
+    for h in reversed(state.log_history):
+        if step is not None and h.get("step") == step and "eval_accuracy" in h:
+            return h
+    return None
+
+
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
         log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool, fingerprint: str,
         class_weights: torch.Tensor | None = None, objective=None) -> tuple[torch.nn.Module, dict]:
@@ -499,7 +511,7 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     for p in frozen:
         p.requires_grad_(True)  # the weights stay as loaded; later stages (LoRA, WiSE-FT) decide their own
     seconds = elapsed.total()
-    best = trainer.evaluate()  # the loaded best model, on validation
+    best = _logged_evaluation(trainer.state) or trainer.evaluate()  # the loaded best model, on validation
     stats = {
         "loss": trainer.epoch_losses[-1] if trainer.epoch_losses else None,
         "epoch_losses": trainer.epoch_losses,
