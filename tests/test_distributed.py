@@ -31,7 +31,7 @@ def _study(tmp_path, minilm_tokenizer, shared_data) -> Path:
     pd.concat([te[te.label == 0].head(20), te[te.label == 1].head(20)]).to_csv(tmp_path / "test.csv", index=False)
     # fp32, so the comparison measures the data-parallel split and reduction order, not bf16 rounding
     train = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "precision": "fp32"}
-    # the students take sparse word-embedding gradients (as the presets' do): DDP all-reduces those too
+    # the students take sparse word-embedding gradients (`*.train.sparse_word_embeddings`): DDP all-reduces those too
     sparse = {**train, "sparse_word_embeddings": True}
     cfg = {"name": "dist", "data": {"train_file": str(tmp_path / "train.csv"), "test_file": str(tmp_path / "test.csv"),
                                     "validation_fraction": 0.25, "max_length": 32},
