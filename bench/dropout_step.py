@@ -1,5 +1,5 @@
-"""What dropout's mask costs a CPU training step: torch's `nn.Dropout` (one mt19937 draw per element)
-against `training.BitDropout` (four 16-bit draws per 64-bit random number, which `fit` uses on CPU),
+"""What dropout's mask costs a CPU training step: torch's `nn.Dropout` (`bernoulli_`, each element's
+mask drawn separately) against `training.BitDropout` (four 16-bit draws per 64-bit random number, which `fit` uses on CPU),
 timed side by side in one process on the project's own step (the Trainer with the stage's objective,
 its collator, length-grouped batches, bf16 autocast as accelerate wraps it, fused AdamW, clipping,
 scheduler), the two copies of the model taking turns round by round on the same batches.
@@ -19,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,8 +52,8 @@ def main() -> int:
     from distillora.data import Collator, encode, load_splits
     from distillora.stages.distill import teacher_outputs
     from distillora.stages.teacher import load_pretrained
-    from distillora.students import build_student
-    from distillora.training import CrossEntropy, Distillation, StudyTrainer, bit_dropout, training_args
+    from distillora.students import build_student, parse_layers
+    from distillora.training import CrossEntropy, Distillation, StudyTrainer, bit_dropout, training_args, use_bf16
 
     torch.manual_seed(0)
     source = a.model if Path(a.model).is_dir() else resolve(a.model)
@@ -65,13 +66,14 @@ def main() -> int:
     if a.layers:
         layers = [int(x) for x in a.layers.split(",")] if a.layers[0].isdigit() else a.layers
         base = build_student(model, layers)
-        objective = Distillation(DistillConfig(), list(range(1, base.config.num_hidden_layers + 1)))
-        enc = enc.with_fields(**teacher_outputs(model, enc, tok, objective.teacher_needs, bf16=True))
+        objective = Distillation(DistillConfig(), parse_layers(layers, model.config.num_hidden_layers))
+        enc = enc.with_fields(**teacher_outputs(model, enc, tok, objective.teacher_needs,
+                                                bf16=use_bf16(a.precision)))
         what = f"student {a.layers} of {a.model} (distillation)"
     else:
         base, objective, what = model, CrossEntropy(None), f"teacher {a.model} (cross-entropy)"
     need = a.steps * (a.rounds + 1)
-    runners, tmp, stacks = {}, tempfile.TemporaryDirectory(), []
+    runners, tmp, stack = {}, tempfile.TemporaryDirectory(), ExitStack()
     for mode in MODES:
         m = copy.deepcopy(base)
         tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision)
@@ -80,9 +82,7 @@ def main() -> int:
                                data_collator=Collator(tok), processing_class=tok, objective=objective)
         trainer.create_optimizer_and_scheduler(num_training_steps=need)
         if mode == "bit":
-            ctx = bit_dropout(m)
-            swapped = ctx.__enter__()
-            stacks.append(ctx)
+            swapped = stack.enter_context(bit_dropout(m))
         wrapped = trainer.accelerator.prepare_model(m) if args.bf16 else m  # bf16: autocast forward, as in fit
         trainer.optimizer = trainer.accelerator.prepare_optimizer(trainer.optimizer)
         batches = list(trainer.get_train_dataloader())
@@ -108,6 +108,7 @@ def main() -> int:
     for rnd in range(1, a.rounds + 1):
         for mode in (MODES if rnd % 2 else MODES[::-1]):
             times[mode].append(run(mode, rnd))
+    stack.close()
     tmp.cleanup()
 
     med = {m: statistics.median(v) for m, v in times.items()}

@@ -81,7 +81,7 @@ def main() -> int:
     from distillora.config import DataConfig, DistillConfig, TrainConfig
     from distillora.data import Collator, encode, load_splits
     from distillora.stages.distill import teacher_outputs
-    from distillora.students import build_student
+    from distillora.students import build_student, parse_layers
     from distillora.stages.teacher import load_pretrained
     from distillora.training import CrossEntropy, Distillation, StudyTrainer, bit_dropout, training_args, use_bf16
 
@@ -99,7 +99,7 @@ def main() -> int:
         student, objective = teacher, CrossEntropy(None)
     else:
         student = build_student(teacher, a.layers)
-        objective = Distillation(DistillConfig(), list(range(1, student.config.num_hidden_layers + 1)))
+        objective = Distillation(DistillConfig(), parse_layers(a.layers, teacher.config.num_hidden_layers))
         enc = enc.with_fields(**teacher_outputs(teacher, enc, tok, objective.teacher_needs,
                                                 bf16=use_bf16(tc.precision)))
         del teacher

@@ -246,7 +246,10 @@ def test_bit_dropout_drops_at_the_rate_asked_and_keeps_the_expectation():
     a = drop(torch.ones(3, 5, 7))
     torch.manual_seed(1)
     assert torch.equal(a, drop(torch.ones(3, 5, 7))) and a.shape == (3, 5, 7)
-    assert drop(torch.ones(9, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    kept_bf16 = drop(torch.ones(100_000, dtype=torch.bfloat16))
+    assert kept_bf16.dtype == torch.bfloat16
+    # each kept value scaled with one rounding: 1.1111 in bf16 is 1.1094 (the scale's own bf16 value would be too)
+    assert torch.all((kept_bf16 == 0) | (kept_bf16 == torch.tensor(65536 / (65536 - 6554)).bfloat16()))
     # gradient: through the kept elements, scaled; none through the dropped ones
     x = torch.ones(1000, requires_grad=True)
     out = drop(x)
@@ -259,6 +262,7 @@ def test_bit_dropout_drops_at_the_rate_asked_and_keeps_the_expectation():
     assert torch.equal(training.BitDropout(1.0).train()(x.detach()), torch.zeros(1000))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fit swaps dropout on CPU only")
 def test_fit_trains_with_bit_dropout_on_cpu_and_returns_torchs_own_modules(tmp_path, minilm_tokenizer):
     """Every nn.Dropout (embeddings, attention, hidden, head) is swapped while training and put back after."""
     model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
@@ -278,6 +282,30 @@ def test_fit_trains_with_bit_dropout_on_cpu_and_returns_torchs_own_modules(tmp_p
         assert swapped == n > 0
         assert not any(type(m) is torch.nn.Dropout for m in model.modules())
     assert sum(type(m) is torch.nn.Dropout for m in model.modules()) == n
+    # put back on an error too, in the train/eval mode the model was set to meanwhile
+    model.train()
+    with pytest.raises(RuntimeError, match="killed"):
+        with training.bit_dropout(model):
+            model.eval()
+            raise RuntimeError("killed")
+    dropouts = [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    assert len(dropouts) == n and not any(m.training for m in dropouts)
+
+
+def test_logged_evaluation_is_the_reloaded_best_checkpoints_or_none():
+    from types import SimpleNamespace
+
+    log = [{"step": s, "eval_accuracy": a, "eval_balanced_accuracy": a, "eval_f1_macro": a} for s, a in
+           ((10, 0.7), (20, 0.9), (30, 0.8))]
+    state = SimpleNamespace(best_global_step=20, best_model_checkpoint="/w/checkpoint-20", log_history=log)
+    assert training._logged_evaluation(state)["eval_accuracy"] == 0.9  # the best, not the last
+    # no best recorded, or one the Trainer did not reload (its folder was gone after a resume): evaluate again
+    assert training._logged_evaluation(SimpleNamespace(**{**vars(state), "best_global_step": None})) is None
+    assert training._logged_evaluation(SimpleNamespace(**{**vars(state), "best_model_checkpoint": None})) is None
+    assert training._logged_evaluation(SimpleNamespace(**{**vars(state), "best_model_checkpoint": "/w/checkpoint-30"})) is None
+    # a log entry without a metric fit reports
+    old = [{"step": 20, "eval_accuracy": 0.9, "eval_f1_macro": 0.9}]
+    assert training._logged_evaluation(SimpleNamespace(**{**vars(state), "log_history": old})) is None
 
 
 def test_fit_reports_the_validation_figures_of_the_model_it_returns(tmp_path, minilm_tokenizer, monkeypatch):

@@ -401,13 +401,15 @@ def _prepare_work_dir(work_dir: Path, log_path: Path, fingerprint: str) -> None:
 
 
 class BitDropout(torch.nn.Module):
-    """`nn.Dropout` for CPU training with a cheaper mask: four 16-bit draws from each 64-bit random
-    number instead of torch's one mt19937 draw per element (`bernoulli_`), which took 13% of an MPNet
-    teacher's bf16 training step on CPU (`bench/profile_step.py --stage teacher`; `bench/dropout_step.py`
-    times both side by side). Same module semantics: identity in eval mode or at p = 0, inverted
-    scaling in training. The drop probability is quantised to 1/65536 (p = 0.1 drops 6554/65536 =
-    0.100006) and the scale is 1 / (the kept share actually used), so the expectation is unchanged.
-    Draws come from torch's default generator, so a seed (and the Trainer's RNG checkpointing) fixes them."""
+    """`nn.Dropout` for CPU training with a cheaper mask: four 16-bit slices of each 64-bit random
+    number, compared with a threshold, instead of torch's CPU `bernoulli_`, which draws each element's
+    mask separately and took 13% of an MPNet teacher's bf16 training step here (`bench/profile_step.py
+    --layers teacher --dropout torch`; `bench/dropout_step.py` times both side by side). Same module
+    semantics: identity in eval mode or at p = 0, inverted scaling in training. The drop probability
+    is quantised to 1/65536 (p = 0.1 drops 6554/65536 = 0.100006) and the scale is 1 / (the kept share
+    actually used), applied to each kept value with one rounding, so the expectation is unchanged up
+    to the input dtype's rounding. Draws come from torch's default generator, so a seed (and the
+    Trainer's RNG checkpointing) fixes them."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -422,7 +424,7 @@ class BitDropout(torch.nn.Module):
         n = x.numel()
         bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
         keep = bits.view(torch.int16)[:n].view(x.shape) >= self.dropped - 32768
-        return x * keep.to(x.dtype).mul_(65536 / (65536 - self.dropped))
+        return (x * keep).mul_(65536 / (65536 - self.dropped))  # autograd keeps the bool mask only
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -441,6 +443,7 @@ def bit_dropout(model):
         yield len(swaps)
     finally:
         for parent, name, child in swaps:
+            child.train(getattr(parent, name).training)  # the mode train()/eval() set while it was out
             setattr(parent, name, child)
 
 
@@ -464,10 +467,14 @@ def _logged_evaluation(state) -> dict | None:
     """The validation metrics logged at the best checkpoint's step. `load_best_model_at_end` reloads
     exactly the weights evaluated then, and evaluation runs in eval mode on the same batches, so a
     second pass over validation (one per stage: ~10 s for an MPNet teacher here) would repeat these
-    figures. None when the log has no such entry (a state from an older transformers)."""
+    figures. None (evaluate again) unless the Trainer recorded a best checkpoint of that step, which
+    it then reloaded (after a resume whose best checkpoint is gone it records none and returns the last
+    weights), and the log holds every metric `fit` reports."""
     step = getattr(state, "best_global_step", None)
+    if step is None or not state.best_model_checkpoint or Path(state.best_model_checkpoint).name != f"checkpoint-{step}":
+        return None
     for h in reversed(state.log_history):
-        if step is not None and h.get("step") == step and "eval_accuracy" in h:
+        if h.get("step") == step and all(f"eval_{k}" in h for k in ("accuracy", "balanced_accuracy", "f1_macro")):
             return h
     return None
 
