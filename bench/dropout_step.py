@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -28,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from distillora.inference.timing import cpu_name  # noqa: E402
+from side_by_side import alternate, runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("torch", "bit")
@@ -80,34 +80,11 @@ def main() -> int:
         args = training_args(tc, Path(tmp.name) / mode, 42, "f1_macro", quiet=True)
         trainer = StudyTrainer(model=m, args=args, train_dataset=enc, eval_dataset=enc,
                                data_collator=Collator(tok), processing_class=tok, objective=objective)
-        trainer.create_optimizer_and_scheduler(num_training_steps=need)
         if mode == "bit":
             swapped = stack.enter_context(bit_dropout(m))
-        wrapped = trainer.accelerator.prepare_model(m) if args.bf16 else m  # bf16: autocast forward, as in fit
-        trainer.optimizer = trainer.accelerator.prepare_optimizer(trainer.optimizer)
-        batches = list(trainer.get_train_dataloader())
-        batches = (batches * (need // len(batches) + 1))[:need]
-        trainer.current_gradient_accumulation_steps = 1  # normally set by the Trainer's own loop
-        wrapped.train()
-        runners[mode] = (trainer, wrapped, batches)
+        runners[mode] = runner(trainer, m, need)
 
-    def run(mode: str, rnd: int) -> float:
-        trainer, model, batches = runners[mode]
-        start = time.perf_counter()
-        for b in batches[rnd * a.steps:(rnd + 1) * a.steps]:
-            trainer.training_step(model, dict(b))
-            trainer._clip_grad_norm(model)
-            trainer.optimizer.step()
-            trainer.lr_scheduler.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
-        return (time.perf_counter() - start) / a.steps
-
-    for mode in MODES:
-        run(mode, 0)  # warm-up round, not timed
-    times = {m: [] for m in MODES}
-    for rnd in range(1, a.rounds + 1):
-        for mode in (MODES if rnd % 2 else MODES[::-1]):
-            times[mode].append(run(mode, rnd))
+    times = alternate(runners, a.rounds, a.steps)
     stack.close()
     tmp.cleanup()
 

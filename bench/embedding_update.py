@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from distillora.inference.timing import cpu_name  # noqa: E402
+from side_by_side import alternate, runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("dense", "frozen", "sparse")
@@ -80,33 +80,9 @@ def main() -> int:
         trainer = StudyTrainer(model=student, args=args, train_dataset=enc.with_fields(**cache), eval_dataset=enc,
                                data_collator=Collator(tok), processing_class=tok, objective=objective,
                                sparse_embeddings=mode == "sparse")
-        trainer.create_optimizer_and_scheduler(num_training_steps=need)
-        model = trainer.accelerator.prepare_model(student) if args.bf16 else student  # bf16: autocast forward
-        trainer.optimizer = trainer.accelerator.prepare_optimizer(trainer.optimizer)
-        batches = list(trainer.get_train_dataloader())
-        batches = (batches * (need // len(batches) + 1))[:need]
-        trainer.current_gradient_accumulation_steps = 1  # normally set by the Trainer's own loop
-        model.train()
-        runners[mode] = (trainer, model, batches)
+        runners[mode] = runner(trainer, student, need)
 
-    def run(mode: str, rnd: int) -> float:
-        trainer, model, batches = runners[mode]
-        start = time.perf_counter()
-        for b in batches[rnd * a.steps:(rnd + 1) * a.steps]:
-            trainer.training_step(model, dict(b))
-            trainer._clip_grad_norm(model)
-            trainer.optimizer.step()
-            trainer.lr_scheduler.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
-        return (time.perf_counter() - start) / a.steps
-
-    for mode in MODES:
-        run(mode, 0)  # warm-up round, not timed
-    times = {m: [] for m in MODES}
-    for rnd in range(1, a.rounds + 1):
-        order = MODES if rnd % 2 else MODES[::-1]
-        for mode in order:
-            times[mode].append(run(mode, rnd))
+    times = alternate(runners, a.rounds, a.steps)
     tmp.cleanup()
 
     med = {m: statistics.median(v) for m, v in times.items()}

@@ -33,6 +33,9 @@ log = logging.getLogger("distillora")
 EPOCH_LOSS_KEY = "train_epoch_loss"  # log_history entries holding one epoch's mean training loss
 
 
+VALIDATION_METRICS = ("accuracy", "balanced_accuracy", "f1_macro")  # what compute_metrics returns; fit reports
+
+
 def compute_metrics(eval_pred) -> dict:
     logits, labels = eval_pred
     pred = np.asarray(logits).argmax(-1)
@@ -474,7 +477,7 @@ def _logged_evaluation(state) -> dict | None:
     if step is None or not state.best_model_checkpoint or Path(state.best_model_checkpoint).name != f"checkpoint-{step}":
         return None
     for h in reversed(state.log_history):
-        if h.get("step") == step and all(f"eval_{k}" in h for k in ("accuracy", "balanced_accuracy", "f1_macro")):
+        if h.get("step") == step and all(f"eval_{k}" in h for k in VALIDATION_METRICS):
             return h
     return None
 
@@ -528,9 +531,7 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
         "resumed_from": Path(last).name if last else None,
         "precision": "bf16" if args.bf16 else "fp32",
         "params_trainable": trainable,
-        "validation": {"accuracy": best["eval_accuracy"], "balanced_accuracy": best["eval_balanced_accuracy"],
-                       "f1_macro": best["eval_f1_macro"],
-                       "loss": best.get("eval_loss")},
+        "validation": {**{k: best[f"eval_{k}"] for k in VALIDATION_METRICS}, "loss": best.get("eval_loss")},
     }
     append_jsonl(log_path, {"stage": stage, "event": "best", **stats["validation"]})
     # With bf16, accelerate wrapped the model's forward in autocast; take the wrapper off so that what

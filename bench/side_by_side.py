@@ -1,0 +1,48 @@
+"""Training steps of several copies of one model timed side by side, for the benches that compare
+step variants (embedding_update.py, dropout_step.py). Each copy has its own StudyTrainer; `runner`
+readies it as the Trainer's own loop would (optimizer and scheduler, accelerate's bf16 autocast
+around the forward when the arguments ask for bf16, as `fit` gets it) and `alternate` times the
+copies in turns, round by round on the same batches, so a machine whose speed drifts slows every
+copy alike."""
+
+from __future__ import annotations
+
+import time
+
+
+def runner(trainer, model, steps: int) -> tuple:
+    """(trainer, the model to step, `steps` batches) for `alternate`; batches repeat if the data is short."""
+    trainer.create_optimizer_and_scheduler(num_training_steps=steps)
+    wrapped = trainer.accelerator.prepare_model(model) if trainer.args.bf16 else model
+    trainer.optimizer = trainer.accelerator.prepare_optimizer(trainer.optimizer)
+    batches = list(trainer.get_train_dataloader())
+    batches = (batches * (steps // len(batches) + 1))[:steps]
+    trainer.current_gradient_accumulation_steps = 1  # normally set by the Trainer's own loop
+    wrapped.train()
+    return trainer, wrapped, batches
+
+
+def alternate(runners: dict, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per step of each runner in each of `rounds` timed rounds of `steps` steps (after one
+    untimed warm-up round), the order of the runners reversed every other round. Each runner needs
+    `steps * (rounds + 1)` batches."""
+
+    def run(name: str, rnd: int) -> float:
+        trainer, model, batches = runners[name]
+        start = time.perf_counter()
+        for b in batches[rnd * steps:(rnd + 1) * steps]:
+            trainer.training_step(model, dict(b))
+            trainer._clip_grad_norm(model)
+            trainer.optimizer.step()
+            trainer.lr_scheduler.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) / steps
+
+    names = list(runners)
+    for name in names:
+        run(name, 0)  # warm-up round, not timed
+    times = {name: [] for name in names}
+    for rnd in range(1, rounds + 1):
+        for name in (names if rnd % 2 else names[::-1]):
+            times[name].append(run(name, rnd))
+    return times
