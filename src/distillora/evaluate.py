@@ -9,9 +9,10 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 from .data import Encoded
 from .inference import TorchBackend
+from .inference.base import EVAL_BATCH
 
 
-def predict_proba(model, encoded: Encoded, tokenizer, batch_size: int = 128) -> tuple[np.ndarray, float]:
+def predict_proba(model, encoded: Encoded, tokenizer, batch_size: int = EVAL_BATCH) -> tuple[np.ndarray, float]:
     """Class probabilities (N, C) of a torch model in the original order, and examples/s of the pass
     (`inference.Backend.predict_encoded`: length-sorted batches, so padding stays small)."""
     return TorchBackend(model, tokenizer).predict_encoded(encoded, batch_size)

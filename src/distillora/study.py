@@ -20,7 +20,7 @@ from . import bundles, integrity, stages
 from .config import StudyConfig, diff, fingerprint, load_config, to_dict, to_yaml
 from .data import encode, load_splits, load_table
 from .errors import UserError
-from .evaluate import count_params, predict_proba, size_on_disk
+from .evaluate import EVAL_BATCH, count_params, predict_proba, size_on_disk
 from .fileio import read_json, remove_stale_temporaries, write_dir, write_text
 from .rundir import Evaluation, ModelRecord, Results, RunDir
 from .runlock import LOCK_NAME, RunLock
@@ -338,7 +338,7 @@ def _evaluate(run: RunDir, key: str, rec: dict, enc: dict, tokenizer) -> Evaluat
         # what learned in training (frozen weights excluded), as `fit` recorded it; runs before it did: all
         params_total=total, params_trainable=rec["train"].get("params_trainable", trainable),
         num_layers=model.config.num_hidden_layers,
-        inference={"examples_per_s": round(throughput, 1), "batch_size": 128,
+        inference={"examples_per_s": round(throughput, 1), "batch_size": EVAL_BATCH,
                    "device": str(_device()), "threads": torch.get_num_threads()}))
 
 

@@ -12,6 +12,14 @@ import numpy as np
 from ..data import Encoded, clip, length_sorted_batches
 from ..normalize import Normalizer
 
+# Rows per forward pass when a whole split or list is scored (evaluation, checks). On CPU small batches
+# are faster: fp32, 1,000 test rows length-sorted, 2 threads, medians of 3 alternating rounds
+# (2026-11-30, 2-core Intel Xeon): seed odd student (6-layer MPNet) 6.00 s at 32 against 8.39 s at 128
+# (1.40x), seed teacher 12.17 s against 18.76 s (1.54x), quick teacher (MiniLM) 1.90 s against 2.68 s
+# (1.41x); 16 and 64 were slower than 32 on all three. Larger batches push the activations (rows x
+# tokens x 3072 floats for MPNet's feed-forward) out of the cores' caches.
+EVAL_BATCH = 32
+
 
 def tokenize(tokenizer, normalizer: Normalizer, texts: list[str], max_length: int,
              pairs: list[str] | None = None) -> dict:
@@ -46,7 +54,7 @@ class Backend(ABC):
         normalise-tokenise-forward path of `predict`, the web app, export's timings and the benchmarks."""
         return self._proba(self.tokenize(texts, max_length, pairs)).tolist()
 
-    def predict_encoded(self, encoded: Encoded, batch_size: int = 128) -> tuple[np.ndarray, float]:
+    def predict_encoded(self, encoded: Encoded, batch_size: int = EVAL_BATCH) -> tuple[np.ndarray, float]:
         """Class probabilities (N, C) of an encoded split in its original order, and examples/s of the
         pass. Batches are formed from length-sorted examples so padding stays small."""
         out = np.zeros((len(encoded), self.num_labels), dtype=np.float64)
