@@ -82,7 +82,7 @@ def main() -> int:
                                sparse_embeddings=mode == "sparse")
         runners[mode] = runner(trainer, student, need)
 
-    times = alternate(runners, a.rounds, a.steps)
+    times, _ = alternate(runners, a.rounds, a.steps)
     tmp.cleanup()
 
     med = {m: statistics.median(v) for m, v in times.items()}

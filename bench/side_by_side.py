@@ -1,5 +1,5 @@
 """Training steps of several copies of one model timed side by side, for the benches that compare
-step variants (embedding_update.py, dropout_step.py). Each copy has its own StudyTrainer; `runner`
+step variants (embedding_update.py, step_variants.py). Each copy has its own StudyTrainer; `runner`
 readies it as the Trainer's own loop would (optimizer and scheduler, accelerate's bf16 autocast
 around the forward when the arguments ask for bf16, as `fit` gets it) and `alternate` times the
 copies in turns, round by round on the same batches, so a machine whose speed drifts slows every
@@ -22,10 +22,10 @@ def runner(trainer, model, steps: int) -> tuple:
     return trainer, wrapped, batches
 
 
-def alternate(runners: dict, rounds: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per step of each runner in each of `rounds` timed rounds of `steps` steps (after one
-    untimed warm-up round), the order of the runners reversed every other round. Each runner needs
-    `steps * (rounds + 1)` batches."""
+def alternate(runners: dict, rounds: int, steps: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """(seconds per step of each runner in each of `rounds` timed rounds of `steps` steps, seconds of
+    each runner's untimed warm-up round: where a compiled runner compiles). The order of the runners is
+    reversed every other round. Each runner needs `steps * (rounds + 1)` batches."""
 
     def run(name: str, rnd: int) -> float:
         trainer, model, batches = runners[name]
@@ -39,10 +39,9 @@ def alternate(runners: dict, rounds: int, steps: int) -> dict[str, list[float]]:
         return (time.perf_counter() - start) / steps
 
     names = list(runners)
-    for name in names:
-        run(name, 0)  # warm-up round, not timed
+    warmup = {name: run(name, 0) * steps for name in names}
     times = {name: [] for name in names}
     for rnd in range(1, rounds + 1):
         for name in (names if rnd % 2 else names[::-1]):
             times[name].append(run(name, rnd))
-    return times
+    return times, warmup

@@ -407,7 +407,7 @@ class BitDropout(torch.nn.Module):
     """`nn.Dropout` for CPU training with a cheaper mask: four 16-bit slices of each 64-bit random
     number, compared with a threshold, instead of torch's CPU `bernoulli_`, which draws each element's
     mask separately and took 13% of an MPNet teacher's bf16 training step here (`bench/profile_step.py
-    --layers teacher --dropout torch`; `bench/dropout_step.py` times both side by side). Same module
+    --layers teacher --dropout torch`; `bench/step_variants.py --compare dropout` times both side by side). Same module
     semantics: identity in eval mode or at p = 0, inverted scaling in training. The drop probability
     is quantised to 1/65536 (p = 0.1 drops 6554/65536 = 0.100006) and the scale is 1 / (the kept share
     actually used), applied to each kept value with one rounding, so the expectation is unchanged up

@@ -1,11 +1,17 @@
-"""What dropout's mask costs a CPU training step: torch's `nn.Dropout` (`bernoulli_`, each element's
-mask drawn separately) against `training.BitDropout` (four 16-bit draws per 64-bit random number, which `fit` uses on CPU),
-timed side by side in one process on the project's own step (the Trainer with the stage's objective,
-its collator, length-grouped batches, bf16 autocast as accelerate wraps it, fused AdamW, clipping,
-scheduler), the two copies of the model taking turns round by round on the same batches.
-Prints seconds per step and the speed-up, names the CPU, writes JSON.
+"""Variants of one CPU training step timed side by side in one process, on the project's own step
+(the Trainer with the stage's objective, its collator, length-grouped batches, bf16 autocast as
+accelerate wraps it, fused AdamW, clipping, scheduler), the copies of the model taking turns round by
+round on the same batches. Prints seconds per step, the warm-up round's seconds, the speed-up over the
+first variant; names the CPU, writes JSON.
 
-usage: python bench/dropout_step.py [--model mpnet-base] [--layers odd] [--rounds 4] [--steps 6]
+  --compare dropout: torch's `nn.Dropout` (`bernoulli_`, each element's mask drawn separately) against
+                     `training.BitDropout` (four 16-bit draws per 64-bit random number; what `fit` uses on CPU)
+  --compare compile: eager against `torch.compile(model, dynamic=True)` (the whole model, forward and
+                     backward) and against regional compilation (each encoder layer compiled, the
+                     repeated block compiled once), all with BitDropout. The warm-up round holds the
+                     compilation.
+
+usage: python bench/step_variants.py [--compare dropout|compile] [--model mpnet-base] [--layers odd] [--rounds 4] [--steps 6]
   without --layers: the teacher's step (cross-entropy on the full model `--model`)
   with --layers: a student built from `--model`'s layers, trained by distillation on cached outputs
 """
@@ -30,11 +36,12 @@ from distillora.inference.timing import cpu_name  # noqa: E402
 from side_by_side import alternate, runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("torch", "bit")
+VARIANTS = {"dropout": ("torch", "bit"), "compile": ("eager", "compiled", "regional")}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--compare", default="dropout", choices=list(VARIANTS))
     ap.add_argument("--model", default="mpnet-base", help="a model directory or a bundle name (mpnet-base, minilm-l6)")
     ap.add_argument("--layers", default=None, help="build a student from these layers (odd, even, 1,3,5)")
     ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --steps steps of every mode")
@@ -74,35 +81,45 @@ def main() -> int:
         base, objective, what = model, CrossEntropy(None), f"teacher {a.model} (cross-entropy)"
     need = a.steps * (a.rounds + 1)
     runners, tmp, stack = {}, tempfile.TemporaryDirectory(), ExitStack()
-    for mode in MODES:
+    modes = VARIANTS[a.compare]
+    for mode in modes:
         m = copy.deepcopy(base)
         tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision)
         args = training_args(tc, Path(tmp.name) / mode, 42, "f1_macro", quiet=True)
         trainer = StudyTrainer(model=m, args=args, train_dataset=enc, eval_dataset=enc,
                                data_collator=Collator(tok), processing_class=tok, objective=objective)
-        if mode == "bit":
+        if mode != "torch":
             swapped = stack.enter_context(bit_dropout(m))
-        runners[mode] = runner(trainer, m, need)
+        trainer, stepped, batches = runner(trainer, m, need)
+        if mode == "compiled":
+            stepped = torch.compile(stepped, dynamic=True)
+        elif mode == "regional":  # in place; every layer shares the one compiled block
+            for block in m.base_model.encoder.layer:
+                block.compile(dynamic=True)
+        runners[mode] = (trainer, stepped, batches)
 
-    times = alternate(runners, a.rounds, a.steps)
+    times, warmup = alternate(runners, a.rounds, a.steps)
     stack.close()
     tmp.cleanup()
 
     med = {m: statistics.median(v) for m, v in times.items()}
-    precision = "bf16" if runners["torch"][0].args.bf16 else "fp32"
+    first = modes[0]
+    precision = "bf16" if runners[first][0].args.bf16 else "fp32"
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} torch threads; {what}; batch {a.batch_size}; {precision}; "
-          f"{swapped} dropout modules; {a.rounds} alternating rounds of {a.steps} steps per mode")
-    print("| dropout | s/step (median of rounds) | rounds | speed-up over torch |")
-    print("|---|---|---|---|")
-    for m in MODES:
-        print(f"| {m} | {med[m]:.3f} | {', '.join(f'{t:.3f}' for t in times[m])} | {med['torch'] / med[m]:.2f}x |")
+          f"{swapped} dropout modules; {a.rounds} alternating rounds of {a.steps} steps per variant")
+    print(f"| {a.compare} | s/step (median of rounds) | rounds | warm-up round (s) | speed-up over {first} |")
+    print("|---|---|---|---|---|")
+    for m in modes:
+        print(f"| {m} | {med[m]:.3f} | {', '.join(f'{t:.3f}' for t in times[m])} | {warmup[m]:.1f} | "
+              f"{med[first] / med[m]:.2f}x |")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "dropout_step" + (f"_{a.layers.replace(',', '-')}" if a.layers else "_teacher")
+    name = f"{a.compare}_step" + (f"_{a.layers.replace(',', '-')}" if a.layers else "_teacher")
     (out / f"{name}.json").write_text(json.dumps({
-        "cpu": cpu_name(), "threads": torch.get_num_threads(), "model": a.model, "layers": a.layers,
-        "batch_size": a.batch_size, "precision": precision, "rounds": a.rounds, "steps": a.steps,
-        "dropout_modules": swapped, "seconds_per_step": times, "median": med}, indent=2))
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "compare": a.compare, "model": a.model,
+        "layers": a.layers, "batch_size": a.batch_size, "precision": precision, "rounds": a.rounds,
+        "steps": a.steps, "dropout_modules": swapped, "seconds_per_step": times, "warmup_seconds": warmup,
+        "median": med}, indent=2))
     return 0
 
 
