@@ -4,11 +4,18 @@ the test split: how the defaults of configs/ were chosen.
     python bench/recipe.py --config configs/seed.yaml --name lr2e-5 teacher.train.learning_rate=2e-5
     python bench/recipe.py --config configs/seed.yaml --name lpft --linear-probe-epochs 1
     python bench/recipe.py --config configs/seed.yaml --name base --wise 1,0.8,0.6   # WiSE-FT alphas
+    python bench/recipe.py --config configs/quick.yaml --name swa --average-from 0.33,0.67
+    python bench/recipe.py --config configs/quick.yaml --name mean --pooling mean
 
 Each call fine-tunes one teacher with the run's own code (same data, carve, tokenisation, Trainer),
 then scores it on validation and on configs/dev/short_sentences.csv (WiSE-FT: for every alpha, the
-fine-tuned body interpolated with the pretrained one). One JSON line per scored model goes to
-`--log` (default bench/results/recipe.jsonl)."""
+fine-tuned body interpolated with the pretrained one). `--average-from F,...`: also score, for each
+F, the uniform average of the trainable weights taken after every step from fraction F of the run
+(tail weight averaging, as SWA / SWAD), beside the model `fit` returns from the same run. `--pooling
+mean`: the head reads the masked mean of the last hidden states (the pooling the sentence-transformers
+bundles were trained with) instead of the first token; a forward hook, measured here only (a saved
+model would need a class beyond AutoModelForSequenceClassification). One JSON line per scored model
+goes to `--log` (default bench/results/recipe.jsonl)."""
 
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
 from distillora import bundles, normalize  # noqa: E402
 from distillora.config import load_config  # noqa: E402
@@ -38,6 +45,62 @@ from distillora.stages.teacher import load_pretrained, wise_ft  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "configs" / "dev" / "short_sentences.csv"
+
+
+class TailAverage(TrainerCallback):
+    """Uniform running mean (fp32) of the trainable weights after every optimizer step past `start` x
+    the run's steps."""
+
+    def __init__(self, start: float):
+        self.start, self.n, self.mean = start, 0, {}
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step <= self.start * state.max_steps:
+            return
+        self.n += 1
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.requires_grad:
+                    if name in self.mean:
+                        self.mean[name].add_(p.float() - self.mean[name], alpha=1.0 / self.n)
+                    else:
+                        self.mean[name] = p.detach().float().clone()
+
+    def applied(self, model):
+        """A copy of `model` holding the averaged weights."""
+        import copy
+
+        out = copy.deepcopy(model)
+        params = dict(out.named_parameters())
+        with torch.no_grad():
+            for name, w in self.mean.items():
+                params[name].copy_(w)
+        return out
+
+
+def mean_pooling(model):
+    """Make the head read the masked mean of the encoder's last hidden states: position 0 of the
+    encoder's output is replaced by that mean, so BERT's pooler and MPNet's head (both read token 0)
+    see it. The attention mask is taken from the model's call."""
+    mask = {}
+
+    def keep_mask(module, args, kwargs):
+        mask["m"] = kwargs.get("attention_mask")
+
+    def pool(module, args, out):
+        h = out[0]
+        m = mask["m"]
+        m = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device) if m is None else m.to(h.dtype)
+        mean = (h * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+        h = torch.cat([mean.unsqueeze(1), h[:, 1:]], 1)
+        if isinstance(out, tuple):
+            return (h,) + out[1:]
+        out.last_hidden_state = h
+        return out
+
+    model.register_forward_pre_hook(keep_mask, with_kwargs=True)
+    model.base_model.encoder.register_forward_hook(pool)
+    return model
 
 
 def scores(probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -55,6 +118,8 @@ def main() -> None:
     ap.add_argument("--log", default=str(REPO / "bench" / "results" / "recipe.jsonl"))
     ap.add_argument("--wise", default="1", help="comma-separated WiSE-FT alphas to score (1 = the fine-tuned model)")
     ap.add_argument("--linear-probe-epochs", type=float, default=0.0, help="LP-FT: train only the head first")
+    ap.add_argument("--average-from", default="", help="comma-separated start fractions of tail weight averages to score")
+    ap.add_argument("--pooling", default="first", choices=["first", "mean"], help="what the head reads")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
 
@@ -70,6 +135,9 @@ def main() -> None:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = load_pretrained(source, cfg.data.label_names)
+    if a.pooling == "mean":
+        mean_pooling(model)
+    averages = [TailAverage(float(x)) for x in a.average_from.split(",") if x]
     normalize.attach(model.config, normalize.resolve(cfg.data.normalize))
     if a.linear_probe_epochs:
         import dataclasses
@@ -81,17 +149,19 @@ def main() -> None:
         model, _ = env.fit(model, lp, "lp", "lp-" + a.name)
         for p in body:
             p.requires_grad_(True)
-    model, stats = env.fit(model, cfg.teacher.train, "teacher", a.name)
+    model, stats = env.fit(model, cfg.teacher.train, "teacher", a.name, callbacks=tuple(averages))
     seconds = time.perf_counter() - t0
     model.save_pretrained(str(work / "model"))  # for bench/lora_recipe.py --teacher
     tok.save_pretrained(str(work / "model"))
     pretrained = load_pretrained(source, cfg.data.label_names)
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
-    for alpha in [float(x) for x in a.wise.split(",")]:
-        m = wise_ft(model, pretrained, alpha) if alpha < 1 else model
-        row = {"name": a.name, "config": Path(a.config).name, "overrides": a.overrides, "wise_alpha": alpha,
-               "linear_probe_epochs": a.linear_probe_epochs, "train_seconds": round(seconds, 1),
-               "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name()}
+    scored = [({"wise_alpha": alpha}, wise_ft(model, pretrained, alpha) if alpha < 1 else model)
+              for alpha in [float(x) for x in a.wise.split(",")]]
+    scored += [({"average_from": avg.start, "averaged_steps": avg.n}, avg.applied(model)) for avg in averages]
+    for variant, m in scored:
+        row = {"name": a.name, "config": Path(a.config).name, "overrides": a.overrides, **variant,
+               "pooling": a.pooling, "linear_probe_epochs": a.linear_probe_epochs,
+               "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name()}
         for split in ("validation", "dev"):
             probs, _ = predict_proba(m, enc[split], tok)
             labels = (splits.validation if split == "validation" else dev).labels

@@ -153,6 +153,28 @@ def test_seeds_repeat_every_trainable_stage(tmp_path, tiny_config):
     b = json.loads((out / "stages" / "baseline.seed43.json").read_text())["train"]["epoch_losses"]
     assert a != b
     assert "## Across 2 seeds" in (out / "report.md").read_text()
+    # with several seeds the best student is chosen on the mean of the seeds' validation figures
+    students = [m for m in r["models"] if m["kind"] != "teacher"]
+    mean = {m["name"]: m["seed_summary"][f"validation_{r['selection_metric']}"]["mean"] for m in students}
+    assert r["best_student"] == max(mean, key=mean.get)
+    assert "(mean over the seeds)" in (out / "report.md").read_text()
+
+
+def test_best_student_over_seeds_uses_mean_validation():
+    """One seed's validation can favour a student that the mean over seeds does not: the mean decides."""
+    from distillora.rundir import ModelRecord
+    from distillora.study import _best_student
+
+    def rec(name, kind, primary, mean):
+        return ModelRecord(name=name, kind=kind, num_layers=1, teacher_layers=[1], objective="", params_total=1,
+                           params_trainable=1, train={}, validation={"f1_macro": primary}, test={}, inference={},
+                           size_bytes=1, seed_summary=None if mean is None else
+                           {"validation_f1_macro": {"mean": mean, "std": 0.0, "n": 3}})
+
+    models = [rec("teacher", "teacher", 0.99, 0.99), rec("a", "distilled", 0.93, 0.90), rec("b", "baseline", 0.92, 0.91)]
+    assert _best_student(models, "f1_macro") == "b"
+    single = [rec("teacher", "teacher", 0.99, None), rec("a", "distilled", 0.93, None), rec("b", "baseline", 0.92, None)]
+    assert _best_student(single, "f1_macro") == "a"
 
 
 def test_kinds_are_recorded_and_runs_from_before_kinds_still_load(tiny_run, tmp_path):

@@ -484,10 +484,11 @@ def _logged_evaluation(state) -> dict | None:
 
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
         log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool, fingerprint: str,
-        class_weights: torch.Tensor | None = None, objective=None) -> tuple[torch.nn.Module, dict]:
+        class_weights: torch.Tensor | None = None, objective=None, callbacks: tuple = ()) -> tuple[torch.nn.Module, dict]:
     """Train `model` on `objective` (default: CrossEntropy(class_weights)), keep the epoch best on
     validation, resume from `work_dir`'s last checkpoint if one exists and was made with the same
-    `fingerprint`. Returns the best model and {loss (mean of last epoch), seconds, steps, validation}."""
+    `fingerprint`. `callbacks`: more TrainerCallbacks (the benches' measurements). Returns the best
+    model and {loss (mean of last epoch), seconds, steps, validation}."""
     embeddings = model.get_input_embeddings()
     if tc.freeze_word_embeddings:
         embeddings.weight.requires_grad_(False)
@@ -503,7 +504,7 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     before = float(read_json(elapsed_file)["seconds"]) if last and elapsed_file.exists() else 0.0
     args = training_args(tc, work_dir, seed, selection_metric, quiet, state.num_processes)
     elapsed = _Elapsed(work_dir, before)
-    callbacks = [JsonlLog(log_path, stage, tc.batch_size), elapsed]
+    callbacks = [JsonlLog(log_path, stage, tc.batch_size), elapsed, *callbacks]
     if tc.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
     trainer = StudyTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,

@@ -73,14 +73,15 @@ class StageEnv:
         was copied from teacher layer layer_map[i]."""
         return Distillation(self.cfg.distill, list(layer_map), self.class_weights())
 
-    def fit(self, model, tc, key: str, fingerprint: str, train: Encoded | None = None, objective=None):
+    def fit(self, model, tc, key: str, fingerprint: str, train: Encoded | None = None, objective=None,
+            callbacks: tuple = ()):
         """`training.fit` with what every stage shares: this run's splits, tokenizer, seed, selection
         metric, class weights and quietness, and the stage `key`'s work directory and log. `objective`:
-        default cross-entropy; `self.distillation(...)` for a distilled student."""
+        default cross-entropy; `self.distillation(...)` for a distilled student. `callbacks`: see `fit`."""
         return fit(model, self.train if train is None else train, self.validation, self.tokenizer, tc,
                    work_dir=self.work_dir(key), log_path=self.log_path(key), stage=key, seed=self.cfg.seed,
                    selection_metric=self.cfg.selection_metric, quiet=self.quiet, fingerprint=fingerprint,
-                   class_weights=self.class_weights(), objective=objective)
+                   class_weights=self.class_weights(), objective=objective, callbacks=callbacks)
 
 
 class StageContext:
