@@ -11,7 +11,8 @@ Each call fine-tunes one teacher with the run's own code (same data, carve, toke
 then scores it on validation and on configs/dev/short_sentences.csv (WiSE-FT: for every alpha, the
 fine-tuned body interpolated with the pretrained one). `--average-from F,...`: also score, for each
 F, the uniform average of the trainable weights taken after every step from fraction F of the run
-(tail weight averaging, as SWA / SWAD), beside the model `fit` returns from the same run. `--pooling
+(tail weight averaging, as SWA / SWAD), beside the model `fit` returns from the same run (the row's train_seconds then include the averaging).
+`--pooling
 mean`: the head reads the masked mean of the last hidden states (the pooling the sentence-transformers
 bundles were trained with) instead of the first token; a forward hook, measured here only (a saved
 model would need a class beyond AutoModelForSequenceClassification). One JSON line per scored model
@@ -122,6 +123,9 @@ def main() -> None:
     ap.add_argument("--pooling", default="first", choices=["first", "mean"], help="what the head reads")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
+    starts = [float(x) for x in a.average_from.split(",") if x]
+    if any(not 0 <= f < 1 for f in starts):
+        ap.error(f"--average-from {a.average_from}: each start fraction must be in [0, 1)")
 
     cfg = load_config(a.config, a.overrides)
     splits = load_splits(cfg.data, cfg.seed)
@@ -137,7 +141,7 @@ def main() -> None:
     model = load_pretrained(source, cfg.data.label_names)
     if a.pooling == "mean":
         mean_pooling(model)
-    averages = [TailAverage(float(x)) for x in a.average_from.split(",") if x]
+    averages = [TailAverage(f) for f in starts]
     normalize.attach(model.config, normalize.resolve(cfg.data.normalize))
     if a.linear_probe_epochs:
         import dataclasses
@@ -149,16 +153,29 @@ def main() -> None:
         model, _ = env.fit(model, lp, "lp", "lp-" + a.name)
         for p in body:
             p.requires_grad_(True)
-    model, stats = env.fit(model, cfg.teacher.train, "teacher", a.name, callbacks=tuple(averages))
+    # what the model's result depends on: a run resumed under the same name with other options would
+    # mix two recipes (and an average would cover only the steps after the resume)
+    fp = "|".join([a.name, a.pooling, a.average_from, str(a.linear_probe_epochs), *a.overrides])
+    model, stats = env.fit(model, cfg.teacher.train, "teacher", fp, callbacks=tuple(averages))
     seconds = time.perf_counter() - t0
-    model.save_pretrained(str(work / "model"))  # for bench/lora_recipe.py --teacher
-    tok.save_pretrained(str(work / "model"))
+    if averages and stats["resumed_from"]:
+        raise SystemExit(f"{work}: resumed from {stats['resumed_from']}; tail averages need the whole run "
+                         f"(remove {work} or use another --name)")
+    for avg in averages:
+        if avg.n == 0:
+            raise SystemExit(f"--average-from {avg.start}: no step past that fraction of the run was averaged")
+    if a.pooling == "first":  # a mean-pooled model would reload as a first-token one
+        model.save_pretrained(str(work / "model"))  # for bench/student_recipe.py --teacher
+        tok.save_pretrained(str(work / "model"))
     pretrained = load_pretrained(source, cfg.data.label_names)
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
-    scored = [({"wise_alpha": alpha}, wise_ft(model, pretrained, alpha) if alpha < 1 else model)
+    # one model copy at a time: each is built when it is scored
+    scored = [({"wise_alpha": alpha}, lambda alpha=alpha: wise_ft(model, pretrained, alpha) if alpha < 1 else model)
               for alpha in [float(x) for x in a.wise.split(",")]]
-    scored += [({"average_from": avg.start, "averaged_steps": avg.n}, avg.applied(model)) for avg in averages]
-    for variant, m in scored:
+    scored += [({"average_from": avg.start, "averaged_steps": avg.n}, lambda avg=avg: avg.applied(model))
+               for avg in averages]
+    for variant, build in scored:
+        m = build()
         row = {"name": a.name, "config": Path(a.config).name, "overrides": a.overrides, **variant,
                "pooling": a.pooling, "linear_probe_epochs": a.linear_probe_epochs,
                "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name()}

@@ -328,3 +328,26 @@ def test_fit_reports_the_validation_figures_of_the_model_it_returns(tmp_path, mi
     assert stats["validation"]["accuracy"] == pytest.approx(got["accuracy"])
     assert stats["validation"]["f1_macro"] == pytest.approx(got["f1_macro"])
     assert stats["validation"]["loss"] == pytest.approx(got["loss"], abs=1e-4)
+
+
+def test_fit_calls_extra_callbacks_on_the_model_it_returns(tmp_path, minilm_tokenizer):
+    """`fit(callbacks=...)` (the benches' measurements, e.g. tail weight averages): each callback sees
+    every optimizer step, and the model it is handed is the one `fit` returns (same parameter names)."""
+    from transformers import TrainerCallback
+
+    class Record(TrainerCallback):
+        def __init__(self):
+            self.steps, self.names = [], set()
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            self.steps.append(state.global_step)
+            self.names = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    record = Record()
+    data = _encoded(16, lambda i: i % 2)
+    tc = TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8, logging_steps=100, precision="fp32")
+    model, stats = training.fit(tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size), data, data, minilm_tokenizer,
+                                tc, work_dir=tmp_path / "w", log_path=tmp_path / "l", stage="s", seed=0,
+                                selection_metric="accuracy", quiet=True, fingerprint="f", callbacks=(record,))
+    assert record.steps == list(range(1, stats["steps"] + 1)) and stats["steps"] == 4
+    assert record.names == {n for n, _ in model.named_parameters()}

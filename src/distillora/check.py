@@ -30,7 +30,6 @@ import numpy as np
 from . import stats
 from .errors import UserError
 from .fileio import write_json
-from .inference.base import EVAL_BATCH
 from .rundir import RunDir
 from .suites import Case, Suite, Test, generate, load_suite
 
@@ -38,11 +37,6 @@ log = logging.getLogger("distillora")
 
 TEACHER = "teacher"
 WORST_KEPT = 5  # worst invariance failures kept per model and test
-# Texts per forward pass (length-sorted, so little padding): the evaluation's batch (see
-# inference.base.EVAL_BATCH). 1,568 tweets through the seed odd student's `probabilities` (fp32, 2
-# threads, 3 alternating rounds) took 17.00 s in batches of 32 and 18.56 s in batches of 256, the
-# previous size (chosen on a tiny model: 1,361 suite texts took 17.9 s in batches of 64, 7.1 s in 256).
-BATCH = EVAL_BATCH
 
 Predict = Callable[[list[str]], list[list[float]]]
 
@@ -139,8 +133,14 @@ def summarise(suite: Suite, cases: dict[str, list[Case]], results: dict[str, dic
 
 def served_predictor(run_dir: Path, name: str, max_length: int) -> tuple[str, Predict]:
     """(method, texts -> probabilities) for model `name` as the app serves it."""
-    from . import inference
+    from . import inference  # torch, transformers and onnxruntime only when a model is checked
+    from .inference.base import EVAL_BATCH as BATCH
 
+    # Texts per forward pass (length-sorted, so little padding): the evaluation's batch. 1,568 tweets
+    # through the seed odd student's fp32 `probabilities` (what a study checks: it runs before any
+    # export) took 17.00 s in batches of 32 and 18.56 s in 256, the size used before (3 alternating
+    # rounds, 2 threads); with the tests' tiny models the suite time did not change. The bf16 and
+    # onnx copies that `distillora check` finds after an export were not timed.
     backend = inference.load_served(run_dir, name, RunDir(run_dir).model_dir(name))
 
     def predict(texts: list[str]) -> list[list[float]]:

@@ -40,7 +40,8 @@ class TrainConfig:
     epochs: float = _f(3.0, "Training epochs (the best epoch on validation is kept).")
     learning_rate: float = _f(5e-5, "Peak learning rate (AdamW, linear decay).")
     batch_size: int = _f(32, "Examples per device per step.")
-    eval_batch_size: int = _f(128, "Examples per step when evaluating.")
+    eval_batch_size: int = _f(128, "Examples per step of the Trainer's per-epoch validation pass (the "
+                                   "final evaluation and the checks use inference.base.EVAL_BATCH).")
     weight_decay: float = _f(0.01, "AdamW weight decay.")
     warmup_ratio: float = _f(0.06, "Share of steps with linear warm-up.")
     early_stopping_patience: int = _f(0, "Stop after this many epochs without validation gain (0: never).")

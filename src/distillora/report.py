@@ -306,8 +306,8 @@ def analysis(results: Results, bars: dict | None = None) -> list[str]:
         out.append(f"- LoRA student `{lo['name']}` reaches test accuracy {lo['test']['accuracy']:.3f}, {100 * ratio:.1f}% of "
                    f"the baseline's, with {100 * share:.2f}% of its parameters trainable{bar}.")
     if results.get("best_student"):
-        over = " (mean over the seeds)" if any(m.get("seed_summary") for m in results["models"]) else ""
-        out.append(f"- Best student on validation ({results['selection_metric']}{over}): `{results['best_student']}`.")
+        rule = results.get("best_student_rule") or f"validation {results['selection_metric']}"
+        out.append(f"- Best student, chosen on {rule}: `{results['best_student']}`.")
     ds = results["dataset"]
     out.append(f"- Test split: {ds['rows']['test']} rows, label counts {ds['label_counts']['test']}; train "
                f"{ds['label_counts']['train']}. If the test split comes from another source than train (as for "

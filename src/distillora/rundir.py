@@ -152,7 +152,12 @@ class Results(_Record):
     audit: dict
     wall_seconds_this_invocation: float
     versions: dict
+    # how best_student was chosen, in words; absent in results.json written before it was recorded
+    # (those chose on the primary seed's validation figure)
+    best_student_rule: str | None = None
     other: dict = field(default_factory=dict)
+
+    _optional = ("best_student_rule",)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Results":

@@ -20,7 +20,8 @@ from . import bundles, integrity, stages
 from .config import StudyConfig, diff, fingerprint, load_config, to_dict, to_yaml
 from .data import encode, load_splits, load_table
 from .errors import UserError
-from .evaluate import EVAL_BATCH, count_params, predict_proba, size_on_disk
+from .evaluate import count_params, predict_proba, size_on_disk
+from .inference.base import EVAL_BATCH
 from .fileio import read_json, remove_stale_temporaries, write_dir, write_text
 from .rundir import Evaluation, ModelRecord, Results, RunDir
 from .runlock import LOCK_NAME, RunLock
@@ -257,11 +258,13 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
                            for name, rec in seed_records[seed].items()} for seed in seeds[1:]}
         per_seed[cfg.seed] = evaluations
         analysis.add_seeds(models, seeds, seed_records, per_seed, splits)
+    best, rule = _best_student(models, cfg.selection_metric)
     results = Results(
         name=cfg.name,
         dataset=splits.info,
         models=models,
-        best_student=_best_student(models, cfg.selection_metric),
+        best_student=best,
+        best_student_rule=rule,
         selection_metric=cfg.selection_metric,
         significance=analysis.significance(models, evaluations, splits.test.labels),
         audit=analysis.run_audit(splits, cfg, tokenizer),
@@ -366,16 +369,19 @@ def _model_entry(name: str, kind: Kind, rec: dict, ev: Evaluation, run: RunDir) 
     )
 
 
-def _best_student(models: list[ModelRecord], metric: str) -> str | None:
-    """Chosen on validation, never on test: with several seeds (`--seeds N`) on the mean of the seeds'
-    validation figures, which one seed's validation (568 rows for the seed preset, about 1 point of
-    standard error) cannot separate from noise; the primary seed's model is the one served."""
+def _best_student(models: list[ModelRecord], metric: str) -> tuple[str | None, str]:
+    """(name, the rule in words). Chosen on validation, never on test: with several seeds (`--seeds N`)
+    on the mean of the seeds' validation figures, which one seed's validation (568 rows for the seed
+    preset, about 1 point of standard error) cannot separate from noise; the primary seed's model is
+    the one served."""
     students = [m for m in models if m.is_student]
+    seeds = next((m.seed_summary[f"validation_{metric}"]["n"] for m in students if m.seed_summary), 0)
 
     def score(m: ModelRecord) -> float:
         return m.seed_summary[f"validation_{metric}"]["mean"] if m.seed_summary else m.validation[metric]
 
-    return max(students, key=score).name if students else None
+    rule = f"mean validation {metric} over {seeds} seeds" if seeds else f"validation {metric}"
+    return (max(students, key=score).name if students else None), rule
 
 
 def _versions() -> dict:

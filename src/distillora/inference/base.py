@@ -12,12 +12,13 @@ import numpy as np
 from ..data import Encoded, clip, length_sorted_batches
 from ..normalize import Normalizer
 
-# Rows per forward pass when a whole split or list is scored (evaluation, checks). On CPU small batches
-# are faster: fp32, 1,000 test rows length-sorted, 2 threads, medians of 3 alternating rounds
+# Rows per forward pass when a whole split or list is scored (evaluation, checks). On CPU smaller batches
+# were faster: fp32, 1,000 test rows length-sorted, 2 threads, medians of 3 alternating rounds
 # (2026-11-30, 2-core Intel Xeon): seed odd student (6-layer MPNet) 6.00 s at 32 against 8.39 s at 128
 # (1.40x), seed teacher 12.17 s against 18.76 s (1.54x), quick teacher (MiniLM) 1.90 s against 2.68 s
-# (1.41x); 16 and 64 were slower than 32 on all three. Larger batches push the activations (rows x
-# tokens x 3072 floats for MPNet's feed-forward) out of the cores' caches.
+# (1.41x); neither 16 nor 64 was faster than 32 on any of the three. Why was not measured; a likely
+# cause is a batch's activations (rows x tokens x 3072 floats in MPNet's feed-forward) outgrowing the
+# caches. The Trainer's per-epoch validation pass has its own size (`train.eval_batch_size`).
 EVAL_BATCH = 32
 
 
