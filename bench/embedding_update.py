@@ -28,9 +28,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from distillora.inference.timing import cpu_name  # noqa: E402
-from side_by_side import alternate, runner  # noqa: E402
+from side_by_side import REPO, add_step_args, alternate, layers_arg, runner, train_slice, trainer_for  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 MODES = ("dense", "frozen", "sparse")
 
 
@@ -39,32 +38,23 @@ def main() -> int:
     ap.add_argument("--teacher", default=str(REPO / "runs" / "seed" / "models" / "teacher"),
                     help="a fine-tuned teacher directory or a bundle name such as mpnet-base / minilm-l6")
     ap.add_argument("--layers", default="odd")
-    ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --steps steps of every mode")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--rows", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    add_step_args(ap)
     a = ap.parse_args()
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from distillora.bundles import resolve
-    from distillora.config import DataConfig, DistillConfig, TrainConfig
-    from distillora.data import Collator, encode, load_splits
+    from distillora.config import DistillConfig
     from distillora.stages.distill import teacher_outputs
     from distillora.students import build_student
-    from distillora.training import Distillation, StudyTrainer, training_args
+    from distillora.training import Distillation
 
     torch.manual_seed(0)
     source = a.teacher if Path(a.teacher).is_dir() else resolve(a.teacher)
     tok = AutoTokenizer.from_pretrained(source)
     teacher = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
-    splits = load_splits(DataConfig(source=str(REPO.parent / "shared" / "data" / "hate_speech_twitter")), 42)
-    train = type(splits.train)(splits.train.texts[: a.rows], splits.train.labels[: a.rows])
-    enc = encode(train, tok, 128)
-    layers = [int(x) for x in a.layers.split(",")] if a.layers[0].isdigit() else a.layers
-    base = build_student(teacher, layers)
+    enc = train_slice(tok, a.rows)
+    base = build_student(teacher, layers_arg(a.layers))
     objective = Distillation(DistillConfig(), list(range(1, base.config.num_hidden_layers + 1)))
     cache = teacher_outputs(teacher, enc, tok, objective.teacher_needs)
     del teacher
@@ -75,11 +65,8 @@ def main() -> int:
         emb = student.get_input_embeddings()
         emb.weight.requires_grad_(mode != "frozen")
         emb.sparse = mode == "sparse"
-        tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision)
-        args = training_args(tc, Path(tmp.name) / mode, 42, "f1_macro", quiet=True)
-        trainer = StudyTrainer(model=student, args=args, train_dataset=enc.with_fields(**cache), eval_dataset=enc,
-                               data_collator=Collator(tok), processing_class=tok, objective=objective,
-                               sparse_embeddings=mode == "sparse")
+        trainer = trainer_for(student, enc.with_fields(**cache), tok, objective, a, Path(tmp.name) / mode,
+                              sparse_embeddings=mode == "sparse")
         runners[mode] = runner(trainer, student, need)
 
     times, _ = alternate(runners, a.rounds, a.steps)

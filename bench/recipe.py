@@ -167,11 +167,12 @@ def main() -> None:
     if a.pooling == "first":  # a mean-pooled model would reload as a first-token one
         model.save_pretrained(str(work / "model"))  # for bench/student_recipe.py --teacher
         tok.save_pretrained(str(work / "model"))
-    pretrained = load_pretrained(source, cfg.data.label_names)
+    alphas = [float(x) for x in a.wise.split(",")]
+    pretrained = load_pretrained(source, cfg.data.label_names) if any(x < 1 for x in alphas) else None
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     # one model copy at a time: each is built when it is scored
     scored = [({"wise_alpha": alpha}, lambda alpha=alpha: wise_ft(model, pretrained, alpha) if alpha < 1 else model)
-              for alpha in [float(x) for x in a.wise.split(",")]]
+              for alpha in alphas]
     scored += [({"average_from": avg.start, "averaged_steps": avg.n}, lambda avg=avg: avg.applied(model))
                for avg in averages]
     for variant, build in scored:

@@ -8,6 +8,46 @@ copy alike."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def add_step_args(ap) -> None:
+    """The arguments every side-by-side step bench takes."""
+    ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --steps steps of every mode")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+
+
+def layers_arg(text: str):
+    """`--layers` as build_student takes it: a strategy name (odd, even) or a list such as 1,3,5."""
+    return [int(x) for x in text.split(",")] if text[0].isdigit() else text
+
+
+def train_slice(tokenizer, rows: int, normalize: str | None = None):
+    """The first `rows` training examples of the shared reference data, encoded (max length 128)."""
+    from distillora.config import DataConfig
+    from distillora.data import encode, load_splits
+
+    splits = load_splits(DataConfig(source=str(REPO.parent / "shared" / "data" / "hate_speech_twitter"),
+                                    normalize=normalize), 42)
+    return encode(type(splits.train)(splits.train.texts[:rows], splits.train.labels[:rows]), tokenizer, 128)
+
+
+def trainer_for(model, train, tokenizer, objective, a, work: Path, **kw):
+    """A one-epoch StudyTrainer of the pipeline's own arguments (`a.batch_size`, `a.precision`) on `train`."""
+    from distillora.config import TrainConfig
+    from distillora.data import Collator
+    from distillora.training import StudyTrainer, training_args
+
+    tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision)
+    args = training_args(tc, work, 42, "f1_macro", quiet=True)
+    return StudyTrainer(model=model, args=args, train_dataset=train, eval_dataset=train,
+                        data_collator=Collator(tokenizer), processing_class=tokenizer, objective=objective, **kw)
 
 
 def runner(trainer, model, steps: int) -> tuple:

@@ -33,9 +33,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from distillora.inference.timing import cpu_name  # noqa: E402
-from side_by_side import alternate, runner  # noqa: E402
+from side_by_side import add_step_args, alternate, layers_arg, runner, train_slice, trainer_for  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"dropout": ("torch", "bit"), "compile": ("eager", "compiled", "regional")}
 
 
@@ -44,34 +43,25 @@ def main() -> int:
     ap.add_argument("--compare", default="dropout", choices=list(VARIANTS))
     ap.add_argument("--model", default="mpnet-base", help="a model directory or a bundle name (mpnet-base, minilm-l6)")
     ap.add_argument("--layers", default=None, help="build a student from these layers (odd, even, 1,3,5)")
-    ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --steps steps of every mode")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--rows", type=int, default=1024)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    add_step_args(ap)
     a = ap.parse_args()
 
     from transformers import AutoTokenizer
 
     from distillora.bundles import resolve
-    from distillora.config import DataConfig, DistillConfig, TrainConfig
-    from distillora.data import Collator, encode, load_splits
+    from distillora.config import DistillConfig
     from distillora.stages.distill import teacher_outputs
     from distillora.stages.teacher import load_pretrained
     from distillora.students import build_student, parse_layers
-    from distillora.training import CrossEntropy, Distillation, StudyTrainer, bit_dropout, training_args, use_bf16
+    from distillora.training import CrossEntropy, Distillation, bit_dropout, use_bf16
 
     torch.manual_seed(0)
     source = a.model if Path(a.model).is_dir() else resolve(a.model)
     tok = AutoTokenizer.from_pretrained(source)
     model = load_pretrained(source, ["not_hate", "hate"])
-    splits = load_splits(DataConfig(source=str(REPO.parent / "shared" / "data" / "hate_speech_twitter"),
-                                    normalize="hate_speech_twitter"), 42)
-    train = type(splits.train)(splits.train.texts[: a.rows], splits.train.labels[: a.rows])
-    enc = encode(train, tok, 128)
+    enc = train_slice(tok, a.rows, "hate_speech_twitter")
     if a.layers:
-        layers = [int(x) for x in a.layers.split(",")] if a.layers[0].isdigit() else a.layers
+        layers = layers_arg(a.layers)
         base = build_student(model, layers)
         objective = Distillation(DistillConfig(), parse_layers(layers, model.config.num_hidden_layers))
         enc = enc.with_fields(**teacher_outputs(model, enc, tok, objective.teacher_needs,
@@ -85,10 +75,7 @@ def main() -> int:
     swapped = 0  # dropout modules BitDropout replaced (0 when only torch's dropout runs)
     for mode in modes:
         m = copy.deepcopy(base)
-        tc = TrainConfig(epochs=1, batch_size=a.batch_size, precision=a.precision)
-        args = training_args(tc, Path(tmp.name) / mode, 42, "f1_macro", quiet=True)
-        trainer = StudyTrainer(model=m, args=args, train_dataset=enc, eval_dataset=enc,
-                               data_collator=Collator(tok), processing_class=tok, objective=objective)
+        trainer = trainer_for(m, enc, tok, objective, a, Path(tmp.name) / mode)
         if mode != "torch":
             swapped = stack.enter_context(bit_dropout(m))
         trainer, stepped, batches = runner(trainer, m, need)
