@@ -230,3 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("distillora: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
+
+
+def entry() -> int:
+    """The console script and `python -m distillora`: `main` in a process whose allocator asks for
+    transparent huge pages (`hugepages`: re-started once with glibc's tunable where it applies)."""
+    from .hugepages import restart_with_huge_pages
+
+    restart_with_huge_pages()
+    return main()
