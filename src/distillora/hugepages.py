@@ -8,7 +8,8 @@ glibc's tunable `glibc.malloc.hugetlb=1`, malloc asks the kernel for transparent
 what it maps, and the faults drop to a few hundred per step.
 
 The tunable is read when a process starts, so the console entry point re-starts itself once with it
-set (`os.execve`, the same arguments). `DISTILLORA_HUGE_PAGES=0` turns this off; it is also skipped
+set (`os.execve`, the same arguments), as torch's own CPU launcher (`torch.backends.xeon.run_cpu`)
+starts its workers with a chosen allocator preloaded. `DISTILLORA_HUGE_PAGES=0` turns this off; it is also skipped
 where it cannot apply (not Linux, not glibc, huge pages disabled) or when GLIBC_TUNABLES already names
 the setting. Library calls (`distillora.cli.main`, tests, notebooks) are never re-started: set the
 variable in their environment to get the same effect. Why not torch's own `THP_MEM_ALLOC_ENABLE`: it
