@@ -2,6 +2,14 @@
 
 __version__ = "0.1.0"
 
-from .students import build_student  # noqa: E402,F401
-
 __all__ = ["build_student", "__version__"]
+
+
+def __getattr__(name: str):
+    """`distillora.build_student`, imported on first use (PEP 562): importing the package, as the
+    console script does before `hugepages` re-starts the process, must not load torch."""
+    if name == "build_student":
+        from .students import build_student
+
+        return build_student
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
