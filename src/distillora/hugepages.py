@@ -5,16 +5,17 @@ weights, the fp32 gradients they cast back to, the dense word-embedding gradient
 768 vocabulary). Blocks that large come from `mmap`, and each 4 KiB page of them faults on first
 touch: about 23,000 faults per step of a 6-layer MPNet student, measured by `bench/allocator.py`. With
 glibc's tunable `glibc.malloc.hugetlb=1`, malloc asks the kernel for transparent huge pages (2 MiB) on
-what it maps, and the faults drop to a few hundred per step.
+what it maps, and the faults drop to a few hundred per step (the step 1.05x to 1.13x faster on a
+2-core AMD EPYC; docs/performance.md, "Sixth session").
 
 The tunable is read when a process starts, so the console entry point re-starts itself once with it
 set (`os.execve`, the same arguments), as torch's own CPU launcher (`torch.backends.xeon.run_cpu`)
-starts its workers with a chosen allocator preloaded. `DISTILLORA_HUGE_PAGES=0` turns this off; it is also skipped
-where it cannot apply (not Linux, not glibc, huge pages disabled) or when GLIBC_TUNABLES already names
-the setting. Library calls (`distillora.cli.main`, tests, notebooks) are never re-started: set the
-variable in their environment to get the same effect. Why not torch's own `THP_MEM_ALLOC_ENABLE`: it
-covers only torch's allocations of 2 MiB and more, and in `bench/allocator.py` it removed less than
-two thirds of the faults and did not speed the step up.
+starts its workers with a chosen allocator preloaded. `DISTILLORA_HUGE_PAGES=0` turns this off; it is
+also skipped where it cannot apply (not Linux, not glibc, huge pages disabled) or when GLIBC_TUNABLES
+already names the setting. Library calls (`distillora.cli.main`, tests, notebooks) are never
+re-started: set the variable in their environment to get the same effect. Why not torch's own
+`THP_MEM_ALLOC_ENABLE`: it covers only torch's allocations of 2 MiB and more, and in
+`bench/allocator.py` it removed less than two thirds of the faults and did not speed the step up.
 """
 
 from __future__ import annotations
