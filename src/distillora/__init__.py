@@ -2,6 +2,11 @@
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time, __getattr__ below
+    from .students import build_student  # noqa: F401
+
 __all__ = ["build_student", "__version__"]
 
 
@@ -13,3 +18,7 @@ def __getattr__(name: str):
 
         return build_student
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), "build_student"})

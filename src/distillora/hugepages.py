@@ -9,11 +9,13 @@ what it maps, and the faults drop to a few hundred per step (the step 1.05x to 1
 2-core AMD EPYC; docs/performance.md, "Sixth session").
 
 The tunable is read when a process starts, so the console entry point re-starts itself once with it
-set (`os.execve`, the same arguments), as torch's own CPU launcher (`torch.backends.xeon.run_cpu`)
+set (`os.execve` of the same command line, `sys.orig_argv`: interpreter options such as torchrun's
+`-u`, a profiler's `-m cProfile` and the console script's own path all survive), as torch's own CPU launcher (`torch.backends.xeon.run_cpu`)
 starts its workers with a chosen allocator preloaded. `DISTILLORA_HUGE_PAGES=0` turns this off; it is
 also skipped where it cannot apply (not Linux, not glibc, huge pages disabled) or when GLIBC_TUNABLES
 already names the setting. Library calls (`distillora.cli.main`, tests, notebooks) are never
-re-started: set the variable in their environment to get the same effect. Why not torch's own
+re-started: set the variable in their environment to get the same effect. Processes that distillora
+starts inherit the variable. glibc before 2.35 has no such tunable, so nothing is done there. Why not torch's own
 `THP_MEM_ALLOC_ENABLE`: it covers only torch's allocations of 2 MiB and more, and in
 `bench/allocator.py` it removed less than two thirds of the faults and did not speed the step up.
 """
@@ -30,10 +32,21 @@ OPT_OUT = "DISTILLORA_HUGE_PAGES"
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
+def _glibc_has_tunable() -> bool:
+    """Linux with glibc 2.35 or later (where `glibc.malloc.hugetlb` exists)."""
+    if sys.platform != "linux":
+        return False
+    libc, version = platform.libc_ver()
+    try:
+        return libc == "glibc" and tuple(int(x) for x in version.split(".")[:2]) >= (2, 35)
+    except ValueError:
+        return False
+
+
 def huge_pages_env(environ: dict[str, str], thp_mode: str | None = None) -> dict[str, str] | None:
     """The environment to re-start with, or None where nothing is to be done. `thp_mode`: the kernel's
     setting (read from /sys when not given), such as `always [madvise] never`."""
-    if environ.get(OPT_OUT, "1") == "0" or sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "off", "no") or not _glibc_has_tunable():
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables:
@@ -49,11 +62,14 @@ def huge_pages_env(environ: dict[str, str], thp_mode: str | None = None) -> dict
 
 
 def restart_with_huge_pages() -> None:
-    """Replace this process by `python -m distillora <same arguments>` with huge pages asked for;
-    return without doing anything where `huge_pages_env` says so."""
+    """Replace this process by the same command line with huge pages asked for; return without doing
+    anything where `huge_pages_env` says so."""
     env = huge_pages_env(dict(os.environ))
     if env is None or not sys.executable:
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "distillora", *sys.argv[1:]], env)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    # sys.orig_argv, not `-m distillora` + sys.argv: keeps the interpreter's options and runs the console
+    # script as itself (a `-m` start would put the working directory first on sys.path)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
