@@ -48,46 +48,19 @@ def child(a) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import tempfile
 
-    import torch
-    from transformers import AutoTokenizer
+    from distillora.training import bit_dropout
+    from side_by_side import runner, step, step_setup, trainer_for
 
-    from distillora.bundles import resolve
-    from distillora.config import DistillConfig
-    from distillora.stages.distill import teacher_outputs
-    from distillora.stages.teacher import load_pretrained
-    from distillora.students import build_student, parse_layers
-    from distillora.training import CrossEntropy, Distillation, bit_dropout, use_bf16
-    from side_by_side import layers_arg, runner, train_slice, trainer_for
-
-    torch.manual_seed(0)
-    source = a.model if Path(a.model).is_dir() else resolve(a.model)
-    tok = AutoTokenizer.from_pretrained(source)
-    model = load_pretrained(source, ["not_hate", "hate"])
-    enc = train_slice(tok, a.rows, "hate_speech_twitter")
-    if a.layers:
-        layers = layers_arg(a.layers)
-        objective = Distillation(DistillConfig(), parse_layers(layers, model.config.num_hidden_layers))
-        enc = enc.with_fields(**teacher_outputs(model, enc, tok, objective.teacher_needs,
-                                                bf16=use_bf16(a.precision)))
-        model = build_student(model, layers)
-    else:
-        objective = CrossEntropy(None)
+    tok, model, enc, objective, _ = step_setup(a)
     with tempfile.TemporaryDirectory() as tmp, bit_dropout(model):
         trainer, wrapped, batches = runner(trainer_for(model, enc, tok, objective, a, Path(tmp)), model,
                                            2 * a.steps)
-
-        def steps(part):
-            for b in part:
-                trainer.training_step(wrapped, dict(b))
-                trainer._clip_grad_norm(wrapped)
-                trainer.optimizer.step()
-                trainer.lr_scheduler.step()
-                trainer.optimizer.zero_grad(set_to_none=True)
-
-        steps(batches[:a.steps])
+        for b in batches[:a.steps]:  # warm-up
+            step(trainer, wrapped, b)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
-        steps(batches[a.steps:])
+        for b in batches[a.steps:]:
+            step(trainer, wrapped, b)
         seconds = (time.perf_counter() - start) / a.steps
         faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / a.steps
     print(json.dumps({"s_per_step": seconds, "faults_per_step": faults, "bf16": trainer.args.bf16}))

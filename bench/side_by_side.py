@@ -38,6 +38,34 @@ def train_slice(tokenizer, rows: int, normalize: str | None = None):
     return encode(type(splits.train)(splits.train.texts[:rows], splits.train.labels[:rows]), tokenizer, 128)
 
 
+def step_setup(a):
+    """(tokenizer, the model to step, its encoded training slice, objective, description) for a step bench's
+    `--model`, `--layers`, `--rows`, `--precision`: without `--layers` the teacher's cross-entropy step on
+    `--model`; with it, a student built from those layers, trained by distillation on the teacher's
+    outputs computed once."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from distillora.bundles import resolve
+    from distillora.config import DistillConfig
+    from distillora.stages.distill import teacher_outputs
+    from distillora.stages.teacher import load_pretrained
+    from distillora.students import build_student, parse_layers
+    from distillora.training import CrossEntropy, Distillation, use_bf16
+
+    torch.manual_seed(0)
+    source = a.model if Path(a.model).is_dir() else resolve(a.model)
+    tok = AutoTokenizer.from_pretrained(source)
+    model = load_pretrained(source, ["not_hate", "hate"])
+    enc = train_slice(tok, a.rows, "hate_speech_twitter")
+    if not a.layers:
+        return tok, model, enc, CrossEntropy(None), f"teacher {a.model} (cross-entropy)"
+    layers = layers_arg(a.layers)
+    objective = Distillation(DistillConfig(), parse_layers(layers, model.config.num_hidden_layers))
+    enc = enc.with_fields(**teacher_outputs(model, enc, tok, objective.teacher_needs, bf16=use_bf16(a.precision)))
+    return tok, build_student(model, layers), enc, objective, f"student {a.layers} of {a.model} (distillation)"
+
+
 def trainer_for(model, train, tokenizer, objective, a, work: Path, **kw):
     """A one-epoch StudyTrainer of the pipeline's own arguments (`a.batch_size`, `a.precision`) on `train`."""
     from distillora.config import TrainConfig
@@ -62,6 +90,16 @@ def runner(trainer, model, steps: int) -> tuple:
     return trainer, wrapped, batches
 
 
+def step(trainer, model, batch) -> None:
+    """One training step as the Trainer's loop takes it: forward and backward, clipping, optimizer,
+    scheduler, gradients dropped."""
+    trainer.training_step(model, dict(batch))
+    trainer._clip_grad_norm(model)
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
 def alternate(runners: dict, rounds: int, steps: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     """(seconds per step of each runner in each of `rounds` timed rounds of `steps` steps, seconds of
     each runner's untimed warm-up round: where a compiled runner compiles). The order of the runners is
@@ -71,11 +109,7 @@ def alternate(runners: dict, rounds: int, steps: int) -> tuple[dict[str, list[fl
         trainer, model, batches = runners[name]
         start = time.perf_counter()
         for b in batches[rnd * steps:(rnd + 1) * steps]:
-            trainer.training_step(model, dict(b))
-            trainer._clip_grad_norm(model)
-            trainer.optimizer.step()
-            trainer.lr_scheduler.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
+            step(trainer, model, b)
         return (time.perf_counter() - start) / steps
 
     names = list(runners)

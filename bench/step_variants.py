@@ -33,7 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from distillora.inference.timing import cpu_name  # noqa: E402
-from side_by_side import add_step_args, alternate, layers_arg, runner, train_slice, trainer_for  # noqa: E402
+from side_by_side import add_step_args, alternate, runner, step_setup, trainer_for  # noqa: E402
 
 VARIANTS = {"dropout": ("torch", "bit"), "compile": ("eager", "compiled", "regional")}
 
@@ -46,29 +46,9 @@ def main() -> int:
     add_step_args(ap)
     a = ap.parse_args()
 
-    from transformers import AutoTokenizer
+    from distillora.training import bit_dropout
 
-    from distillora.bundles import resolve
-    from distillora.config import DistillConfig
-    from distillora.stages.distill import teacher_outputs
-    from distillora.stages.teacher import load_pretrained
-    from distillora.students import build_student, parse_layers
-    from distillora.training import CrossEntropy, Distillation, bit_dropout, use_bf16
-
-    torch.manual_seed(0)
-    source = a.model if Path(a.model).is_dir() else resolve(a.model)
-    tok = AutoTokenizer.from_pretrained(source)
-    model = load_pretrained(source, ["not_hate", "hate"])
-    enc = train_slice(tok, a.rows, "hate_speech_twitter")
-    if a.layers:
-        layers = layers_arg(a.layers)
-        base = build_student(model, layers)
-        objective = Distillation(DistillConfig(), parse_layers(layers, model.config.num_hidden_layers))
-        enc = enc.with_fields(**teacher_outputs(model, enc, tok, objective.teacher_needs,
-                                                bf16=use_bf16(a.precision)))
-        what = f"student {a.layers} of {a.model} (distillation)"
-    else:
-        base, objective, what = model, CrossEntropy(None), f"teacher {a.model} (cross-entropy)"
+    tok, base, enc, objective, what = step_setup(a)
     need = a.steps * (a.rounds + 1)
     runners, tmp, stack = {}, tempfile.TemporaryDirectory(), ExitStack()
     modes = VARIANTS[a.compare]

@@ -70,7 +70,7 @@ def _starts(tmp_path, argv, **extra):
 @glibc_linux
 def test_python_m_distillora_restarts_once_with_the_tunable_and_the_same_command_line(tmp_path):
     """End to end: `python -u -m distillora --help` starts twice, the second time with the tunable and
-    the same command line (options included), and not a third time; opted out, once."""
+    the same command line (options included), and not a third time."""
     if huge_pages_env({}) is None:
         pytest.skip("the kernel gives no transparent huge pages here")
     out, starts = _starts(tmp_path, [sys.executable, "-u", "-m", "distillora", "--help"])

@@ -9,15 +9,15 @@ what it maps, and the faults drop to a few hundred per step (the step 1.05x to 1
 2-core AMD EPYC; docs/performance.md, "Sixth session").
 
 The tunable is read when a process starts, so the console entry point re-starts itself once with it
-set (`os.execve` of the same command line, `sys.orig_argv`: interpreter options such as torchrun's
-`-u`, a profiler's `-m cProfile` and the console script's own path all survive), as torch's own CPU launcher (`torch.backends.xeon.run_cpu`)
-starts its workers with a chosen allocator preloaded. `DISTILLORA_HUGE_PAGES=0` turns this off; it is
-also skipped where it cannot apply (not Linux, not glibc, huge pages disabled) or when GLIBC_TUNABLES
-already names the setting. Library calls (`distillora.cli.main`, tests, notebooks) are never
-re-started: set the variable in their environment to get the same effect. Processes that distillora
-starts inherit the variable. glibc before 2.35 has no such tunable, so nothing is done there. Why not torch's own
-`THP_MEM_ALLOC_ENABLE`: it covers only torch's allocations of 2 MiB and more, and in
-`bench/allocator.py` it removed less than two thirds of the faults and did not speed the step up.
+set: `os.execve` of the same command line (`sys.orig_argv`, so interpreter options such as torchrun's
+`-u`, a profiler's `-m cProfile` and the console script's own path survive), as torch's own CPU
+launcher (`torch.backends.xeon.run_cpu`) starts its workers with a chosen allocator preloaded.
+`DISTILLORA_HUGE_PAGES=0` turns this off. It is also skipped where it cannot apply (not Linux, glibc
+before 2.35, which has no such tunable, huge pages disabled) or when GLIBC_TUNABLES already names the
+setting. Library calls (`distillora.cli.main`, tests, notebooks) are never re-started: set the
+variable in their environment to get the same effect. Processes that distillora starts inherit it.
+Why not torch's own `THP_MEM_ALLOC_ENABLE`: it covers only torch's allocations of 2 MiB and more, and
+in `bench/allocator.py` it removed less than two thirds of the faults and did not speed the step up.
 """
 
 from __future__ import annotations
