@@ -16,6 +16,10 @@ Variants:
   glibc-thp GLIBC_TUNABLES=glibc.malloc.hugetlb=1: glibc's malloc does the same for all its memory
   glibc-keep the same, and blocks up to 32 MiB (glibc's ceiling) come from the heap, which is never
             given back to the kernel (mmap_threshold, trim_threshold), so they fault only once
+  glibc-heap the same with no block at all from its own mmap (mmap_max=0): the 94 MB word-embedding
+            gradient and every other large block are reused from the heap instead of being mapped,
+            faulted in and unmapped again each step
+  heap      glibc-heap without huge pages
 
 usage: python bench/allocator.py [--model mpnet-base] [--layers odd] [--rounds 4] [--steps 8]
 """
@@ -38,6 +42,9 @@ VARIANTS = {
     "glibc-thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
     "glibc-keep": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:"
                                      "glibc.malloc.trim_threshold=17179869184"},
+    "glibc-heap": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:"
+                                     "glibc.malloc.trim_threshold=17179869184"},
+    "heap": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"},
 }
 SETTINGS = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")
 
@@ -63,7 +70,9 @@ def child(a) -> None:
             step(trainer, wrapped, b)
         seconds = (time.perf_counter() - start) / a.steps
         faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / a.steps
-    print(json.dumps({"s_per_step": seconds, "faults_per_step": faults, "bf16": trainer.args.bf16}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB
+    print(json.dumps({"s_per_step": seconds, "faults_per_step": faults, "bf16": trainer.args.bf16,
+                      "peak_gib": peak}))
 
 
 def main() -> int:
@@ -94,6 +103,7 @@ def main() -> int:
     base_env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     times = {n: [] for n in names}
     faults = {n: [] for n in names}
+    peaks = {n: [] for n in names}
     bf16 = None
     for rnd in range(a.rounds):
         for name in (names if rnd % 2 == 0 else names[::-1]):
@@ -104,23 +114,25 @@ def main() -> int:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             times[name].append(r["s_per_step"])
             faults[name].append(r["faults_per_step"])
+            peaks[name].append(r.get("peak_gib", float("nan")))
             bf16 = r["bf16"]
-            print(f"round {rnd + 1} {name}: {r['s_per_step']:.3f} s/step, {r['faults_per_step']:.0f} faults/step",
+            print(f"round {rnd + 1} {name}: {r['s_per_step']:.3f} s/step, {r['faults_per_step']:.0f} faults/step, "
+                  f"peak {peaks[name][-1]:.2f} GiB",
                   flush=True)
     ref = names[0]
     what = f"{'student ' + a.layers + ' of ' if a.layers else 'teacher '}{a.model}"
     print(f"\nCPU: {cpu_name()}, {os.cpu_count()} cores; {what}, {'bf16 autocast' if bf16 else 'fp32'}, "
           f"batch {a.batch_size}, {a.rounds} rounds of {a.steps} steps, one process per variant and round")
-    print("| variant | s/step per round | median s/step | faults/step (median) | speed-up over "
+    print("| variant | s/step per round | median s/step | faults/step (median) | peak RSS (max) | speed-up over "
           f"{ref} (median of per-round ratios) |")
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     summary = {}
     for n in names:
         ratios = [r / t for r, t in zip(times[ref], times[n])]
-        summary[n] = {"s_per_step": times[n], "faults_per_step": faults[n],
+        summary[n] = {"s_per_step": times[n], "faults_per_step": faults[n], "peak_gib": peaks[n],
                       "speedup_median": statistics.median(ratios)}
         print(f"| {n} | {', '.join(f'{t:.3f}' for t in times[n])} | {statistics.median(times[n]):.3f} | "
-              f"{statistics.median(faults[n]):.0f} | {statistics.median(ratios):.2f}x |")
+              f"{statistics.median(faults[n]):.0f} | {max(peaks[n]):.2f} GiB | {statistics.median(ratios):.2f}x |")
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "allocator.jsonl", "a") as f:

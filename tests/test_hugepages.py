@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from distillora import hugepages
-from distillora.hugepages import TUNABLE, huge_pages_env
+from distillora.hugepages import TUNABLES, huge_pages_env
 
 glibc_linux = pytest.mark.skipif(not hugepages._glibc_has_tunable(),
                                  reason="the tunable is glibc's (2.35 and later), on Linux")
@@ -18,15 +18,25 @@ MADVISE = "always [madvise] never"
 @glibc_linux
 def test_env_adds_the_tunable_and_keeps_the_rest():
     env = huge_pages_env({"PATH": "/bin"}, MADVISE)
-    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": TUNABLE}
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": TUNABLES}
     other = huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "[always] madvise never")
-    assert other["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{TUNABLE}"
+    assert other["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{TUNABLES}"
+    assert TUNABLES.startswith("glibc.malloc.hugetlb=1:") and "glibc.malloc.mmap_max=0" in TUNABLES
+
+
+@glibc_linux
+def test_env_keeps_the_users_own_value_of_a_heap_setting():
+    env = huge_pages_env({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536"}, MADVISE)
+    settings = env["GLIBC_TUNABLES"].split(":")
+    assert settings[0] == "glibc.malloc.mmap_max=65536"
+    assert "glibc.malloc.mmap_max=0" not in settings
+    assert {"glibc.malloc.hugetlb=1", f"glibc.malloc.trim_threshold={16 << 30}"} <= set(settings)
 
 
 @pytest.mark.parametrize("environ, mode", [
     ({"DISTILLORA_HUGE_PAGES": "0"}, MADVISE),                   # opted out
     ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, MADVISE),      # the user chose already
-    ({"GLIBC_TUNABLES": TUNABLE}, MADVISE),                       # the re-started process itself
+    ({"GLIBC_TUNABLES": TUNABLES}, MADVISE),                       # the re-started process itself
     ({}, "always madvise [never]"),                               # the kernel gives none
     ({"DISTILLORA_HUGE_PAGES": "off"}, MADVISE),
 ])
@@ -37,14 +47,14 @@ def test_env_is_none_where_nothing_is_to_be_done(environ, mode):
 @glibc_linux
 def test_restart_execs_the_same_command_line(monkeypatch):
     calls = []
-    monkeypatch.setattr(hugepages, "huge_pages_env", lambda environ: {**environ, "GLIBC_TUNABLES": TUNABLE})
+    monkeypatch.setattr(hugepages, "huge_pages_env", lambda environ: {**environ, "GLIBC_TUNABLES": TUNABLES})
     monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
     monkeypatch.setattr(sys, "orig_argv", ["python", "-u", "/venv/bin/distillora", "run", "--config", "c.yaml"])
     hugepages.restart_with_huge_pages()
     (path, argv, env), = calls
     assert path == sys.executable
     assert argv == [sys.executable, "-u", "/venv/bin/distillora", "run", "--config", "c.yaml"]
-    assert env["GLIBC_TUNABLES"] == TUNABLE
+    assert env["GLIBC_TUNABLES"] == TUNABLES
     # nothing to do: no exec
     calls.clear()
     monkeypatch.setattr(hugepages, "huge_pages_env", lambda environ: None)
@@ -75,7 +85,7 @@ def test_python_m_distillora_restarts_once_with_the_tunable_and_the_same_command
         pytest.skip("the kernel gives no transparent huge pages here")
     out, starts = _starts(tmp_path, [sys.executable, "-u", "-m", "distillora", "--help"])
     assert out.returncode == 0 and "usage: distillora" in out.stdout
-    assert starts == [("-", ["-u", "-m", "distillora", "--help"]), (TUNABLE, ["-u", "-m", "distillora", "--help"])]
+    assert starts == [("-", ["-u", "-m", "distillora", "--help"]), (TUNABLES, ["-u", "-m", "distillora", "--help"])]
 
 
 @glibc_linux

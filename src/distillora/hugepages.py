@@ -1,21 +1,33 @@
-"""Transparent huge pages for the allocator of a `distillora` process (Linux, glibc).
+"""Transparent huge pages, and a heap that keeps its memory, for the allocator of a `distillora`
+process (Linux, glibc).
 
 A CPU training step allocates hundreds of megabytes afresh every step: autocast's bf16 copies of the
 weights, the fp32 gradients they cast back to, the dense word-embedding gradient (94 MB for a 30k x
-768 vocabulary). Blocks that large come from `mmap`, and each 4 KiB page of them faults on first
-touch: about 23,000 faults per step of a 6-layer MPNet student, measured by `bench/allocator.py`. With
-glibc's tunable `glibc.malloc.hugetlb=1`, malloc asks the kernel for transparent huge pages (2 MiB) on
-what it maps, and the faults drop to a few hundred per step (the step 1.05x to 1.13x faster on a
-2-core AMD EPYC; docs/performance.md, "Sixth session").
+768 vocabulary). By default glibc serves blocks that large with a fresh `mmap` and unmaps them when
+they are freed, so every step maps them again and each 4 KiB page faults on first touch: about 23,000
+faults per step of a 6-layer MPNet student, measured by `bench/allocator.py`. Three glibc tunables
+remove that:
 
-The tunable is read when a process starts, so the console entry point re-starts itself once with it
+- `glibc.malloc.hugetlb=1`: malloc asks the kernel for transparent huge pages (2 MiB). Alone, it cut
+  the faults to a few hundred per step, and the step 1.05x to 1.13x faster (2-core AMD EPYC;
+  docs/performance.md, "Sixth session").
+- `glibc.malloc.mmap_max=0` and `glibc.malloc.trim_threshold` (16 GiB): every block comes from the
+  heap, and the heap is not given back to the kernel when its top is freed, so the next step reuses
+  the same, already mapped pages (about 35 faults per step). Together with huge pages, against huge
+  pages alone: MPNet teacher steps 1.20x faster (3 of 4 rounds), odd-student steps 1.05x (3 of 6
+  rounds: too close to call), the same peak memory (docs/performance.md, "Seventh session"). Without huge pages the kept heap was slower than glibc's
+  default, so these two are only added with the first. The cost: a process's resident memory stays at
+  its peak until it exits (a served app's peak is reached when it loads its models).
+
+The tunables are read when a process starts, so the console entry point re-starts itself once with them
 set: `os.execve` of the same command line (`sys.orig_argv`, so interpreter options such as torchrun's
 `-u`, a profiler's `-m cProfile` and the console script's own path survive), as torch's own CPU
 launcher (`torch.backends.xeon.run_cpu`) starts its workers with a chosen allocator preloaded.
 `DISTILLORA_HUGE_PAGES=0` turns this off. It is also skipped where it cannot apply (not Linux, glibc
-before 2.35, which has no such tunable, huge pages disabled) or when GLIBC_TUNABLES already names the
-setting. Library calls (`distillora.cli.main`, tests, notebooks) are never re-started: set the
-variable in their environment to get the same effect. Processes that distillora starts inherit it.
+before 2.35, which has no huge-page tunable, huge pages disabled) or when GLIBC_TUNABLES already names
+`glibc.malloc.hugetlb`; a user's own value of either of the other two is kept. Library calls
+(`distillora.cli.main`, tests, notebooks) are never re-started: set the variable in their environment
+to get the same effect. Processes that distillora starts inherit it.
 Why not torch's own `THP_MEM_ALLOC_ENABLE`: it covers only torch's allocations of 2 MiB and more, and
 in `bench/allocator.py` it removed less than two thirds of the faults and did not speed the step up.
 """
@@ -27,7 +39,10 @@ import platform
 import sys
 from pathlib import Path
 
-TUNABLE = "glibc.malloc.hugetlb=1"
+# name -> value, in the order they are added; the first is the switch (see the module's docstring)
+SETTINGS = {"glibc.malloc.hugetlb": "1", "glibc.malloc.mmap_max": "0",
+            "glibc.malloc.trim_threshold": str(16 << 30)}
+TUNABLES = ":".join(f"{k}={v}" for k, v in SETTINGS.items())  # what a re-start adds to no tunables
 OPT_OUT = "DISTILLORA_HUGE_PAGES"
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -58,7 +73,9 @@ def huge_pages_env(environ: dict[str, str], thp_mode: str | None = None) -> dict
             return None
     if "[never]" in thp_mode:
         return None
-    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
+    named = {item.split("=", 1)[0] for item in tunables.split(":") if item}
+    ours = [f"{k}={v}" for k, v in SETTINGS.items() if k not in named]
+    return {**environ, "GLIBC_TUNABLES": ":".join(([tunables] if tunables else []) + ours)}
 
 
 def restart_with_huge_pages() -> None:
