@@ -234,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> int:
     """The console script and `python -m distillora`: `main` in a process whose allocator asks for
-    transparent huge pages (`hugepages`: re-started once with glibc's tunable where it applies)."""
+    transparent huge pages and, for every command but the long-lived `serve`, keeps its heap
+    (`hugepages`: re-started once with glibc's tunables where they apply)."""
     from .hugepages import restart_with_huge_pages
 
-    restart_with_huge_pages()
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    restart_with_huge_pages(keep_heap=command != "serve")
     return main()

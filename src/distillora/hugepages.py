@@ -11,13 +11,17 @@ remove that:
 - `glibc.malloc.hugetlb=1`: malloc asks the kernel for transparent huge pages (2 MiB). Alone, it cut
   the faults to a few hundred per step, and the step 1.05x to 1.13x faster (2-core AMD EPYC;
   docs/performance.md, "Sixth session").
-- `glibc.malloc.mmap_max=0` and `glibc.malloc.trim_threshold` (16 GiB): every block comes from the
-  heap, and the heap is not given back to the kernel when its top is freed, so the next step reuses
-  the same, already mapped pages (about 35 faults per step). Together with huge pages, against huge
-  pages alone: MPNet teacher steps 1.20x faster (3 of 4 rounds), odd-student steps 1.05x (3 of 6
-  rounds: too close to call), the same peak memory (docs/performance.md, "Seventh session"). Without huge pages the kept heap was slower than glibc's
-  default, so these two are only added with the first. The cost: a process's resident memory stays at
-  its peak until it exits (a served app's peak is reached when it loads its models).
+- `glibc.malloc.mmap_max=0` and `glibc.malloc.trim_threshold` (16 GiB): blocks come from the heap, and
+  the heap is not given back to the kernel when its top is freed, so the next step reuses the same,
+  already mapped pages (about 35 faults per step). Together with huge pages, against huge pages alone:
+  MPNet teacher steps 1.20x faster (3 of 4 rounds), odd-student steps 1.05x (3 of 6 rounds: too close
+  to call), the same peak memory (docs/performance.md, "Seventh session"). Without huge pages the kept
+  heap was slower than glibc's default, so these two are only added with the first.
+  Limits: on the main thread (where training and the study's evaluation run) every block comes from
+  the heap; a thread's own arena still maps blocks larger than its 64 MiB heaps. The cost: resident
+  memory stays at the heap's largest extent (its peak plus any gaps between blocks) until the process
+  exits, which also matters where memory is capped (cgroup, `RLIMIT_DATA`). So only batch commands
+  keep the heap; `distillora serve`, a long-lived process whose batches vary, gets huge pages alone.
 
 The tunables are read when a process starts, so the console entry point re-starts itself once with them
 set: `os.execve` of the same command line (`sys.orig_argv`, so interpreter options such as torchrun's
@@ -39,10 +43,14 @@ import platform
 import sys
 from pathlib import Path
 
-# name -> value, in the order they are added; the first is the switch (see the module's docstring)
-SETTINGS = {"glibc.malloc.hugetlb": "1", "glibc.malloc.mmap_max": "0",
-            "glibc.malloc.trim_threshold": str(16 << 30)}
-TUNABLES = ":".join(f"{k}={v}" for k, v in SETTINGS.items())  # what a re-start adds to no tunables
+HUGE_PAGES = {"glibc.malloc.hugetlb": "1"}  # the switch (see the module's docstring)
+KEEP_HEAP = {"glibc.malloc.mmap_max": "0", "glibc.malloc.trim_threshold": str(16 << 30)}
+# glibc's older environment variables for the same settings; a user's value there is kept too
+ALIASES = {"glibc.malloc.mmap_max": ("MALLOC_MMAP_MAX_",),
+           "glibc.malloc.trim_threshold": ("MALLOC_TRIM_THRESHOLD_",)}
+# a user who chose when blocks are mapped keeps that: no mmap_max=0 over it
+MMAP_CHOSEN = ("glibc.malloc.mmap_threshold", "MALLOC_MMAP_THRESHOLD_")
+TUNABLES = ":".join(f"{k}={v}" for k, v in {**HUGE_PAGES, **KEEP_HEAP}.items())  # added to no tunables
 OPT_OUT = "DISTILLORA_HUGE_PAGES"
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -58,9 +66,11 @@ def _glibc_has_tunable() -> bool:
         return False
 
 
-def huge_pages_env(environ: dict[str, str], thp_mode: str | None = None) -> dict[str, str] | None:
+def huge_pages_env(environ: dict[str, str], thp_mode: str | None = None,
+                   keep_heap: bool = True) -> dict[str, str] | None:
     """The environment to re-start with, or None where nothing is to be done. `thp_mode`: the kernel's
-    setting (read from /sys when not given), such as `always [madvise] never`."""
+    setting (read from /sys when not given), such as `always [madvise] never`; `keep_heap`: add the heap
+    settings too (batch commands), else huge pages alone."""
     if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "off", "no") or not _glibc_has_tunable():
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
@@ -74,14 +84,18 @@ def huge_pages_env(environ: dict[str, str], thp_mode: str | None = None) -> dict
     if "[never]" in thp_mode:
         return None
     named = {item.split("=", 1)[0] for item in tunables.split(":") if item}
-    ours = [f"{k}={v}" for k, v in SETTINGS.items() if k not in named]
+    named |= {k for k, aliases in ALIASES.items() if any(a in environ for a in aliases)}
+    if any(k in named or k in environ for k in MMAP_CHOSEN):
+        named.add("glibc.malloc.mmap_max")
+    settings = {**HUGE_PAGES, **(KEEP_HEAP if keep_heap else {})}
+    ours = [f"{k}={v}" for k, v in settings.items() if k not in named]
     return {**environ, "GLIBC_TUNABLES": ":".join(([tunables] if tunables else []) + ours)}
 
 
-def restart_with_huge_pages() -> None:
-    """Replace this process by the same command line with huge pages asked for; return without doing
-    anything where `huge_pages_env` says so."""
-    env = huge_pages_env(dict(os.environ))
+def restart_with_huge_pages(keep_heap: bool = True) -> None:
+    """Replace this process by the same command line with huge pages asked for (and the heap kept, with
+    `keep_heap`); return without doing anything where `huge_pages_env` says so."""
+    env = huge_pages_env(dict(os.environ), keep_heap=keep_heap)
     if env is None or not sys.executable:
         return
     for stream in (sys.stdout, sys.stderr):
