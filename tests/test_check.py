@@ -213,6 +213,33 @@ def test_evaluate_suite_with_a_stub_predictor(tmp_path):
     assert all(abs(w["change"] - 0.45) < 1e-9 for w in worst) and worst[0]["perturbed"] == worst[0]["text"].upper()
 
 
+def test_served_predictor_answers_each_normalised_text_once_in_input_order(monkeypatch, tmp_path):
+    """Texts the model's normaliser makes equal go through the model once, as one of their raw texts;
+    every input still gets its answer, in order."""
+    from distillora import check, inference
+    from distillora.normalize import Normalizer
+
+    calls = []
+
+    class Stub:
+        method = "fp32"
+        normalizer = Normalizer(["lowercase", "strip_mentions", "collapse_spaces"])
+
+        def probabilities(self, texts, max_length=128):
+            calls.append(list(texts))
+            return [[1 - len(self.normalizer(t)) / 100, len(self.normalizer(t)) / 100] for t in texts]
+
+    monkeypatch.setattr(inference, "load_served", lambda run_dir, name, model_dir: Stub())
+    method, predict = check.served_predictor(tmp_path, "odd", 128)
+    texts = ["Hello there", "hello there", "@user hello there", "a much longer sentence", "A much longer sentence"]
+    out = predict(texts)
+    assert method == "fp32"
+    assert out[0] == out[1] == out[2] and out[3] == out[4]
+    assert out[0][1] == pytest.approx(0.11) and out[3][1] == pytest.approx(0.22)
+    sent = [t for c in calls for t in c]
+    assert sent == ["Hello there", "a much longer sentence"]  # shortest first, the first raw text of each
+
+
 # ----------------------------------------------------------------------------- intervals and flags
 
 def test_paired_bootstrap_diff():

@@ -144,13 +144,21 @@ def served_predictor(run_dir: Path, name: str, max_length: int) -> tuple[str, Pr
     backend = inference.load_served(run_dir, name, RunDir(run_dir).model_dir(name))
 
     def predict(texts: list[str]) -> list[list[float]]:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
-        out: list = [None] * len(texts)
+        # Texts that the model's normaliser makes equal are one input to the model: each is answered once,
+        # through one of its raw texts (the normaliser need not be idempotent, so the raw text, not the
+        # normalised one, goes to `probabilities`). With the presets' `hate_speech_twitter` normaliser
+        # most of the generic suite's perturbations (case, @user, #, URL, emoji, punctuation, spaces)
+        # normalise back to their original sentence.
+        keys = backend.normalizer.many(texts)
+        first = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        order = sorted(first, key=len)  # similar lengths share a batch
+        answer = {}
         for s in range(0, len(order), BATCH):
-            idx = order[s:s + BATCH]
-            for i, p in zip(idx, backend.probabilities([texts[i] for i in idx], max_length)):
-                out[i] = p
-        return out
+            chunk = order[s:s + BATCH]
+            answer.update(zip(chunk, backend.probabilities([texts[first[k]] for k in chunk], max_length)))
+        return [answer[k] for k in keys]
 
     return backend.method, predict
 
