@@ -16,6 +16,7 @@ usage: python bench/step_phases.py [--model mpnet-base] [--layers odd] [--steps 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -91,6 +92,12 @@ def main() -> int:
     for name, s in seconds.items():
         rate = {"forward and loss": 2 * n * tokens / fwd, "backward": 4 * n * tokens / bwd}.get(name)
         print(f"| {name} | {s / a.steps * 1e3:.0f} | {100 * s / total:.0f}% | {f'{rate / 1e9:.0f}' if rate else ''} |")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "step_phases.jsonl", "a") as f:
+        f.write(json.dumps({"cpu": cpu_name(), "what": desc, "bf16": bf16, "steps": a.steps, "tokens": tokens,
+                            "padded_tokens": padded, "ms_per_step": {k: 1e3 * v / a.steps for k, v in seconds.items()},
+                            "peak_gflops": peak / 1e9, "date": time.strftime("%Y-%m-%d")}) + "\n")
     return 0
 
 
