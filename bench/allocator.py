@@ -36,15 +36,21 @@ import sys
 import time
 from pathlib import Path
 
+from distillora.hugepages import HUGE_PAGES, KEEP_HEAP, TUNABLES  # no torch: importable before any variant
+
+def _tunables(settings: dict[str, str]) -> str:
+    return ":".join(f"{k}={v}" for k, v in settings.items())
+
+
 VARIANTS = {
     "default": {},
     "torch-thp": {"THP_MEM_ALLOC_ENABLE": "1"},
-    "glibc-thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
-    "glibc-keep": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:"
-                                     "glibc.malloc.trim_threshold=17179869184"},
-    "glibc-heap": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:"
-                                     "glibc.malloc.trim_threshold=17179869184"},
-    "heap": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"},
+    "glibc-thp": {"GLIBC_TUNABLES": _tunables(HUGE_PAGES)},
+    "glibc-keep": {"GLIBC_TUNABLES": _tunables({**HUGE_PAGES, "glibc.malloc.mmap_threshold": str(32 << 20),
+                                                "glibc.malloc.trim_threshold":
+                                                    KEEP_HEAP["glibc.malloc.trim_threshold"]})},
+    "glibc-heap": {"GLIBC_TUNABLES": TUNABLES},  # what `distillora` re-starts with (distillora.hugepages)
+    "heap": {"GLIBC_TUNABLES": _tunables(KEEP_HEAP)},
 }
 SETTINGS = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")
 

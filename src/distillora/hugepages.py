@@ -15,7 +15,8 @@ remove that:
   the heap is not given back to the kernel when its top is freed, so the next step reuses the same,
   already mapped pages (about 35 faults per step). Together with huge pages, against huge pages alone:
   MPNet teacher steps 1.20x faster (3 of 4 rounds), odd-student steps 1.05x (3 of 6 rounds: too close
-  to call), the same peak memory (docs/performance.md, "Seventh session"). Without huge pages the kept
+  to call), the same peak memory in those step benches, but a whole seed study's peak 4.81 GiB against
+  4.22 (docs/performance.md, "Seventh session"). Without huge pages the kept
   heap was slower than glibc's default, so these two are only added with the first.
   Limits: on the main thread (where training and the study's evaluation run) every block comes from
   the heap; a thread's own arena still maps blocks larger than its 64 MiB heaps. The cost: resident
