@@ -351,3 +351,47 @@ def test_fit_calls_extra_callbacks_on_the_model_it_returns(tmp_path, minilm_toke
                                 selection_metric="accuracy", quiet=True, fingerprint="f", callbacks=(record,))
     assert record.steps == list(range(1, stats["steps"] + 1)) and stats["steps"] == 4
     assert record.names == {n for n, _ in model.named_parameters()}
+
+
+def test_layer_lr_decay_gives_each_depth_its_rate(tmp_path, minilm_tokenizer):
+    """`layer_lr_decay=0.5` on a 3-layer model at lr 1e-2: the Trainer's optimizer holds the classifier
+    and pooler at 1e-2, layer i (1-based) at 1e-2 x 0.5^(4-i), the embeddings at 1e-2 x 0.5^4, with
+    the Trainer's weight-decay split kept (no decay on biases and LayerNorms)."""
+    from transformers import TrainerCallback
+
+    model = tiny_bert(3, vocab_size=minilm_tokenizer.vocab_size)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = {}
+
+    class Rates(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kw):
+            for g in optimizer.param_groups:
+                for p in g["params"]:
+                    seen[names[id(p)]] = (g["initial_lr"], g["weight_decay"])
+
+    tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
+                     layer_lr_decay=0.5)
+    training.fit(model, _encoded(16, lambda i: i % 2), _encoded(8, lambda i: i % 2), minilm_tokenizer, tc,
+                 work_dir=tmp_path / "w", log_path=tmp_path / "l", stage="s", seed=0, selection_metric="accuracy",
+                 quiet=True, fingerprint="f", callbacks=(Rates(),))
+    expected = {"bert.embeddings.word_embeddings.weight": 1e-2 / 16,
+                "bert.encoder.layer.0.attention.self.query.weight": 1e-2 / 8,
+                "bert.encoder.layer.1.output.dense.weight": 1e-2 / 4,
+                "bert.encoder.layer.2.intermediate.dense.weight": 1e-2 / 2,
+                "bert.pooler.dense.weight": 1e-2, "classifier.weight": 1e-2}
+    assert set(seen) == set(names.values())  # every parameter is in exactly one group
+    for name, lr in expected.items():
+        assert seen[name] == (pytest.approx(lr), 0.01), name
+    assert seen["bert.encoder.layer.1.output.LayerNorm.weight"] == (pytest.approx(1e-2 / 4), 0.0)
+    with pytest.raises(UserError, match="layer_lr_decay"):
+        load_config(None, ["teacher.train.layer_lr_decay=0"])
+
+
+def test_layer_depth_sees_through_a_peft_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_bert(3), LoraConfig(target_modules=["query", "value"], r=2))
+    depths = {n: training.layer_depth(model, n) for n, _ in model.named_parameters()}
+    assert depths["base_model.model.bert.encoder.layer.2.attention.self.query.lora_A.default.weight"] == 3
+    assert depths["base_model.model.bert.embeddings.word_embeddings.weight"] == 0
+    assert depths["base_model.model.classifier.weight"] == 4

@@ -52,6 +52,9 @@ class TrainConfig:
                                      "weights: backward stops at layer N, and what pre-training learned there stays.")
     sparse_word_embeddings: bool = _f(False, "Update only the word-embedding rows a batch uses (sparse gradients, "
                                              "SparseAdam, no weight decay on those rows) instead of AdamW on every row.")
+    layer_lr_decay: float = _f(1.0, "Layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020): the head "
+                                     "(and pooler) learn at `learning_rate`, transformer layer i of L at "
+                                     "learning_rate x decay^(L+1-i), the embeddings at x decay^(L+1). 1: one rate.")
     precision: str = _f("auto", "fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the device runs "
                                 "bf16 matrix products natively and measurably faster than fp32, else fp32.")
 
@@ -399,6 +402,9 @@ def validate(cfg: StudyConfig) -> list[str]:
         elif sec == "lora" and t.freeze_lower_layers:
             errs.append(f"lora.train.freeze_lower_layers = {t.freeze_lower_layers}: LoRA keeps every pretrained "
                         f"weight fixed already; set it to 0")
+        if not 0 < t.layer_lr_decay <= 1:
+            errs.append(f"{sec}.train.layer_lr_decay = {t.layer_lr_decay}: use a factor in (0, 1], e.g. 0.9 "
+                        f"(1: every layer at learning_rate)")
         if t.early_stopping_patience < 0:
             errs.append(f"{sec}.train.early_stopping_patience = {t.early_stopping_patience}: must be >= 0")
     return errs
@@ -431,7 +437,7 @@ NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}},
 
 
 # keys added to every section's `train` settings after runs existed, at the value that leaves them out
-NEW_TRAIN_KEY_DEFAULTS = {"sparse_word_embeddings": False, "freeze_lower_layers": 0}
+NEW_TRAIN_KEY_DEFAULTS = {"sparse_word_embeddings": False, "freeze_lower_layers": 0, "layer_lr_decay": 1.0}
 
 
 def stable_section(resolved: dict, section: str, drop: tuple[str, ...] = ()) -> dict:

@@ -231,11 +231,13 @@ class StudyTrainer(Trainer):
     checkpoint saves (trainer_state.json) and a resume restores, so a resumed stage reports the
     losses of the epochs it did before the kill too."""
 
-    def __init__(self, *a, objective=None, sparse_embeddings: bool = False, **kw):
-        """`sparse_embeddings`: the word embeddings take sparse gradients (see `SparseEmbeddingOptimizer`)."""
+    def __init__(self, *a, objective=None, sparse_embeddings: bool = False, layer_lr_decay: float = 1.0, **kw):
+        """`sparse_embeddings`: the word embeddings take sparse gradients (see `SparseEmbeddingOptimizer`);
+        `layer_lr_decay`: see `layerwise_groups`."""
         super().__init__(*a, **kw)
         self.objective = objective
         self.sparse_embeddings = sparse_embeddings
+        self.layer_lr_decay = layer_lr_decay
         self._loss_sum, self._loss_n = None, 0
         self.add_callback(_EpochLoss(self))
 
@@ -250,19 +252,23 @@ class StudyTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
-        if not self.sparse_embeddings:
+        """The Trainer's AdamW unless a setting needs other parameter groups: layer-wise learning-rate
+        decay (one group per depth; the Trainer's linear schedule scales each group's own rate) or
+        sparse word-embedding updates (SparseAdam for that matrix)."""
+        if not self.sparse_embeddings and self.layer_lr_decay == 1.0:
             return super().create_optimizer(model)
         if self.optimizer is None:
             model = self.model if model is None else model
-            emb = model.get_input_embeddings().weight
+            emb = model.get_input_embeddings().weight if self.sparse_embeddings else None
             decay = set(self.get_decay_parameter_names(model))
             named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p is not emb]
-            groups = [{"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
-                      {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+            groups = layerwise_groups(model, named, decay, self.args.weight_decay, self.args.learning_rate,
+                                      self.layer_lr_decay)
             betas, eps, lr = (self.args.adam_beta1, self.args.adam_beta2), self.args.adam_epsilon, self.args.learning_rate
-            self.optimizer = SparseEmbeddingOptimizer(
-                torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True),
-                torch.optim.SparseAdam([emb], lr=lr, betas=betas, eps=eps))
+            dense = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+            self.optimizer = dense if emb is None else SparseEmbeddingOptimizer(
+                dense, torch.optim.SparseAdam([emb], lr=lr * self.layer_lr_decay ** (n_layers(model) + 1),
+                                              betas=betas, eps=eps))
         return self.optimizer
 
     def _clip_grad_norm(self, model):
@@ -450,6 +456,45 @@ def bit_dropout(model):
             setattr(parent, name, child)
 
 
+def n_layers(model) -> int:
+    return len(model.get_submodule(_layer_list(model)))
+
+
+def _layer_list(model) -> str:
+    """The layer list's dotted path in `model`, a task model or a peft model wrapping one."""
+    if hasattr(model, "get_base_model"):
+        inner = model.get_base_model()
+        prefix = next(n for n, m in model.named_modules() if m is inner)
+        return f"{prefix}.{layer_list_path(inner)}" if prefix else layer_list_path(inner)
+    return layer_list_path(model)
+
+
+def layer_depth(model, name: str) -> int:
+    """Depth of parameter `name` for layer-wise decay: 0 for the embeddings (and any other base-model
+    weight outside the layers, such as MPNet's shared relative-position bias), i for transformer layer
+    i (1-based), L+1 for the pooler and the head."""
+    path, depth = _layer_list(model) + ".", n_layers(model)
+    if name.startswith(path):
+        return int(name[len(path):].split(".", 1)[0]) + 1
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dotted = "." + name
+    in_base = f".{inner.base_model_prefix}." in dotted and ".pooler." not in dotted
+    return 0 if in_base else depth + 1
+
+
+def layerwise_groups(model, named: list, decay: set, weight_decay: float, lr: float, factor: float) -> list[dict]:
+    """AdamW parameter groups: the Trainer's split (weight decay on `decay`, none on biases and norms)
+    crossed with depth, at `lr` x factor^(L+1-depth) (layer-wise learning-rate decay, as in ULMFiT and
+    ELECTRA: the pretrained lower layers move less, the head as much as without it). transformers'
+    Trainer has no such option, hence these groups."""
+    top = n_layers(model) + 1
+    groups: dict[tuple[int, bool], list] = {}
+    for n, p in named:
+        groups.setdefault((layer_depth(model, n), n in decay), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if d else 0.0, "lr": lr * factor ** (top - depth)}
+            for (depth, d), ps in sorted(groups.items())]
+
+
 def freeze_lower_layers(model, n: int) -> list[torch.nn.Parameter]:
     """`train.freeze_lower_layers`: stop gradients to the embedding block and the first `n` transformer
     layers (the parameters that were trainable and now are not, to be released after training).
@@ -510,7 +555,8 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     trainer = StudyTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=Collator(tokenizer), processing_class=tokenizer,
                   compute_metrics=compute_metrics, callbacks=callbacks,
-                           objective=objective or CrossEntropy(class_weights), sparse_embeddings=embeddings.sparse)
+                           objective=objective or CrossEntropy(class_weights), sparse_embeddings=embeddings.sparse,
+                           layer_lr_decay=tc.layer_lr_decay)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if not quiet:
