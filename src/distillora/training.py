@@ -486,13 +486,14 @@ def layerwise_groups(model, named: list, decay: set, weight_decay: float, lr: fl
     """AdamW parameter groups: the Trainer's split (weight decay on `decay`, none on biases and norms)
     crossed with depth, at `lr` x factor^(L+1-depth) (layer-wise learning-rate decay, as in ULMFiT and
     ELECTRA: the pretrained lower layers move less, the head as much as without it). transformers'
-    Trainer has no such option, hence these groups."""
+    Trainer has no such option, hence these groups. The head's groups come first: the Trainer logs the
+    first group's rate."""
     top = n_layers(model) + 1
     groups: dict[tuple[int, bool], list] = {}
     for n, p in named:
         groups.setdefault((layer_depth(model, n), n in decay), []).append(p)
     return [{"params": ps, "weight_decay": weight_decay if d else 0.0, "lr": lr * factor ** (top - depth)}
-            for (depth, d), ps in sorted(groups.items())]
+            for (depth, d), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
 
 
 def freeze_lower_layers(model, n: int) -> list[torch.nn.Parameter]:
