@@ -1,5 +1,6 @@
 """Measure a student recipe (distilled, LoRA or baseline) on validation and on the development set
-of short sentences, never on the test split, from a fine-tuned teacher saved by bench/recipe.py.
+of short sentences, never on the test split, from a fine-tuned teacher saved by bench/recipe.py, and
+its agreement with that teacher's decisions on both.
 
     python bench/student_recipe.py --teacher /tmp/distillora-recipe/base/model --stage lora --name lora-all \\
         lora.target_modules=all-linear lora.objective=distill
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--name", required=True)
     ap.add_argument("--work", default="/tmp/distillora-student-recipe")
     ap.add_argument("--log", default=str(REPO / "bench" / "results" / "student_recipe.jsonl"))
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="seed of the student's training only; the validation carve stays the config's (as `--seeds`)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
 
@@ -52,6 +55,10 @@ def main() -> None:
     teacher = AutoModelForSequenceClassification.from_pretrained(a.teacher).eval()
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
     enc["dev"] = encode(dev, tok, cfg.data.max_length)
+    if a.train_seed is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, seed=a.train_seed)
     env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True)
     t0 = time.perf_counter()
     needs_cache = a.stage == "distill" or (a.stage == "lora" and cfg.lora.objective == "distill")
@@ -69,12 +76,16 @@ def main() -> None:
         model, stats = baseline_stage.train(env, teacher, a.name, a.name)
     total, trainable = count_params(model)
     row = {"name": a.name, "stage": a.stage, "config": Path(a.config).name, "overrides": a.overrides,
-           "teacher": a.teacher, "train_seconds": round(time.perf_counter() - t0, 1),
+           "teacher": a.teacher, "train_seed": cfg.seed, "train_seconds": round(time.perf_counter() - t0, 1),
            "params_trainable": stats.get("params_trainable", trainable), "params_total": total,
            "trainable_pct": round(100 * stats.get("params_trainable", trainable) / total, 3), "cpu": cpu_name()}
     for split in ("validation", "dev"):
         probs, _ = predict_proba(model, enc[split], tok)
         row[split] = scores(probs, (splits.validation if split == "validation" else dev).labels)
+        # fidelity (Stanton et al., NeurIPS 2021): the share of inputs where the student's decision is
+        # the teacher's; what a student is trained for, measurable without labels and without test
+        teacher_probs, _ = predict_proba(teacher, enc[split], tok)
+        row[split]["teacher_agreement"] = round(float((probs.argmax(1) == teacher_probs.argmax(1)).mean()), 4)
     print(json.dumps(row))
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     with open(a.log, "a") as f:
