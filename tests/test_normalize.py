@@ -21,11 +21,25 @@ from conftest import tiny_bert
 
 def test_hate_speech_twitter_preset_reproduces_the_datasets_cleaning():
     n = normalize.Normalizer("hate_speech_twitter")
-    assert n("RT @user: Look at THIS!!! https://t.co/x #Blessed 2day\u200b") == "look at this blessed 2day"
+    assert n("RT @user: Look at THIS!!! https://t.co/x #Blessed 2day\u200b") == "look at this blessed day"
+    assert n("no Palestine in 50 years, #euros2016") == "no palestine in years euros"  # train has no digits
     assert n("rt rt") == "rt"  # only a leading retweet marker goes
     assert n(n("Hello, @World!")) == n("Hello, @World!") == "hello"  # idempotent
     assert normalize.Normalizer("none")("  A b  ") == "  A b  "
     assert normalize.Normalizer(["lowercase", "collapse_spaces"])("  A   B ") == "a b"
+
+
+def test_a_preset_whose_steps_changed_is_fingerprinted_by_its_steps():
+    """hate_speech_twitter gained strip_digits: runs made under its old steps must train again, so its
+    fingerprint holds the steps; the other presets keep their name, so their runs stay finished."""
+    from distillora.config import stable_section
+
+    def data_section(spec):
+        return stable_section({"data": {"source": "d", "normalize": spec}}, "data")["normalize"]
+
+    assert data_section("hate_speech_twitter") == normalize.PRESETS["hate_speech_twitter"]
+    assert "strip_digits" in data_section("hate_speech_twitter")
+    assert data_section("basic") == "basic" and data_section(["lowercase"]) == ["lowercase"]
 
 
 @pytest.mark.parametrize("spec, needle", [("shout", "unknown preset"), (["lowercase", "nope"], "unknown step"),
@@ -86,3 +100,4 @@ def test_audit_flags_unseen_characters_and_names_the_preset_that_closes_the_gap(
     assert u["rows"] == 1 and {"@", "G", "!"} <= set(u["chars"])
     assert u["closed_by"] == "hate_speech_twitter"
     assert unseen(train, ["what a great day"])["rows"] == 0
+    assert unseen(train, ["what a day 2"])["closed_by"] == "hate_speech_twitter"  # digits: strip_digits

@@ -445,6 +445,10 @@ def stable_section(resolved: dict, section: str, drop: tuple[str, ...] = ()) -> 
     (nor `train` keys at their NEW_TRAIN_KEY_DEFAULTS)."""
     new = NEW_KEY_DEFAULTS.get(section, {})
     out = {k: v for k, v in resolved[section].items() if k not in drop and (k not in new or new[k] != v)}
+    if section == "data" and "normalize" in out:
+        from .normalize import fingerprinted
+
+        out["normalize"] = fingerprinted(out["normalize"])
     if isinstance(out.get("train"), dict):
         out["train"] = {k: v for k, v in out["train"].items() if NEW_TRAIN_KEY_DEFAULTS.get(k, object()) != v}
     return out
