@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
-from distillora.config import load_config  # noqa: E402
+from distillora.config import fingerprint, load_config  # noqa: E402
 from distillora.data import encode, load_splits, load_table  # noqa: E402
 from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.evaluate import count_params, predict_proba  # noqa: E402
@@ -60,6 +60,9 @@ def main() -> None:
 
         cfg = dataclasses.replace(cfg, seed=a.train_seed)
     env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True)
+    # what the training depends on: a second call with the same --name but another seed, override or
+    # teacher starts afresh instead of resuming the first one's checkpoint
+    fp = fingerprint(a.name, cfg.seed, a.overrides, a.layers, a.teacher)
     t0 = time.perf_counter()
     needs_cache = a.stage == "distill" or (a.stage == "lora" and cfg.lora.objective == "distill")
     from distillora.losses import teacher_needs, weights_of
@@ -69,11 +72,11 @@ def main() -> None:
     if a.stage == "distill":
         layers = parse_layers(a.layers if a.layers in ("odd", "even") else json.loads(a.layers),
                               teacher.config.num_hidden_layers)
-        model, stats = distill_stage.train(env, a.name, teacher, layers, cache, a.name)
+        model, stats = distill_stage.train(env, a.name, teacher, layers, cache, fp)
     elif a.stage == "lora":
-        model, stats = lora_stage.train(env, teacher, a.name, a.name, cache)
+        model, stats = lora_stage.train(env, teacher, fp, a.name, cache)
     else:
-        model, stats = baseline_stage.train(env, teacher, a.name, a.name)
+        model, stats = baseline_stage.train(env, teacher, fp, a.name)
     total, trainable = count_params(model)
     row = {"name": a.name, "stage": a.stage, "config": Path(a.config).name, "overrides": a.overrides,
            "teacher": a.teacher, "train_seed": cfg.seed, "train_seconds": round(time.perf_counter() - t0, 1),

@@ -137,6 +137,18 @@ def test_bad_input_is_a_message_and_exit_2(tiny_run, tmp_path, capsys):
     assert not (tiny_run / "sweep.json").exists()
 
 
+def test_a_teacher_trained_under_settings_read_differently_today_is_refused(run_copy, capsys):
+    """E.g. a run made before a normaliser preset gained a step: its stored teacher fingerprint is not
+    the one today's code computes from its config.yaml, and sweeping it would mix two normalisations."""
+    marker = run_copy / "stages" / "teacher.json"
+    rec = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**rec, "fingerprint": "0" * 16}))
+    assert main(["sweep", "--run", str(run_copy), "--depths", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "re-run `distillora run --output" in err and "Traceback" not in err
+    assert not (run_copy / "sweep.json").exists()
+
+
 def test_sweep_budget_serving_and_report(run_copy):
     from distillora.predict import load_model, model_entries
     from distillora.sweep import run_sweep

@@ -395,3 +395,39 @@ def test_layer_depth_sees_through_a_peft_wrapper():
     assert depths["base_model.model.bert.encoder.layer.2.attention.self.query.lora_A.default.weight"] == 3
     assert depths["base_model.model.bert.embeddings.word_embeddings.weight"] == 0
     assert depths["base_model.model.classifier.weight"] == 4
+
+
+def test_the_schedule_reaches_the_inner_optimizers_of_sparse_updates_with_layer_decay(tmp_path, minilm_tokenizer):
+    """With sparse word-embedding updates (and layer-wise decay), the linear schedule must change the
+    rates the inner AdamW and SparseAdam use, not copies: accelerate's wrapping reloads their state,
+    which gives them new group dicts. Checked after every step against the scheduler's own rates."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Rates(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
+            inner = optimizer.optimizer.inner  # accelerate's wrapper around SparseEmbeddingOptimizer
+            seen.append(([g["lr"] for o in inner for g in o.param_groups], lr_scheduler.get_last_lr()))
+
+    tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=4, logging_steps=100, precision="fp32",
+                     sparse_word_embeddings=True, layer_lr_decay=0.5, warmup_ratio=0.0)
+    data = _encoded(16, lambda i: i % 2)
+    training.fit(tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size), data, data, minilm_tokenizer, tc,
+                 work_dir=tmp_path / "w", log_path=tmp_path / "l", stage="s", seed=0, selection_metric="accuracy",
+                 quiet=True, fingerprint="f", callbacks=(Rates(),))
+    assert len(seen) == 4
+    for used, scheduled in seen:
+        assert used == pytest.approx(scheduled)
+    assert seen[-1][0][0] < seen[0][0][0]  # the head's rate decayed
+    assert seen[0][0][-1] == pytest.approx(seen[0][0][0] * 0.5 ** 3)  # the embeddings: decay^(L+1)
+
+
+def test_layer_depth_of_a_peft_wrapped_model_whose_prefix_is_model():
+    """peft names start with `base_model.model.`; a task model whose own base prefix is `model` (e.g.
+    ModernBERT) must not have its head taken for a base-model weight."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_bert(2), LoraConfig(target_modules=["query", "value"], r=2))
+    model.get_base_model().base_model_prefix = "model"  # pretend: only the name test matters here
+    assert training.layer_depth(model, "base_model.model.classifier.weight") == 3

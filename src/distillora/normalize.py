@@ -3,9 +3,9 @@ tokenised, in training, evaluation, `predict`, the web app, exports and the benc
 
 The steps are saved with every model (in its config.json as `distillora_normalize`), so a model
 loaded anywhere applies the same cleaning it was trained with. Why it matters here: the reference
-data's train split went through its authors' cleaner (lowercase; @mentions, URLs, a leading `rt` and
-every non-alphanumeric character removed) while its test split and what people type into the app did
-not; `@user` appears in 155 test rows and in no train row.
+data's train split went through its authors' cleaner (lowercase; @mentions, URLs, a leading `rt`,
+every non-alphanumeric character and, by the data itself, digits removed) while its test split and
+what people type into the app did not; `@user` appears in 155 test rows and in no train row.
 
 A config gives either a preset name or a list of step names (applied in order).
 """

@@ -182,15 +182,20 @@ class SparseEmbeddingOptimizer(torch.optim.Optimizer):
     Departs from transformers: the Trainer builds one optimizer and clips with torch's
     `clip_grad_norm_`, which has no sparse kernel; `StudyTrainer._clip_grad_norm` calls `clip` here
     instead, the same global-norm clipping over dense and sparse gradients together. `param_groups` are
-    the inner optimizers' own group dicts, so the Trainer's LR scheduler reaches both."""
+    the inner optimizers' own group dicts, read anew on every access, so the Trainer's LR scheduler
+    reaches both: a `load_state_dict` (accelerate calls one when it wraps the optimizer, a resume another)
+    gives the inner optimizers new group dicts, and a list taken once would keep the stale ones."""
 
     def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.Optimizer):
         self.inner = (dense, sparse)
         self.defaults = dense.defaults
-        self.param_groups = dense.param_groups + sparse.param_groups
         self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
         self._optimizer_state_dict_pre_hooks, self._optimizer_state_dict_post_hooks = {}, {}
         self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+
+    @property
+    def param_groups(self):
+        return self.inner[0].param_groups + self.inner[1].param_groups
 
     @property
     def state(self):
@@ -460,25 +465,31 @@ def n_layers(model) -> int:
     return len(model.get_submodule(_layer_list(model)))
 
 
+def _unwrapped(model) -> tuple:
+    """(the task model, the dotted prefix of its names in `model`): a peft wrapper's inner model and
+    its prefix (`base_model.model`), or `model` itself and ""."""
+    if not hasattr(model, "get_base_model"):
+        return model, ""
+    inner = model.get_base_model()
+    return inner, next(n for n, m in model.named_modules() if m is inner)
+
+
 def _layer_list(model) -> str:
     """The layer list's dotted path in `model`, a task model or a peft model wrapping one."""
-    if hasattr(model, "get_base_model"):
-        inner = model.get_base_model()
-        prefix = next(n for n, m in model.named_modules() if m is inner)
-        return f"{prefix}.{layer_list_path(inner)}" if prefix else layer_list_path(inner)
-    return layer_list_path(model)
+    inner, prefix = _unwrapped(model)
+    return f"{prefix}.{layer_list_path(inner)}" if prefix else layer_list_path(inner)
 
 
 def layer_depth(model, name: str) -> int:
     """Depth of parameter `name` for layer-wise decay: 0 for the embeddings (and any other base-model
-    weight outside the layers, such as MPNet's shared relative-position bias), i for transformer layer
-    i (1-based), L+1 for the pooler and the head."""
+    weight outside the layers, such as MPNet's shared relative-position bias or a final norm after the
+    layers), i for transformer layer i (1-based), L+1 for the pooler and the head."""
     path, depth = _layer_list(model) + ".", n_layers(model)
     if name.startswith(path):
         return int(name[len(path):].split(".", 1)[0]) + 1
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    dotted = "." + name
-    in_base = f".{inner.base_model_prefix}." in dotted and ".pooler." not in dotted
+    inner, prefix = _unwrapped(model)
+    rel = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else name
+    in_base = rel.startswith(inner.base_model_prefix + ".") and ".pooler." not in rel
     return 0 if in_base else depth + 1
 
 
