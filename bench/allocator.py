@@ -36,21 +36,17 @@ import sys
 import time
 from pathlib import Path
 
-from distillora.hugepages import HUGE_PAGES, KEEP_HEAP, TUNABLES  # no torch: importable before any variant
-
-def _tunables(settings: dict[str, str]) -> str:
-    return ":".join(f"{k}={v}" for k, v in settings.items())
-
+from distillora.hugepages import HUGE_PAGES, KEEP_HEAP, TUNABLES, tunables  # no torch: importable before any variant
 
 VARIANTS = {
     "default": {},
     "torch-thp": {"THP_MEM_ALLOC_ENABLE": "1"},
-    "glibc-thp": {"GLIBC_TUNABLES": _tunables(HUGE_PAGES)},
-    "glibc-keep": {"GLIBC_TUNABLES": _tunables({**HUGE_PAGES, "glibc.malloc.mmap_threshold": str(32 << 20),
+    "glibc-thp": {"GLIBC_TUNABLES": tunables(HUGE_PAGES)},
+    "glibc-keep": {"GLIBC_TUNABLES": tunables({**HUGE_PAGES, "glibc.malloc.mmap_threshold": str(32 << 20),
                                                 "glibc.malloc.trim_threshold":
                                                     KEEP_HEAP["glibc.malloc.trim_threshold"]})},
     "glibc-heap": {"GLIBC_TUNABLES": TUNABLES},  # what `distillora` re-starts with (distillora.hugepages)
-    "heap": {"GLIBC_TUNABLES": _tunables(KEEP_HEAP)},
+    "heap": {"GLIBC_TUNABLES": tunables(KEEP_HEAP)},
 }
 SETTINGS = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")
 

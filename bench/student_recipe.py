@@ -10,6 +10,7 @@ One JSON line per student goes to `--log` (default bench/results/student_recipe.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -56,8 +57,6 @@ def main() -> None:
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
     enc["dev"] = encode(dev, tok, cfg.data.max_length)
     if a.train_seed is not None:
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, seed=a.train_seed)
     env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True)
     # what the training depends on: a second call with the same --name but another seed, override or

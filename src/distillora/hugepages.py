@@ -51,7 +51,12 @@ ALIASES = {"glibc.malloc.mmap_max": ("MALLOC_MMAP_MAX_",),
            "glibc.malloc.trim_threshold": ("MALLOC_TRIM_THRESHOLD_",)}
 # a user who chose when blocks are mapped keeps that: no mmap_max=0 over it
 MMAP_CHOSEN = ("glibc.malloc.mmap_threshold", "MALLOC_MMAP_THRESHOLD_")
-TUNABLES = ":".join(f"{k}={v}" for k, v in {**HUGE_PAGES, **KEEP_HEAP}.items())  # added to no tunables
+def tunables(settings: dict[str, str]) -> str:
+    """`settings` as one GLIBC_TUNABLES value."""
+    return ":".join(f"{k}={v}" for k, v in settings.items())
+
+
+TUNABLES = tunables({**HUGE_PAGES, **KEEP_HEAP})  # added to no tunables
 OPT_OUT = "DISTILLORA_HUGE_PAGES"
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -74,8 +79,8 @@ def huge_pages_env(environ: dict[str, str], thp_mode: str | None = None,
     settings too (batch commands), else huge pages alone."""
     if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "off", "no") or not _glibc_has_tunable():
         return None
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables:
+    given = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in given:
         return None
     if thp_mode is None:
         try:
@@ -84,13 +89,13 @@ def huge_pages_env(environ: dict[str, str], thp_mode: str | None = None,
             return None
     if "[never]" in thp_mode:
         return None
-    named = {item.split("=", 1)[0] for item in tunables.split(":") if item}
+    named = {item.split("=", 1)[0] for item in given.split(":") if item}
     named |= {k for k, aliases in ALIASES.items() if any(a in environ for a in aliases)}
     if any(k in named or k in environ for k in MMAP_CHOSEN):
         named.add("glibc.malloc.mmap_max")
     settings = {**HUGE_PAGES, **(KEEP_HEAP if keep_heap else {})}
-    ours = [f"{k}={v}" for k, v in settings.items() if k not in named]
-    return {**environ, "GLIBC_TUNABLES": ":".join(([tunables] if tunables else []) + ours)}
+    ours = tunables({k: v for k, v in settings.items() if k not in named})
+    return {**environ, "GLIBC_TUNABLES": ":".join(x for x in (given, ours) if x)}
 
 
 def restart_with_huge_pages(keep_heap: bool = True) -> None:

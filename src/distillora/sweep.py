@@ -366,19 +366,15 @@ def _reuse_study_student(run, c: Candidate, fp: str, cfg, teacher_fp: str, recip
     return False
 
 
-def _refuse_stale_teacher(run_dir: Path, cfg, teacher_fp: str) -> None:
+def _refuse_stale_teacher(run_dir: Path, cfg, teacher_fp: str, teacher_depth: int) -> None:
     """The run's teacher must be the one `distillora run` would train from its config.yaml today: a
     sweep reads the data through today's code, so a teacher trained under settings this version reads
     differently (a normaliser preset whose steps changed) would give students trained, cached and
     scored on other text than the teacher and the run's other models."""
-    from transformers import AutoConfig
-
     from . import stages
     from .config import fingerprint, to_dict
-    from .rundir import RunDir
 
-    depth = AutoConfig.from_pretrained(str(RunDir(run_dir).model_dir("teacher"))).num_hidden_layers
-    teacher = next(st for st in stages.plan(cfg, to_dict(cfg), depth) if st.name == "teacher")
+    teacher = next(st for st in stages.plan(cfg, to_dict(cfg), teacher_depth) if st.name == "teacher")
     if fingerprint(*teacher.fingerprint_inputs) != teacher_fp:
         raise UserError(f"--run {run_dir}: its teacher was trained under settings this version of distillora "
                         f"reads differently (e.g. the steps of data.normalize's preset); re-run "
@@ -419,7 +415,7 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     run = RunDir(run_dir)
     cfg = load_config(run.config)
     teacher_fp = read_json(run.marker("teacher"))["fingerprint"]
-    _refuse_stale_teacher(run_dir, cfg, teacher_fp)
+    _refuse_stale_teacher(run_dir, cfg, teacher_fp, teacher_depth)
     splits = load_splits(cfg.data, cfg.seed)
     cfg = study._with_label_names(cfg, splits.info["label_names"])  # inferred when config.yaml has null
     tokenizer = AutoTokenizer.from_pretrained(str(run.model_dir("teacher")))

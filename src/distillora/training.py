@@ -480,17 +480,25 @@ def _layer_list(model) -> str:
     return f"{prefix}.{layer_list_path(inner)}" if prefix else layer_list_path(inner)
 
 
-def layer_depth(model, name: str) -> int:
-    """Depth of parameter `name` for layer-wise decay: 0 for the embeddings (and any other base-model
-    weight outside the layers, such as MPNet's shared relative-position bias or a final norm after the
-    layers), i for transformer layer i (1-based), L+1 for the pooler and the head."""
+def layer_depths(model, names) -> list[int]:
+    """Depth of each parameter in `names` for layer-wise decay: 0 for the embeddings (and any other
+    base-model weight outside the layers, such as MPNet's shared relative-position bias or a final norm
+    after the layers), i for transformer layer i (1-based), L+1 for the pooler and the head."""
     path, depth = _layer_list(model) + ".", n_layers(model)
-    if name.startswith(path):
-        return int(name[len(path):].split(".", 1)[0]) + 1
     inner, prefix = _unwrapped(model)
-    rel = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else name
-    in_base = rel.startswith(inner.base_model_prefix + ".") and ".pooler." not in rel
-    return 0 if in_base else depth + 1
+    base = inner.base_model_prefix + "."
+
+    def one(name: str) -> int:
+        if name.startswith(path):
+            return int(name[len(path):].split(".", 1)[0]) + 1
+        rel = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else name
+        return 0 if rel.startswith(base) and ".pooler." not in rel else depth + 1
+
+    return [one(n) for n in names]
+
+
+def layer_depth(model, name: str) -> int:
+    return layer_depths(model, [name])[0]
 
 
 def layerwise_groups(model, named: list, decay: set, weight_decay: float, lr: float, factor: float) -> list[dict]:
@@ -501,8 +509,8 @@ def layerwise_groups(model, named: list, decay: set, weight_decay: float, lr: fl
     first group's rate."""
     top = n_layers(model) + 1
     groups: dict[tuple[int, bool], list] = {}
-    for n, p in named:
-        groups.setdefault((layer_depth(model, n), n in decay), []).append(p)
+    for (n, p), depth in zip(named, layer_depths(model, [n for n, _ in named])):
+        groups.setdefault((depth, n in decay), []).append(p)
     return [{"params": ps, "weight_decay": weight_decay if d else 0.0, "lr": lr * factor ** (top - depth)}
             for (depth, d), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
 
