@@ -25,6 +25,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from distillora.hugepages import restart_with_huge_pages  # noqa: E402  (imports no torch)
+
+# train and time in a process with the allocator settings `distillora run` re-starts itself with
+# (distillora.hugepages), or the dense word-embedding gradient's page faults weigh on a step here as
+# they do not in a run (docs/performance.md, "Ninth session")
+restart_with_huge_pages()
+
 import torch  # noqa: E402
 
 from distillora.inference.timing import cpu_name  # noqa: E402

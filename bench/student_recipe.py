@@ -21,6 +21,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from distillora.hugepages import restart_with_huge_pages  # noqa: E402  (imports no torch)
+
+# train and time in a process with the allocator settings `distillora run` re-starts itself with
+# (distillora.hugepages), or the dense word-embedding gradient's page faults weigh on a step here as
+# they do not in a run (docs/performance.md, "Ninth session")
+restart_with_huge_pages()
+
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from distillora.config import fingerprint, load_config  # noqa: E402
