@@ -29,8 +29,10 @@ from distillora.hugepages import restart_with_huge_pages  # noqa: E402  (imports
 
 # train and time in a process with the allocator settings `distillora run` re-starts itself with
 # (distillora.hugepages), or the dense word-embedding gradient's page faults weigh on a step here as
-# they do not in a run (docs/performance.md, "Ninth session")
-restart_with_huge_pages()
+# they do not in a run (docs/performance.md, "Ninth session"); as a script only: a module that imports
+# this one (student_recipe imports recipe) must not be re-started by it. DISTILLORA_HUGE_PAGES=0 opts out.
+if __name__ == "__main__":
+    restart_with_huge_pages()
 
 import torch  # noqa: E402
 
@@ -90,7 +92,7 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "embedding_update.json").write_text(json.dumps({
-        "cpu": cpu_name(), "threads": torch.get_num_threads(), "teacher": a.teacher, "layers": a.layers,
+        "cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "threads": torch.get_num_threads(), "teacher": a.teacher, "layers": a.layers,
         "batch_size": a.batch_size, "precision": precision, "rounds": a.rounds, "steps": a.steps,
         "seconds_per_step": times, "median": med}, indent=2))
     return 0

@@ -35,8 +35,10 @@ from distillora.hugepages import restart_with_huge_pages  # noqa: E402  (imports
 
 # train and time in a process with the allocator settings `distillora run` re-starts itself with
 # (distillora.hugepages), or the dense word-embedding gradient's page faults weigh on a step here as
-# they do not in a run (docs/performance.md, "Ninth session")
-restart_with_huge_pages()
+# they do not in a run (docs/performance.md, "Ninth session"); as a script only: a module that imports
+# this one (student_recipe imports recipe) must not be re-started by it. DISTILLORA_HUGE_PAGES=0 opts out.
+if __name__ == "__main__":
+    restart_with_huge_pages()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -186,7 +188,7 @@ def main() -> None:
         m = build()
         row = {"name": a.name, "config": Path(a.config).name, "overrides": a.overrides, **variant,
                "pooling": a.pooling, "linear_probe_epochs": a.linear_probe_epochs,
-               "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name()}
+               "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
         for split in ("validation", "dev"):
             probs, _ = predict_proba(m, enc[split], tok)
             labels = (splits.validation if split == "validation" else dev).labels

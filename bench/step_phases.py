@@ -30,8 +30,10 @@ from distillora.hugepages import restart_with_huge_pages  # noqa: E402  (imports
 
 # train and time in a process with the allocator settings `distillora run` re-starts itself with
 # (distillora.hugepages), or the dense word-embedding gradient's page faults weigh on a step here as
-# they do not in a run (docs/performance.md, "Ninth session")
-restart_with_huge_pages()
+# they do not in a run (docs/performance.md, "Ninth session"); as a script only: a module that imports
+# this one (student_recipe imports recipe) must not be re-started by it. DISTILLORA_HUGE_PAGES=0 opts out.
+if __name__ == "__main__":
+    restart_with_huge_pages()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -102,7 +104,7 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "step_phases.jsonl", "a") as f:
-        f.write(json.dumps({"cpu": cpu_name(), "what": desc, "bf16": bf16, "steps": a.steps, "tokens": tokens,
+        f.write(json.dumps({"cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "what": desc, "bf16": bf16, "steps": a.steps, "tokens": tokens,
                             "padded_tokens": padded, "ms_per_step": {k: 1e3 * v / a.steps for k, v in seconds.items()},
                             "peak_gflops": peak / 1e9, "date": time.strftime("%Y-%m-%d")}) + "\n")
     return 0

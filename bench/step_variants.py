@@ -30,6 +30,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from distillora.hugepages import restart_with_huge_pages  # noqa: E402  (imports no torch)
+
+# train and time in a process with the allocator settings `distillora run` re-starts itself with
+# (distillora.hugepages), or the dense word-embedding gradient's page faults weigh on a step here as
+# they do not in a run (docs/performance.md, "Ninth session"); as a script only: a module that imports
+# this one must not be re-started by it. DISTILLORA_HUGE_PAGES=0 opts out.
+if __name__ == "__main__":
+    restart_with_huge_pages()
+
 import torch  # noqa: E402
 
 from distillora.inference.timing import cpu_name  # noqa: E402
@@ -88,7 +97,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = f"{a.compare}_step" + (f"_{a.layers.replace(',', '-')}" if a.layers else "_teacher")
     (out / f"{name}.json").write_text(json.dumps({
-        "cpu": cpu_name(), "threads": torch.get_num_threads(), "compare": a.compare, "model": a.model,
+        "cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "threads": torch.get_num_threads(), "compare": a.compare, "model": a.model,
         "layers": a.layers, "batch_size": a.batch_size, "precision": precision, "rounds": a.rounds,
         "steps": a.steps, "dropout_modules": swapped, "seconds_per_step": times, "warmup_seconds": warmup,
         "median": med, "speedup_median_of_round_ratios": ratio}, indent=2))

@@ -25,8 +25,10 @@ from distillora.hugepages import restart_with_huge_pages  # noqa: E402  (imports
 
 # train and time in a process with the allocator settings `distillora run` re-starts itself with
 # (distillora.hugepages), or the dense word-embedding gradient's page faults weigh on a step here as
-# they do not in a run (docs/performance.md, "Ninth session")
-restart_with_huge_pages()
+# they do not in a run (docs/performance.md, "Ninth session"); as a script only: a module that imports
+# this one (student_recipe imports recipe) must not be re-started by it. DISTILLORA_HUGE_PAGES=0 opts out.
+if __name__ == "__main__":
+    restart_with_huge_pages()
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
@@ -87,7 +89,7 @@ def main() -> None:
     row = {"name": a.name, "stage": a.stage, "config": Path(a.config).name, "overrides": a.overrides,
            "teacher": a.teacher, "train_seed": cfg.seed, "train_seconds": round(time.perf_counter() - t0, 1),
            "params_trainable": stats.get("params_trainable", trainable), "params_total": total,
-           "trainable_pct": round(100 * stats.get("params_trainable", trainable) / total, 3), "cpu": cpu_name()}
+           "trainable_pct": round(100 * stats.get("params_trainable", trainable) / total, 3), "cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
     for split in ("validation", "dev"):
         probs, _ = predict_proba(model, enc[split], tok)
         row[split] = scores(probs, (splits.validation if split == "validation" else dev).labels)
