@@ -33,11 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from distillora.hugepages import restart_with_huge_pages  # noqa: E402  (imports no torch)
 
-# train and time in a process with the allocator settings `distillora run` re-starts itself with
-# (distillora.hugepages), or the dense word-embedding gradient's page faults weigh on a step here as
-# they do not in a run (docs/performance.md, "Ninth session"); as a script only: a module that imports
-# this one (student_recipe imports recipe) must not be re-started by it. DISTILLORA_HUGE_PAGES=0 opts out.
-if __name__ == "__main__":
+if __name__ == "__main__":  # time as a run does (distillora.hugepages, "Benches")
     restart_with_huge_pages()
 
 import numpy as np  # noqa: E402

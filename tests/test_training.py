@@ -391,7 +391,8 @@ def test_layer_depth_sees_through_a_peft_wrapper():
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(tiny_bert(3), LoraConfig(target_modules=["query", "value"], r=2))
-    depths = {n: training.layer_depth(model, n) for n, _ in model.named_parameters()}
+    names = [n for n, _ in model.named_parameters()]
+    depths = dict(zip(names, training.layer_depths(model, names)))
     assert depths["base_model.model.bert.encoder.layer.2.attention.self.query.lora_A.default.weight"] == 3
     assert depths["base_model.model.bert.embeddings.word_embeddings.weight"] == 0
     assert depths["base_model.model.classifier.weight"] == 4
@@ -430,4 +431,4 @@ def test_layer_depth_of_a_peft_wrapped_model_whose_prefix_is_model():
 
     model = get_peft_model(tiny_bert(2), LoraConfig(target_modules=["query", "value"], r=2))
     model.get_base_model().base_model_prefix = "model"  # pretend: only the name test matters here
-    assert training.layer_depth(model, "base_model.model.classifier.weight") == 3
+    assert training.layer_depths(model, ["base_model.model.classifier.weight"]) == [3]

@@ -33,6 +33,11 @@ before 2.35, which has no huge-page tunable, huge pages disabled) or when GLIBC_
 `glibc.malloc.hugetlb`; a user's own value of either of the other two is kept. Library calls
 (`distillora.cli.main`, tests, notebooks) are never re-started: set the variable in their environment
 to get the same effect. Processes that distillora starts inherit it.
+Benches: the scripts under bench/ that train or time steps (recipe, student_recipe, embedding_update,
+step_phases, step_variants) call `restart_with_huge_pages` too, under `if __name__ == "__main__"` (a
+module importing one of them is not re-started), so their timings are those of a run: under glibc's
+default the dense word-embedding gradient's page faults made sparse updates look 1.3x faster per step
+where a run gains 1.03x (docs/performance.md, "Ninth session").
 Why not torch's own `THP_MEM_ALLOC_ENABLE`: it covers only torch's allocations of 2 MiB and more, and
 in `bench/allocator.py` it removed less than two thirds of the faults and did not speed the step up.
 """

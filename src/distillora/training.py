@@ -497,9 +497,6 @@ def layer_depths(model, names) -> list[int]:
     return [one(n) for n in names]
 
 
-def layer_depth(model, name: str) -> int:
-    return layer_depths(model, [name])[0]
-
 
 def layerwise_groups(model, named: list, decay: set, weight_decay: float, lr: float, factor: float) -> list[dict]:
     """AdamW parameter groups: the Trainer's split (weight decay on `decay`, none on biases and norms)
