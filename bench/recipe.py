@@ -48,6 +48,7 @@ from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
 from distillora.stages.teacher import load_pretrained, wise_ft  # noqa: E402
+from distillora.training import with_group_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "configs" / "dev" / "short_sentences.csv"
@@ -109,11 +110,21 @@ def mean_pooling(model):
     return model
 
 
-def scores(probs: np.ndarray, labels: np.ndarray) -> dict:
+def scores(probs: np.ndarray, labels: np.ndarray, categories: list[str] | None = None) -> dict:
+    """Accuracy, balanced accuracy, macro F1; with `categories`, also the recall of label 1 in each
+    non-empty category, their mean and their minimum (group_weights' target: no group left behind)."""
     pred = probs.argmax(1)
-    return {"accuracy": round(float(accuracy_score(labels, pred)), 4),
-            "balanced_accuracy": round(float(balanced_accuracy_score(labels, pred)), 4),
-            "f1_macro": round(float(f1_score(labels, pred, average="macro")), 4)}
+    out = {"accuracy": round(float(accuracy_score(labels, pred)), 4),
+           "balanced_accuracy": round(float(balanced_accuracy_score(labels, pred)), 4),
+           "f1_macro": round(float(f1_score(labels, pred, average="macro")), 4)}
+    if categories is not None:
+        cats = np.asarray(categories, dtype=object)
+        rec = {c: round(float((pred[(cats == c) & (labels == 1)] == 1).mean()), 4)
+               for c in sorted(set(categories) - {""}) if ((cats == c) & (labels == 1)).any()}
+        out["category_recall"] = rec
+        out["category_recall_mean"] = round(float(np.mean(list(rec.values()))), 4) if rec else None
+        out["category_recall_min"] = min(rec.values()) if rec else None
+    return out
 
 
 def main() -> None:
@@ -139,6 +150,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(source)
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
     enc["dev"] = encode(dev, tok, cfg.data.max_length)
+    enc["train"] = with_group_weights(enc["train"], splits.train, cfg)
     work = Path(a.work) / a.name
     env = StageEnv(cfg, tok, enc["train"], enc["validation"], work, quiet=True)
     t0 = time.perf_counter()
@@ -187,8 +199,8 @@ def main() -> None:
                "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
         for split in ("validation", "dev"):
             probs, _ = predict_proba(m, enc[split], tok)
-            labels = (splits.validation if split == "validation" else dev).labels
-            row[split] = scores(probs, labels)
+            table = splits.validation if split == "validation" else dev
+            row[split] = scores(probs, table.labels, table.categories)
         print(json.dumps(row))
         with open(a.log, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -35,6 +35,7 @@ from distillora.evaluate import count_params, predict_proba  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
 from distillora.stages import baseline as baseline_stage, distill as distill_stage, lora as lora_stage  # noqa: E402
 from distillora.students import parse_layers  # noqa: E402
+from distillora.training import with_group_weights  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe import DEV, REPO, scores  # noqa: E402
@@ -61,6 +62,7 @@ def main() -> None:
     teacher = AutoModelForSequenceClassification.from_pretrained(a.teacher).eval()
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
     enc["dev"] = encode(dev, tok, cfg.data.max_length)
+    enc["train"] = with_group_weights(enc["train"], splits.train, cfg)
     if a.train_seed is not None:
         cfg = dataclasses.replace(cfg, seed=a.train_seed)
     env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True)
@@ -88,7 +90,8 @@ def main() -> None:
            "trainable_pct": round(100 * stats.get("params_trainable", trainable) / total, 3), "cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
     for split in ("validation", "dev"):
         probs, _ = predict_proba(model, enc[split], tok)
-        row[split] = scores(probs, (splits.validation if split == "validation" else dev).labels)
+        table = splits.validation if split == "validation" else dev
+        row[split] = scores(probs, table.labels, table.categories)
         # fidelity (Stanton et al., NeurIPS 2021): the share of inputs where the student's decision is
         # the teacher's; what a student is trained for, measurable without labels and without test
         teacher_probs, _ = predict_proba(teacher, enc[split], tok)

@@ -154,6 +154,10 @@ class StudyConfig:
         "balanced", "Cross-entropy class weights of every stage: balanced (n / (C * n_c) from the training "
                     "split), a list of one weight per label, or null for none. Default balanced: the deployment "
                     "prior is unknown, so no class is favoured for being frequent in train.")
+    group_weights: Union[str, None] = _f(
+        None, "Group-balanced cross-entropy weights (Idrissi et al., CLeaR 2022): balanced gives every group of "
+              "a label (the values of data.category_column in train, e.g. the target group of a hate tweet) the "
+              "same total weight within that label, on top of class_weights; null for none.")
     selection_metric: str = _f("f1_macro", "Validation metric that selects the best epoch: f1_macro or accuracy.")
     bootstrap_resamples: int = _f(1000, "Resamples of the test split for 95% confidence intervals.")
     quality_bars: Union[dict[str, float], None] = _f(
@@ -336,6 +340,11 @@ def validate(cfg: StudyConfig) -> list[str]:
     elif isinstance(cw, list) and (len(cw) != len(d.label_names) or not all(0 < w < float("inf") for w in cw)):
         errs.append(f"class_weights = {cw!r}: give {len(d.label_names)} positive finite weights, one per label "
                     f"({', '.join(d.label_names)})")
+    if cfg.group_weights is not None and cfg.group_weights != "balanced":
+        errs.append(f"group_weights = {cfg.group_weights!r}: use balanced or null")
+    if cfg.group_weights is not None and not d.category_column:
+        errs.append(f"group_weights = {cfg.group_weights!r} needs data.category_column (the column that names "
+                    f"each row's group); set it, or group_weights: null")
     if cfg.distill.temperature <= 0:
         errs.append(f"distill.temperature = {cfg.distill.temperature}: must be > 0 (try 2.0)")
     from .losses import TERMS, weights_of  # the registered loss terms

@@ -298,7 +298,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if absent:
         raise UserError(f"{names[0]}: no train row has label(s) {absent}; add rows with them, or remove them from "
                         f"data.label_names {label_names}")
-    full = Split(train_texts, train_labels, None, train_pairs)
+    full = Split(train_texts, train_labels, tr_v["categories"], train_pairs)  # categories: for group_weights
     if cfg.max_train_rows is not None and cfg.max_train_rows < len(train_texts):
         idx, _ = train_test_split(np.arange(len(train_texts)), train_size=cfg.max_train_rows,
                                   stratify=train_labels, random_state=seed)
@@ -379,10 +379,19 @@ def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) ->
     return Encoded(items)
 
 
+# the per-example loss weight a training item may carry (`training.with_group_weights`)
+SAMPLE_WEIGHT = "sample_weight"
+
+
+def _model_field(key: str) -> bool:
+    """Whether an item's field is a model input or label (not a cached teacher output or a loss weight)."""
+    return not key.startswith("teacher_") and key != SAMPLE_WEIGHT
+
+
 class Collator:
     """Dynamic padding of token fields (via `DataCollatorWithPadding`) plus cached teacher outputs
     (`losses.TEACHER_OUTPUTS`): per-token ones, (L_i, H), are zero-padded to the batch length; the
-    others, fixed-shape, are stacked."""
+    others, fixed-shape, are stacked; per-example loss weights (`SAMPLE_WEIGHT`) become a float (B,)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.pad = DataCollatorWithPadding(tokenizer)
@@ -390,8 +399,10 @@ class Collator:
     def __call__(self, features: list[dict]) -> dict:
         from .losses import TEACHER_OUTPUTS
 
-        plain = [{k: v for k, v in f.items() if not k.startswith("teacher_")} for f in features]
+        plain = [{k: v for k, v in f.items() if _model_field(k)} for f in features]
         batch = dict(self.pad(plain))
+        if SAMPLE_WEIGHT in features[0]:
+            batch[SAMPLE_WEIGHT] = torch.tensor([f[SAMPLE_WEIGHT] for f in features], dtype=torch.float32)
         for key in features[0]:
             if not key.startswith("teacher_"):
                 continue
@@ -408,11 +419,10 @@ class Collator:
 
 def length_sorted_batches(encoded: Encoded, tokenizer: PreTrainedTokenizerBase, batch_size: int, device):
     """Yield (indices, batch on `device`) over `encoded` in order of length, so padding stays small;
-    only the model inputs are collated (no labels, no cached teacher outputs)."""
+    only the model inputs are collated (no labels, cached teacher outputs or loss weights)."""
     order = np.argsort(encoded.lengths(), kind="stable")
     collate = Collator(tokenizer)
     for i in range(0, len(order), batch_size):
         idx = order[i: i + batch_size]
-        batch = collate([{k: v for k, v in encoded[j].items() if k != "labels" and not k.startswith("teacher_")}
-                         for j in idx])
+        batch = collate([{k: v for k, v in encoded[j].items() if k != "labels" and _model_field(k)} for j in idx])
         yield idx, {k: v.to(device) for k, v in batch.items()}

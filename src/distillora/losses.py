@@ -63,6 +63,7 @@ class LossInputs:
     layer_map: list[int] | None = None
     temperature: float = 2.0
     class_weights: torch.Tensor | None = None
+    sample_weight: torch.Tensor | None = None  # (B,) per-example weights (`group_weights`), or None
 
 
 @dataclass(frozen=True)
@@ -127,16 +128,20 @@ def total_loss(x: LossInputs, weights: dict[str, float]) -> tuple[torch.Tensor, 
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                           class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy, each example weighted by its class's weight, averaged over the batch:
-    mean_i(w[y_i] * nll_i). Unlike torch's `weight=` (which divides by the sum of the weights in the
-    batch), this keeps the mean of two half-batches equal to the mean of the whole batch, so
-    data-parallel processes take the same step as one process; `balanced` weights average 1 over the
-    training split, so the loss keeps its scale. Shapes: logits (B, C), labels (B,), weights (C,)."""
+                           class_weights: torch.Tensor | None = None,
+                           sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy, each example weighted by its class's weight (and by its own `sample_weight`, the
+    group weights), averaged over the batch: mean_i(w[y_i] * s_i * nll_i). Unlike torch's `weight=`
+    (which divides by the sum of the weights in the batch), this keeps the mean of two half-batches
+    equal to the mean of the whole batch, so data-parallel processes take the same step as one process;
+    `balanced` weights average 1 over the training split, so the loss keeps its scale. Shapes: logits
+    (B, C), labels (B,), class weights (C,), sample weights (B,)."""
     nll = F.cross_entropy(logits.float(), labels, reduction="none")
-    if class_weights is None:
-        return nll.mean()
-    return (class_weights.to(logits.device)[labels] * nll).mean()
+    if class_weights is not None:
+        nll = class_weights.to(logits.device)[labels] * nll
+    if sample_weight is not None:
+        nll = sample_weight.to(logits.device, torch.float32) * nll
+    return nll.mean()
 
 
 def _need(x: LossInputs, key: str, term_name: str) -> torch.Tensor:
@@ -148,7 +153,7 @@ def _need(x: LossInputs, key: str, term_name: str) -> torch.Tensor:
 @term("ce", describe="CE")
 def ce_loss(x: LossInputs) -> torch.Tensor:
     """Hard-label (class-weighted) cross-entropy."""
-    return weighted_cross_entropy(x.logits, x.labels, x.class_weights)
+    return weighted_cross_entropy(x.logits, x.labels, x.class_weights, x.sample_weight)
 
 
 @term("kd", teacher=("teacher_logits",), describe="T^2*KL")

@@ -23,7 +23,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from tqdm.auto import tqdm
 
 from .config import DistillConfig, TrainConfig
-from .data import Collator, Encoded
+from .data import SAMPLE_WEIGHT, Collator, Encoded, Split
+from .errors import UserError
 from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_text
 from . import losses
 from .losses import weighted_cross_entropy
@@ -54,6 +55,37 @@ def class_weight_vector(spec, labels: np.ndarray, num_labels: int) -> torch.Tens
         w = counts.sum() / (num_labels * np.maximum(counts, 1.0))
         return torch.tensor(w, dtype=torch.float32)
     return torch.tensor([float(x) for x in spec], dtype=torch.float32)
+
+
+def group_weight_factors(labels, groups: list[str]) -> np.ndarray:
+    """Per-example loss factors of config `group_weights: balanced`: within each label, every group (a
+    value of `data.category_column`; an empty one is a group of its own) gets the same total weight, as
+    group-balanced reweighting does (Idrissi et al., "Simple data balancing achieves competitive
+    worst-group-accuracy", CLeaR 2022). An example of label y in group g gets n_y / (K_y * n_yg), with
+    K_y the number of groups among label y's examples, so a label's factors sum to n_y and the class
+    weights keep their meaning. Shapes: labels (N,), groups N strings; returns (N,) float64."""
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object)
+    out = np.ones(len(labels), dtype=float)
+    for y in np.unique(labels):
+        rows = labels == y
+        names, inverse, counts = np.unique(groups[rows].astype(str), return_inverse=True, return_counts=True)
+        out[rows] = rows.sum() / (len(names) * counts[inverse])
+    return out
+
+
+def with_group_weights(encoded: Encoded, split: Split, cfg) -> Encoded:
+    """`encoded` (the training split `split`) with each example's `group_weight_factors` attached as its
+    loss weight when the StudyConfig `cfg` sets `group_weights: balanced`; unchanged otherwise."""
+    spec = cfg.group_weights
+    if spec is None:
+        return encoded
+    if split.categories is None:
+        raise UserError(f"group_weights = {spec}: the training data has no category column "
+                        f"{cfg.data.category_column!r}; set data.category_column to the column that names "
+                        f"each row's group, or group_weights: null")
+    factors = group_weight_factors(split.labels, split.categories)
+    return encoded.with_fields(**{SAMPLE_WEIGHT: factors.tolist()})
 
 
 _BF16_CACHE: dict[str, bool] = {}
@@ -320,17 +352,19 @@ class CrossEntropy:
         self.class_weights = class_weights
 
     def __call__(self, model, inputs: dict):
-        if self.class_weights is None or "labels" not in inputs:
+        weight = inputs.pop(SAMPLE_WEIGHT, None)  # training batches under `group_weights` carry one
+        if (self.class_weights is None and weight is None) or "labels" not in inputs:
             return None
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        return weighted_cross_entropy(outputs.logits, labels, self.class_weights), outputs
+        return weighted_cross_entropy(outputs.logits, labels, self.class_weights, weight), outputs
 
 
 class Distillation:
     """The distilled students' objective: the weighted sum of the loss terms registered in `losses`
     whose weight in `distill` is positive. Reads the cached teacher outputs (`teacher_*`) from the
-    batch; evaluation batches carry none and fall back to the (class-weighted) cross-entropy.
+    batch; evaluation batches carry none and fall back to the (class-weighted) cross-entropy. Class
+    and group weights weigh the hard-label term only: the soft terms follow the teacher on every example.
     `layer_map[i]`: the teacher layer (1-based) student layer i+1 was copied from."""
 
     def __init__(self, distill: DistillConfig, layer_map: list[int] | None = None,
@@ -349,10 +383,11 @@ class Distillation:
         teacher = {k: inputs.pop(k) for k in list(inputs) if k.startswith("teacher_")}
         if not teacher:
             return CrossEntropy(self.class_weights)(model, inputs)
+        weight = inputs.pop(SAMPLE_WEIGHT, None)
         outputs = model(**inputs, output_hidden_states=self.student_hidden)
         x = losses.LossInputs(outputs.logits, inputs["labels"], inputs.get("attention_mask"),
                               outputs.hidden_states if self.student_hidden else None, teacher,
-                              self.layer_map, self.temperature, self.class_weights)
+                              self.layer_map, self.temperature, self.class_weights, weight)
         return losses.total_loss(x, self.weights)[0], outputs
 
 

@@ -22,7 +22,10 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
     teacher = stable_section(resolved, "teacher", drop=("allow_pickle",))  # a permission, not a setting
     return [Stage(
         name="teacher", kind=Kind.TEACHER, section="teacher", consumes=(),
-        fingerprint_inputs=(data, cfg.seed, cfg.selection_metric, teacher, cfg.class_weights),
+        # group weights (and then the column that names the groups) only when set, so runs without them
+        # keep the fingerprints they had
+        fingerprint_inputs=(data, cfg.seed, cfg.selection_metric, teacher, cfg.class_weights)
+        + ((cfg.group_weights, cfg.data.category_column) if cfg.group_weights else ()),
         teacher_layers=list(range(1, depth + 1)), objective="cross-entropy, all weights fine-tuned",
         train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key), action=f"fine-tuning {cfg.teacher.source}")]
 

@@ -1,0 +1,105 @@
+"""`group_weights: balanced`: each group of a label gets the same total weight in the cross-entropy."""
+
+import numpy as np
+import pytest
+import torch
+
+from distillora import training
+from distillora.config import TrainConfig, load_config
+from distillora.data import SAMPLE_WEIGHT, Collator, Encoded, Split, length_sorted_batches
+from distillora.errors import UserError
+from distillora.losses import weighted_cross_entropy
+
+from conftest import tiny_bert
+
+
+def test_factors_against_a_hand_computation():
+    # label 0: one group of 2 rows -> factor 1; label 1: 4 rows in groups a (3) and b (1):
+    # each group's total is 4 / 2 = 2, so a's rows get 2/3 and b's row 2
+    f = training.group_weight_factors([0, 0, 1, 1, 1, 1], ["", "", "a", "a", "a", "b"])
+    assert f.tolist() == pytest.approx([1, 1, 2 / 3, 2 / 3, 2 / 3, 2])
+    # a label's factors sum to its row count, so class weights keep their meaning
+    assert f[2:].sum() == pytest.approx(4)
+
+
+def test_sample_weights_in_the_cross_entropy_against_a_hand_computation():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    cw, sw = torch.tensor([1.0, 3.0]), torch.tensor([0.5, 2.0, 1.0])
+    nll = -torch.log_softmax(logits, 1)[torch.arange(3), labels]
+    expected = (1.0 * 0.5 * nll[0] + 3.0 * 2.0 * nll[1] + 3.0 * 1.0 * nll[2]) / 3
+    assert weighted_cross_entropy(logits, labels, cw, sw).item() == pytest.approx(expected.item())
+    assert weighted_cross_entropy(logits, labels, None, sw).item() == pytest.approx(
+        ((0.5 * nll[0] + 2.0 * nll[1] + nll[2]) / 3).item())
+
+
+def _data(n: int) -> tuple[Encoded, Split]:
+    """n rows, labels 0/1 alternating; the label-1 rows' groups: 'big' for 3 of 4, 'small' for the rest.
+    Tokens carry no signal."""
+    g = torch.Generator().manual_seed(0)
+    items, labels, cats = [], [], []
+    for i in range(n):
+        ids = [101] + torch.randint(1000, 1100, (6,), generator=g).tolist() + [102]
+        y = i % 2
+        items.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": y})
+        labels.append(y)
+        cats.append("" if y == 0 else ("small" if i % 8 == 1 else "big"))
+    return Encoded(items), Split([f"t{i}" for i in range(n)], np.array(labels), cats)
+
+
+def test_weights_reach_the_batch_and_never_the_model_inputs(minilm_tokenizer):
+    enc, split = _data(16)
+    cfg = load_config(None, ["group_weights=balanced"])
+    weighted = training.with_group_weights(enc, split, cfg)
+    batch = Collator(minilm_tokenizer)([weighted[i] for i in range(4)])
+    assert batch[SAMPLE_WEIGHT].dtype == torch.float32
+    assert batch[SAMPLE_WEIGHT].tolist() == pytest.approx(
+        training.group_weight_factors(split.labels, split.categories)[:4].tolist())
+    for _, b in length_sorted_batches(weighted, minilm_tokenizer, 8, torch.device("cpu")):
+        assert SAMPLE_WEIGHT not in b  # the evaluation and teacher-output passes feed the model only
+    assert training.with_group_weights(enc, split, load_config(None, [])) is enc  # off by default
+
+
+def test_training_with_group_weights_runs_and_the_weights_change_the_step(tmp_path, minilm_tokenizer):
+    """The Trainer takes batches carrying weights (the objective removes them before the forward pass),
+    and the weights change what is learned: same seed and data, different weights, different weights of
+    the model after one epoch."""
+    enc, split = _data(32)
+    cfg = load_config(None, ["group_weights=balanced"])
+    tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32")
+    heads = {}
+    for name, data in (("plain", enc), ("grouped", training.with_group_weights(enc, split, cfg))):
+        model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+        model, stats = training.fit(model, data, enc, minilm_tokenizer, tc, work_dir=tmp_path / name,
+                                    log_path=tmp_path / f"{name}.jsonl", stage=name, seed=0,
+                                    selection_metric="accuracy", quiet=True, fingerprint=name,
+                                    class_weights=torch.tensor([1.0, 1.0]))
+        assert np.isfinite(stats["loss"])
+        heads[name] = model.classifier.weight.detach().clone()
+    assert not torch.allclose(heads["plain"], heads["grouped"])
+
+
+def test_group_weights_settings_are_validated(tmp_path):
+    with pytest.raises(UserError, match="group_weights"):
+        load_config(None, ["group_weights=inverse"])
+    with pytest.raises(UserError, match="category_column"):
+        load_config(None, ["group_weights=balanced", "data.category_column=null"])
+    enc, split = _data(4)
+    no_groups = Split(split.texts, split.labels, None)
+    with pytest.raises(UserError, match="no category column 'categories'"):
+        training.with_group_weights(enc, no_groups, load_config(None, ["group_weights=balanced"]))
+
+
+def test_group_weights_retrain_the_teacher_and_leave_other_runs_fingerprints_alone():
+    from distillora import stages
+    from distillora.config import fingerprint, to_dict
+
+    def teacher_fp(overrides):
+        cfg = load_config(None, overrides)
+        (teacher,) = [s for s in stages.plan(cfg, to_dict(cfg), 12) if s.name == "teacher"]
+        return teacher.fingerprint_inputs, fingerprint(*teacher.fingerprint_inputs)
+
+    plain_inputs, plain = teacher_fp([])
+    assert len(plain_inputs) == 5  # as before group_weights existed: existing runs keep their stages
+    assert teacher_fp(["group_weights=balanced"])[1] != plain
+    assert teacher_fp(["group_weights=null"])[1] == plain
