@@ -1,6 +1,5 @@
 """Whole-study benchmark: runs a preset end to end in a child process and reports its wall time,
-peak memory (max RSS of the largest process, and the process tree's sum of PSS sampled twice a second:
-the study trains its students in forked processes at once), and achieved training FLOP/s against this machine's fp32 matmul
+peak memory (max RSS of the child), and achieved training FLOP/s against this machine's fp32 matmul
 rate measured in the same invocation.
 
 Useful FLOPs count only real (non-padding) tokens T: a full fine-tuning step costs 6*P*T (forward
@@ -9,8 +8,7 @@ matrix work); a LoRA step about 4*P*T (no weight gradients for frozen layers); w
 `train.freeze_lower_layers: k` of L layers, 2PT + 4PT*(L-k)/L (no backward below layer k); a forward
 pass (teacher cache, validation, test) 2*P*T. Attention score products are left out (tweets are
 short: under 5%). The rate is printed twice: over the whole wall time (evaluation, checks, report
-and loading included) and over the stages' training seconds alone (summed: where students train at once,
-`stage_workers`, their seconds overlap, so this one is then a lower bound of the rate while training), each against the matmul peak of
+and loading included) and over the stages' training seconds alone, each against the matmul peak of
 the precision the study trained in, measured in the same invocation (before and after; the higher).
 
 usage: python bench/study_wall.py --config configs/seed.yaml [--output /tmp/bench-seed] [key=value ...]
@@ -100,39 +98,6 @@ def useful_flops(run: Path) -> dict:
             "training_seconds": train_seconds}
 
 
-def _descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (the study forks one process per student stage)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
-
-
-def _tree_pss(pid: int) -> int:
-    """Bytes of proportional set size (shared pages split between their sharers) of the process tree
-    under `pid`: what a forked study holds in memory at once, which the largest process's max RSS
-    (RUSAGE_CHILDREN) does not show."""
-    total = 0
-    for p in _descendants(pid):
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-        except OSError:
-            pass
-    return total
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(REPO / "configs" / "seed.yaml"))
@@ -144,12 +109,8 @@ def main() -> int:
     peak_bf16 = matmul_rate(dtype=torch.bfloat16)
     shutil.rmtree(a.output, ignore_errors=True)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "distillora", "run", "--config", a.config, "--output", a.output,
-                             "--quiet", *a.overrides], cwd=REPO)
-    peak_tree = 0
-    while proc.poll() is None:  # the tree's memory, sampled twice a second
-        peak_tree = max(peak_tree, _tree_pss(proc.pid))
-        time.sleep(0.5)
+    proc = subprocess.run([sys.executable, "-m", "distillora", "run", "--config", a.config, "--output", a.output,
+                           "--quiet", *a.overrides], cwd=REPO)
     wall = time.perf_counter() - start
     if proc.returncode:
         print(f"study failed with exit code {proc.returncode}", file=sys.stderr)
@@ -168,7 +129,6 @@ def main() -> int:
     peaks = {"fp32": max(peak_rate, peak_rate_after), "bf16": max(peak_bf16, peak_bf16_after)}
     peak = peaks["bf16" if precision == "bf16" else "fp32"]
     result = {"config": a.config, "overrides": a.overrides, "wall_seconds": wall, "peak_rss_bytes": peak_rss,
-              "peak_tree_pss_bytes": peak_tree,
               "cpu": cpu_name(), "threads": torch.get_num_threads(), "precision": precision,
               "matmul_flops_per_s": {"fp32": {"before": peak_rate, "after": peak_rate_after},
                                      "bf16": {"before": peak_bf16, "after": peak_bf16_after}},
@@ -177,8 +137,6 @@ def main() -> int:
     train_rate = f["training"] / f["training_seconds"] if f["training_seconds"] else 0.0
     result["training_flops_per_s"] = train_rate
     result["training_fraction_of_matmul_peak"] = train_rate / peak
-    print(f"peak memory: {peak_rss / 2**30:.2f} GiB in the largest process (max RSS), {peak_tree / 2**30:.2f} GiB "
-          f"in the whole process tree at once (sum of PSS, sampled every 0.5 s)")
     print(f"| preset | wall | peak memory | useful FLOP | achieved FLOP/s (whole study) | during training only "
           f"| {precision} matmul FLOP/s | share (whole / training) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -158,12 +158,6 @@ class StudyConfig:
         None, "Group-balanced cross-entropy weights (Idrissi et al., CLeaR 2022): balanced gives every group of "
               "a label (the values of data.category_column in train, e.g. the target group of a hate tweet) the "
               "same total weight within that label, on top of class_weights; null for none.")
-    stage_workers: Union[str, int] = _f(
-        "auto", "How many stages train at once once the teacher is trained (the students depend only on it): "
-                "auto runs up to one per core on a CPU, each on its share of the cores (a tweet batch's "
-                "matrices are too small for one stage to use every core fully); 1 runs them one after the "
-                "other. Always 1 on a GPU and under accelerate launch. Changes no result beyond floating-point "
-                "rounding, so changing it re-trains nothing.")
     selection_metric: str = _f("f1_macro", "Validation metric that selects the best epoch: f1_macro or accuracy.")
     bootstrap_resamples: int = _f(1000, "Resamples of the test split for 95% confidence intervals.")
     quality_bars: Union[dict[str, float], None] = _f(
@@ -346,9 +340,6 @@ def validate(cfg: StudyConfig) -> list[str]:
     elif isinstance(cw, list) and (len(cw) != len(d.label_names) or not all(0 < w < float("inf") for w in cw)):
         errs.append(f"class_weights = {cw!r}: give {len(d.label_names)} positive finite weights, one per label "
                     f"({', '.join(d.label_names)})")
-    sw = cfg.stage_workers
-    if not (sw == "auto" or (isinstance(sw, int) and not isinstance(sw, bool) and sw >= 1)):
-        errs.append(f"stage_workers = {sw!r}: use auto or a whole number >= 1 (1: one stage at a time)")
     if cfg.group_weights is not None and cfg.group_weights != "balanced":
         errs.append(f"group_weights = {cfg.group_weights!r}: use balanced or null")
     if cfg.group_weights is not None and not d.category_column:

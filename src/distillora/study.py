@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -32,9 +31,6 @@ from .training import with_group_weights
 
 log = logging.getLogger("distillora")
 
-# config keys that say how a run is executed, not what it computes: a change needs no --force
-EXECUTION_ONLY = ("stage_workers:",)
-
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,8 +47,7 @@ def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) 
         except UserError:
             raise UserError(f"{cfg_file} is damaged or from an incompatible version; use another --output, or "
                             f"delete that file and pass --force to redo the run there") from None
-        # how the work is spread over the cores is not part of what the run is
-        changes = [c for c in diff(old, resolved) if not c.startswith(EXECUTION_ONLY)]
+        changes = diff(old, resolved)
         if changes and not force:
             raise UserError(f"{out} holds a run with a different configuration:\n  " + "\n  ".join(changes[:20]) +
                             "\nuse another --output, or pass --force to redo the stages these changes affect")
@@ -296,119 +291,15 @@ def _train_models(run: RunDir, env: StageEnv, source: str, teacher_config, resol
     planned = stages.plan(env.cfg, resolved, teacher_config.num_hidden_layers)
     ctx = StageContext(env, source, suffix)
     fps: dict[str, str] = {}
-    for stage in planned:
+    records: dict[str, dict] = {}
+    for i, stage in enumerate(planned):
         # a stage's result depends on the stages it consumes (their fingerprints) and its own inputs
         fps[stage.name] = fingerprint(*[fps[c] for c in stage.consumes if c in fps], *stage.fingerprint_inputs)
-    # the tail of stages that no stage consumes (the students) may train at once
-    consumed = {c for stage in planned for c in stage.consumes}
-    tail = len(planned)
-    while tail > 0 and planned[tail - 1].name not in consumed:
-        tail -= 1
-    pending = [s for s in planned[tail:] if run.done(s.name + suffix, fps[s.name]) is None]
-    workers, threads = stage_workers(env.cfg.stage_workers, len(pending))
-    records: dict[str, dict] = {}
-    at_once = {s.name for s in pending} if workers > 1 else set()
-    for i, stage in enumerate(planned):
-        if stage.name in at_once:
-            continue
         consumed_later = any(stage.name in later.consumes for later in planned[i + 1:])
         records[stage.name] = _run_stage(run, ctx, stage, stage.name + suffix, fps[stage.name], consumed_later)
-        if workers == 1 and not any(stages.TEACHER_OUTPUTS in later.consumes for later in planned[i + 1:]):
+        if not any(stages.TEACHER_OUTPUTS in later.consumes for later in planned[i + 1:]):
             ctx.release_teacher_outputs()
-    if workers > 1:
-        records.update(_run_at_once(run, ctx, pending, suffix, fps, workers, threads))
-        ctx.release_teacher_outputs()
-    return {s.name: records[s.name] for s in planned}
-
-
-def stage_workers(setting, pending: int) -> tuple[int, int]:
-    """(stages trained at once, torch threads each) for config `stage_workers` and `pending` stages
-    that may run together. On a CPU a tweet batch's matrices (about 600 tokens x 768) are too small for
-    one training step to use every core: on 2 cores (AMD EPYC, bench/concurrent_stages.py) one step ran
-    1.82x faster on 2 threads than on 1, and two one-thread students stepping at once made 1.10-1.44x
-    the steps per second of one after the other on both cores. So `auto` trains up to one stage per
-    core, the cores shared out evenly. One at a time on a GPU (one device), under accelerate launch
-    (every process takes part in each stage), where the platform cannot fork, or with one pending stage."""
-    cores = torch.get_num_threads()
-    if setting == 1 or pending < 2 or cores < 2 or torch.cuda.is_available() or not hasattr(os, "fork") \
-            or PartialState().num_processes > 1:
-        return 1, cores
-    workers = min(pending, cores if setting == "auto" else int(setting))
-    return workers, max(cores // workers, 1)
-
-
-def _run_at_once(run: RunDir, ctx: StageContext, todo: list[Stage], suffix: str, fps: dict, workers: int,
-                 threads: int) -> dict[str, dict]:
-    """Train the stages `todo` (none consumed by another) in forked child processes, at most `workers` at
-    once, each on `threads` torch threads; return their records. A fork shares the parent's teacher, its
-    cached outputs and the encoded data without copying them; each child saves its model and finished
-    marker exactly as `_run_stage` does one after the other, so a stage that fails or is interrupted
-    leaves no half-written model and a re-run resumes it. When one fails, the others running are let
-    finish (their work is kept), none is started, and the failure is raised."""
-    import signal
-
-    if any(stages.TEACHER_OUTPUTS in s.consumes for s in todo):
-        ctx.teacher_outputs()  # computed once here, inherited by every child
-    if any(stages.TEACHER in s.consumes for s in todo):
-        ctx.model(stages.TEACHER)
-    log.info("training %s at once: %d at a time, %d torch thread(s) each (stage_workers)",
-             ", ".join(s.name + suffix for s in todo), workers, threads)
-    queue, running, failed = list(todo), {}, []
-    try:
-        while queue or running:
-            while queue and len(running) < workers and not failed:
-                stage = queue.pop(0)
-                pid = os.fork()
-                if pid == 0:
-                    _stage_child(run, ctx, stage, stage.name + suffix, fps[stage.name], threads)
-                running[pid] = stage
-            done = [(pid, status) for pid, status in (os.waitpid(p, os.WNOHANG) for p in list(running))
-                    if pid]  # (0, 0): still running
-            for pid, status in done:
-                stage = running.pop(pid)
-                code = os.waitstatus_to_exitcode(status)
-                if code != 0:
-                    failed.append(f"{stage.name + suffix} (exit code {code})")
-                    queue.clear()
-            if not done:
-                time.sleep(0.2)
-    except BaseException:
-        for pid in running:  # interrupted: the children got the same signal; make sure they end
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for pid in running:
-            os.waitpid(pid, 0)
-        raise
-    if failed:
-        raise RuntimeError(f"stage {', '.join(failed)} failed (its message is above); the stages that finished "
-                           f"are kept, and running the same command again resumes the rest")
-    return {s.name: read_json(run.marker(s.name + suffix)) for s in todo}
-
-
-def _stage_child(run: RunDir, ctx: StageContext, stage: Stage, key: str, fp: str, threads: int):
-    """The body of a forked child: train and save one stage on `threads` torch threads, then leave with
-    os._exit, never returning into the parent's stack (whose `finally` blocks would release the run
-    lock) nor running its exit handlers. One torch thread per child after a fork is what torch's own
-    DataLoader workers do."""
-    code = 1
-    try:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        torch.set_num_threads(threads)
-        ctx.env.quiet = True  # several progress bars on one terminal would garble each other
-        _run_stage(run, ctx, stage, key, fp)
-        code = 0
-    except KeyboardInterrupt:
-        code = 130
-    except UserError as e:
-        log.error("stage %s: %s", key, e)
-    except BaseException:
-        log.exception("stage %s failed", key)
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os._exit(code)
+    return records
 
 
 def _run_stage(run: RunDir, ctx: StageContext, stage: Stage, key: str, fp: str, keep: bool = False) -> dict:
