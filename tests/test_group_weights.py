@@ -103,3 +103,30 @@ def test_group_weights_retrain_the_teacher_and_leave_other_runs_fingerprints_alo
     assert len(plain_inputs) == 5  # as before group_weights existed: existing runs keep their stages
     assert teacher_fp(["group_weights=balanced"])[1] != plain
     assert teacher_fp(["group_weights=null"])[1] == plain
+
+
+def test_the_distillation_objective_weighs_its_hard_label_term_and_not_its_soft_one(minilm_tokenizer):
+    """A distilled student's batch carries cached teacher logits and the group weights: the CE term is
+    weighted per example, the KL term is not (the soft terms follow the teacher on every example)."""
+    from distillora.config import DistillConfig
+    from distillora.losses import kd_loss, LossInputs
+
+    enc, split = _data(6)
+    cfg = load_config(None, ["group_weights=balanced"])
+    g = torch.Generator().manual_seed(1)
+    teacher_logits = [torch.randn(2, generator=g) for _ in range(len(enc))]
+    items = training.with_group_weights(enc, split, cfg).with_fields(teacher_logits=teacher_logits)
+    batch = Collator(minilm_tokenizer)([items[i] for i in range(len(items))])
+    model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
+    with torch.no_grad():  # a random head gives every example nearly the same loss; spread them out
+        model.classifier.weight.mul_(200.0)
+    cw = torch.tensor([1.0, 2.0])
+    objective = training.Distillation(DistillConfig(w_ce=1.0, w_kd=0.5, w_cos=0.0), [1, 2], cw)
+    loss, outputs = objective(model, dict(batch))
+    sw = torch.tensor(training.group_weight_factors(split.labels, split.categories), dtype=torch.float32)
+    labels = batch["labels"]
+    ce = weighted_cross_entropy(outputs.logits, labels, cw, sw)
+    kd = kd_loss(LossInputs(outputs.logits, labels, teacher={"teacher_logits": batch["teacher_logits"]}))
+    assert loss.item() == pytest.approx((ce + 0.5 * kd).item(), rel=1e-5)
+    unweighted = weighted_cross_entropy(outputs.logits, labels, cw)
+    assert abs(ce.item() - unweighted.item()) > 1e-3 * unweighted.item()  # so the assert above tells them apart
