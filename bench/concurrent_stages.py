@@ -12,9 +12,11 @@ teacher, three ways, in one run:
 one more `sequential` round taken right after it (this machine's speed drifts within minutes).
 
 Prints each way's steps per second over both students and its ratio to `sequential`, names the CPU,
-writes JSON. On a 2-core machine, a ratio above 1 is what running two stages at once would gain.
+writes JSON. Short rounds of steps only: on the 2-core AMD EPYC they promised 1.1-1.4x, and whole stages
+trained at once then gained nothing (docs/performance.md, tenth session), so read a ratio here as an
+upper bound of what a whole run would gain.
 
-usage: python bench/concurrent_stages.py --teacher RUN/models/teacher [--steps 8] [--rounds 3]
+usage: python bench/concurrent_stages.py --teacher RUN/models/teacher [--steps 6] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -80,7 +82,10 @@ def child(a) -> None:
     (r,) = steppers(a, (a.child,), a.steps * (a.rounds + 1))
     run_steps(r, 0, a.steps)  # warm-up
     Path(a.barrier, a.child).touch()
+    deadline = time.monotonic() + 600
     while len(list(Path(a.barrier).iterdir())) < 2:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{a.child}: the other child never got ready (its error is above)")
         time.sleep(0.01)
     times = []
     for rnd in range(1, a.rounds + 1):
@@ -132,9 +137,12 @@ def main() -> int:
             "--rounds", str(a.rounds), "--rows", str(a.rows), "--batch-size", str(a.batch_size),
             "--precision", a.precision]
     procs = [subprocess.Popen(["taskset", "-c", str(cores[i % len(cores)]), *argv, "--child", s], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).parent)
-             for i, s in enumerate(students)]
-    rows = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent)
+             for i, s in enumerate(students)]  # their stderr (loading messages, any error) passes through
+    outputs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"a child failed (exit codes {[p.returncode for p in procs]}); see its error above")
+    rows = [json.loads(o.strip().splitlines()[-1]) for o in outputs]
     # both children step at once; a round of the pair ends when the slower one ends
     processes = [max(r["seconds"][i] for r in rows) for i in range(a.rounds)]
     t0 = time.perf_counter()  # one more sequential round after the children: the machine's drift

@@ -48,7 +48,7 @@ from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
 from distillora.stages.teacher import load_pretrained, wise_ft  # noqa: E402
-from distillora.training import with_group_weights  # noqa: E402
+from distillora.training import group_factors, with_group_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "configs" / "dev" / "short_sentences.csv"
@@ -150,7 +150,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(source)
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
     enc["dev"] = encode(dev, tok, cfg.data.max_length)
-    enc["train"] = with_group_weights(enc["train"], splits.train, cfg)
+    enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
     work = Path(a.work) / a.name
     env = StageEnv(cfg, tok, enc["train"], enc["validation"], work, quiet=True)
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ from distillora.evaluate import count_params, predict_proba  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
 from distillora.stages import baseline as baseline_stage, distill as distill_stage, lora as lora_stage  # noqa: E402
 from distillora.students import parse_layers  # noqa: E402
-from distillora.training import with_group_weights  # noqa: E402
+from distillora.training import group_factors, with_group_weights  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe import DEV, REPO, scores  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
     teacher = AutoModelForSequenceClassification.from_pretrained(a.teacher).eval()
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
     enc["dev"] = encode(dev, tok, cfg.data.max_length)
-    enc["train"] = with_group_weights(enc["train"], splits.train, cfg)
+    enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
     if a.train_seed is not None:
         cfg = dataclasses.replace(cfg, seed=a.train_seed)
     env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True)

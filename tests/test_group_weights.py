@@ -50,14 +50,15 @@ def _data(n: int) -> tuple[Encoded, Split]:
 def test_weights_reach_the_batch_and_never_the_model_inputs(minilm_tokenizer):
     enc, split = _data(16)
     cfg = load_config(None, ["group_weights=balanced"])
-    weighted = training.with_group_weights(enc, split, cfg)
+    weighted = training.with_group_weights(enc, training.group_factors(split, cfg))
     batch = Collator(minilm_tokenizer)([weighted[i] for i in range(4)])
     assert batch[SAMPLE_WEIGHT].dtype == torch.float32
     assert batch[SAMPLE_WEIGHT].tolist() == pytest.approx(
         training.group_weight_factors(split.labels, split.categories)[:4].tolist())
     for _, b in length_sorted_batches(weighted, minilm_tokenizer, 8, torch.device("cpu")):
         assert SAMPLE_WEIGHT not in b  # the evaluation and teacher-output passes feed the model only
-    assert training.with_group_weights(enc, split, load_config(None, [])) is enc  # off by default
+    assert training.group_factors(split, load_config(None, [])) is None  # off by default
+    assert training.with_group_weights(enc, None) is enc
 
 
 def test_training_with_group_weights_runs_and_the_weights_change_the_step(tmp_path, minilm_tokenizer):
@@ -67,16 +68,20 @@ def test_training_with_group_weights_runs_and_the_weights_change_the_step(tmp_pa
     enc, split = _data(32)
     cfg = load_config(None, ["group_weights=balanced"])
     tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32")
+    grouped = training.with_group_weights(enc, training.group_factors(split, cfg))
     heads = {}
-    for name, data in (("plain", enc), ("grouped", training.with_group_weights(enc, split, cfg))):
+    # with class weights, and without them (the objective must not fall back to the model's own loss,
+    # which would choke on the weights)
+    for name, data, cw in (("plain", enc, torch.tensor([1.0, 1.0])), ("grouped", grouped, torch.tensor([1.0, 1.0])),
+                           ("grouped-no-class-weights", grouped, None)):
         model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
         model, stats = training.fit(model, data, enc, minilm_tokenizer, tc, work_dir=tmp_path / name,
                                     log_path=tmp_path / f"{name}.jsonl", stage=name, seed=0,
-                                    selection_metric="accuracy", quiet=True, fingerprint=name,
-                                    class_weights=torch.tensor([1.0, 1.0]))
+                                    selection_metric="accuracy", quiet=True, fingerprint=name, class_weights=cw)
         assert np.isfinite(stats["loss"])
         heads[name] = model.classifier.weight.detach().clone()
     assert not torch.allclose(heads["plain"], heads["grouped"])
+    assert torch.allclose(heads["grouped"], heads["grouped-no-class-weights"])  # weights of 1 change nothing
 
 
 def test_group_weights_settings_are_validated(tmp_path):
@@ -87,12 +92,12 @@ def test_group_weights_settings_are_validated(tmp_path):
     enc, split = _data(4)
     no_groups = Split(split.texts, split.labels, None)
     with pytest.raises(UserError, match="no category column 'categories'"):
-        training.with_group_weights(enc, no_groups, load_config(None, ["group_weights=balanced"]))
+        training.group_factors(no_groups, load_config(None, ["group_weights=balanced"]))
 
 
 def test_group_weights_retrain_the_teacher_and_leave_other_runs_fingerprints_alone():
     from distillora import stages
-    from distillora.config import fingerprint, to_dict
+    from distillora.config import fingerprint, stable_section, to_dict
 
     def teacher_fp(overrides):
         cfg = load_config(None, overrides)
@@ -100,7 +105,13 @@ def test_group_weights_retrain_the_teacher_and_leave_other_runs_fingerprints_alo
         return teacher.fingerprint_inputs, fingerprint(*teacher.fingerprint_inputs)
 
     plain_inputs, plain = teacher_fp([])
-    assert len(plain_inputs) == 5  # as before group_weights existed: existing runs keep their stages
+    # the teacher's inputs as they were before group_weights existed: existing runs keep their stages
+    cfg = load_config(None, [])
+    resolved = to_dict(cfg)
+    before = fingerprint(stable_section(resolved, "data", drop=("extra_tests", "category_column")), cfg.seed,
+                         cfg.selection_metric, stable_section(resolved, "teacher", drop=("allow_pickle",)),
+                         cfg.class_weights)
+    assert plain == before
     assert teacher_fp(["group_weights=balanced"])[1] != plain
     assert teacher_fp(["group_weights=null"])[1] == plain
 
@@ -115,7 +126,7 @@ def test_the_distillation_objective_weighs_its_hard_label_term_and_not_its_soft_
     cfg = load_config(None, ["group_weights=balanced"])
     g = torch.Generator().manual_seed(1)
     teacher_logits = [torch.randn(2, generator=g) for _ in range(len(enc))]
-    items = training.with_group_weights(enc, split, cfg).with_fields(teacher_logits=teacher_logits)
+    items = training.with_group_weights(enc, training.group_factors(split, cfg)).with_fields(teacher_logits=teacher_logits)
     batch = Collator(minilm_tokenizer)([items[i] for i in range(len(items))])
     model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
     with torch.no_grad():  # a random head gives every example nearly the same loss; spread them out
@@ -130,3 +141,39 @@ def test_the_distillation_objective_weighs_its_hard_label_term_and_not_its_soft_
     assert loss.item() == pytest.approx((ce + 0.5 * kd).item(), rel=1e-5)
     unweighted = weighted_cross_entropy(outputs.logits, labels, cw)
     assert abs(ce.item() - unweighted.item()) > 1e-3 * unweighted.item()  # so the assert above tells them apart
+
+
+def _tiny_config(root, teacher_dir, shared_data, *extra):
+    import pandas as pd
+
+    train = pd.read_csv(shared_data / "train.csv", keep_default_na=False)
+    test = pd.read_csv(shared_data / "test.csv", keep_default_na=False)
+    pd.concat([train[train.label == 0].head(42), train[train.label == 1].head(30)]).to_csv(root / "train.csv", index=False)
+    pd.concat([test[test.label == 0].head(10), test[test.label == 1].head(10)]).to_csv(root / "test.csv", index=False)
+    return load_config(None, [
+        "name=groups", f"data.train_file={root / 'train.csv'}", f"data.test_file={root / 'test.csv'}",
+        "data.validation_fraction=0.25", "data.max_length=32", f"teacher.source={teacher_dir}",
+        "teacher.train.epochs=1", "distill.train.epochs=1", "lora.train.epochs=1", "baseline.train.epochs=1",
+        "lora.r=4", "lora.alpha=8", "check.suites=[]", *extra])
+
+
+def test_a_whole_tiny_study_trains_every_stage_with_group_weights(tmp_path, tiny_teacher_dir, shared_data):
+    """Every path that meets a weighted training item: the teacher, the cached teacher outputs, the
+    distilled students, LoRA (peft) on the distillation objective, the baseline, evaluation."""
+    from distillora.rundir import RunDir
+    from distillora.study import run_study
+
+    cfg = _tiny_config(tmp_path, tiny_teacher_dir, shared_data, "group_weights=balanced", "lora.objective=distill")
+    run = RunDir(run_study(cfg, tmp_path / "run", quiet=True))
+    names = {m["name"] for m in run.results().models}
+    assert names == {"teacher", "odd", "even", "lora", "baseline"}
+
+
+def test_a_missing_group_column_is_refused_before_anything_is_written(tmp_path, tiny_teacher_dir, shared_data):
+    from distillora.study import run_study
+
+    cfg = _tiny_config(tmp_path, tiny_teacher_dir, shared_data, "group_weights=balanced",
+                       "data.category_column=target_group")
+    with pytest.raises(UserError, match="no category column 'target_group'.*group_weights: null"):
+        run_study(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

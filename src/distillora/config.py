@@ -76,8 +76,9 @@ class DataConfig:
                                        "labels are named by themselves, sorted (Python string order).")
     where: dict[str, Any] = _f({}, "Keep only rows whose column equals the value (or one of a list of values), "
                                    "compared as text, e.g. {label: 1}; applied to every file before validation.")
-    category_column: str | None = _f("categories", "Optional column of per-row categories (per-category test "
-                                                   "results); ignored when absent.")
+    category_column: str | None = _f("categories", "Optional column of per-row categories: per-category test "
+                                                   "results (ignored when absent), and the groups that "
+                                                   "group_weights balances (which then needs it in train).")
     validation_fraction: float = _f(0.1, "Share of train carved (stratified, seeded) as the validation split.")
     max_train_rows: int | None = _f(None, "Use a stratified sample of this many train rows (before the carve).")
     max_length: int = _f(128, "Tokens kept per text (longer texts are truncated; only the first "

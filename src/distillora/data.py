@@ -349,7 +349,8 @@ def _load_hub(source: str) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, str]]
 
 class Encoded(torch.utils.data.Dataset):
     """Tokenised examples as a list of dicts (`input_ids`, `attention_mask`, `labels`), padded later
-    per batch. Extra per-example fields (cached teacher outputs) can be attached with `with_fields`."""
+    per batch. Extra per-example fields (cached teacher outputs, the loss weight `SAMPLE_WEIGHT`) can be
+    attached with `with_fields`."""
 
     def __init__(self, items: list[dict]):
         self.items = items

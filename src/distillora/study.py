@@ -27,7 +27,7 @@ from .rundir import Evaluation, ModelRecord, Results, RunDir
 from .runlock import LOCK_NAME, RunLock
 from .stages import Kind, Stage, StageContext, StageEnv, load_model
 from .students import parse_layers
-from .training import with_group_weights
+from .training import group_factors, with_group_weights
 
 log = logging.getLogger("distillora")
 
@@ -193,6 +193,7 @@ def _load_extra_tests(cfg: StudyConfig) -> dict:
 def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list) -> Path:
     resolved = to_dict(cfg)
     splits = load_splits(cfg.data, cfg.seed)          # data errors surface before any file is written
+    group = group_factors(splits.train, cfg)          # so does a missing group column (group_weights)
     config_yaml = to_yaml(cfg)                        # as given (label_names may be null: inferred)
     cfg = _with_label_names(cfg, splits.info["label_names"])
     extra = _load_extra_tests(cfg)                    # so do extra test sets'
@@ -216,7 +217,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     t0 = time.perf_counter()
     enc = {name: encode(getattr(splits, name), tokenizer, cfg.data.max_length)
            for name in ("train", "validation", "test")}
-    enc["train"] = with_group_weights(enc["train"], splits.train, cfg)
+    enc["train"] = with_group_weights(enc["train"], group)
     seeds = [cfg.seed] + [x for x in cfg.seeds if x != cfg.seed]
     seed_records: dict[int, dict[str, dict]] = {}
     for seed in seeds:

@@ -74,18 +74,32 @@ def group_weight_factors(labels, groups: list[str]) -> np.ndarray:
     return out
 
 
-def with_group_weights(encoded: Encoded, split: Split, cfg) -> Encoded:
-    """`encoded` (the training split `split`) with each example's `group_weight_factors` attached as its
-    loss weight when the StudyConfig `cfg` sets `group_weights: balanced`; unchanged otherwise."""
+def group_factors(split: Split, cfg) -> np.ndarray | None:
+    """The training split's per-example `group_weight_factors` when the StudyConfig `cfg` sets
+    `group_weights: balanced`, else None. Raises UserError when the data names no groups: called as soon
+    as the data is read, before a run writes anything."""
     spec = cfg.group_weights
     if spec is None:
-        return encoded
+        return None
     if split.categories is None:
         raise UserError(f"group_weights = {spec}: the training data has no category column "
                         f"{cfg.data.category_column!r}; set data.category_column to the column that names "
                         f"each row's group, or group_weights: null")
     factors = group_weight_factors(split.labels, split.categories)
-    return encoded.with_fields(**{SAMPLE_WEIGHT: factors.tolist()})
+    groups = {(int(y), c) for y, c in zip(split.labels, split.categories)}
+    if len(groups) == len({y for y, _ in groups}):
+        log.warning("group_weights = %s: every label has a single group in column %r, so it weighs nothing",
+                    spec, cfg.data.category_column)
+    else:
+        log.info("group_weights = %s: %d groups across %d labels, example factors %.2f to %.2f",
+                 spec, len(groups), len({y for y, _ in groups}), factors.min(), factors.max())
+    return factors
+
+
+def with_group_weights(encoded: Encoded, factors: np.ndarray | None) -> Encoded:
+    """`encoded` (the training split) with each example's factor from `group_factors` attached as its
+    loss weight (`data.SAMPLE_WEIGHT`); unchanged when `factors` is None."""
+    return encoded if factors is None else encoded.with_fields(**{SAMPLE_WEIGHT: factors.tolist()})
 
 
 _BF16_CACHE: dict[str, bool] = {}
@@ -344,7 +358,8 @@ class _EpochLoss(TrainerCallback):
 
 class CrossEntropy:
     """The objective of the teacher, the baseline and a LoRA student with `lora.objective: ce`: the
-    model's own cross-entropy, or a class-weighted one when `class_weights` (C,) is set
+    model's own cross-entropy, or a weighted one when `class_weights` (C,) is set or the batch carries
+    per-example weights (`group_weights`)
     (transformers' heads take no weights). Called as (model, batch) -> (loss, outputs), or None
     where the Trainer's own loss is the same thing."""
 
