@@ -55,3 +55,18 @@ def test_saved_adapter_reloads_with_its_head(tmp_path):
     assert not torch.allclose(no_head.eval()(input_ids=ids).logits, expected, atol=1e-3)
     merged = reloaded.merge_and_unload()
     assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_the_lora_stage_depends_on_the_distillation_loss_not_on_how_the_students_train():
+    from distillora import stages
+    from distillora.config import fingerprint, load_config, to_dict
+
+    def lora_fp(overrides):
+        cfg = load_config(None, ["lora.objective=distill", *overrides])
+        (lora,) = [s for s in stages.plan(cfg, to_dict(cfg), 12) if s.name == "lora"]
+        return fingerprint(*lora.fingerprint_inputs)
+
+    base = lora_fp([])
+    assert lora_fp(["distill.train.epochs=7", "distill.train.sparse_word_embeddings=true"]) == base
+    assert lora_fp(["distill.temperature=4"]) != base
+    assert lora_fp(["distill.w_kd=0.9"]) != base

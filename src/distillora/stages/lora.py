@@ -29,8 +29,9 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
 
     c = cfg.lora
     distilled = c.objective == "distill"
-    # the distill objective reads distill.*'s weights and temperature
-    recipe = stable_section(resolved, "distill", drop=("students",)) if distilled else None
+    # the distill objective reads distill.*'s loss weights and temperature, not the students' training
+    # settings (distill.train): changing how the students train leaves the LoRA student as it is
+    recipe = stable_section(resolved, "distill", drop=("students", "train")) if distilled else None
     loss = "distillation (as distill)" if distilled else "cross-entropy"
     return [Stage(
         name="lora", kind=Kind.LORA, section="lora", consumes=(TEACHER, TEACHER_OUTPUTS) if distilled else (TEACHER,),
