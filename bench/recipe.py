@@ -118,9 +118,10 @@ def scores(probs: np.ndarray, labels: np.ndarray, categories: list[str] | None =
            "balanced_accuracy": round(float(balanced_accuracy_score(labels, pred)), 4),
            "f1_macro": round(float(f1_score(labels, pred, average="macro")), 4)}
     if categories is not None:
+        hate = np.asarray(labels) == 1
         cats = np.asarray(categories, dtype=object)
-        rec = {c: round(float((pred[(cats == c) & (labels == 1)] == 1).mean()), 4)
-               for c in sorted(set(categories) - {""}) if ((cats == c) & (labels == 1)).any()}
+        rows = {c: (cats == c) & hate for c in sorted(set(categories) - {""})}
+        rec = {c: round(float((pred[r] == 1).mean()), 4) for c, r in rows.items() if r.any()}
         out["category_recall"] = rec
         out["category_recall_mean"] = round(float(np.mean(list(rec.values()))), 4) if rec else None
         out["category_recall_min"] = min(rec.values()) if rec else None

@@ -143,37 +143,30 @@ def test_the_distillation_objective_weighs_its_hard_label_term_and_not_its_soft_
     assert abs(ce.item() - unweighted.item()) > 1e-3 * unweighted.item()  # so the assert above tells them apart
 
 
-def _tiny_config(root, teacher_dir, shared_data, *extra):
-    import pandas as pd
-
-    train = pd.read_csv(shared_data / "train.csv", keep_default_na=False)
-    test = pd.read_csv(shared_data / "test.csv", keep_default_na=False)
-    pd.concat([train[train.label == 0].head(42), train[train.label == 1].head(30)]).to_csv(root / "train.csv", index=False)
-    pd.concat([test[test.label == 0].head(10), test[test.label == 1].head(10)]).to_csv(root / "test.csv", index=False)
+def _tiny_config(teacher_dir, small_data, *extra):
+    """The tiny study on conftest's `small_data` (80 train rows with their `categories`, 40 test rows)."""
     return load_config(None, [
-        "name=groups", f"data.train_file={root / 'train.csv'}", f"data.test_file={root / 'test.csv'}",
-        "data.validation_fraction=0.25", "data.max_length=32", f"teacher.source={teacher_dir}",
-        "teacher.train.epochs=1", "distill.train.epochs=1", "lora.train.epochs=1", "baseline.train.epochs=1",
-        "lora.r=4", "lora.alpha=8", "check.suites=[]", *extra])
+        "name=groups", f"data.source={small_data}", "data.validation_fraction=0.25", "data.max_length=32",
+        f"teacher.source={teacher_dir}", "teacher.train.epochs=1", "distill.train.epochs=1",
+        "lora.train.epochs=1", "baseline.train.epochs=1", "lora.r=4", "lora.alpha=8", "check.suites=[]", *extra])
 
 
-def test_a_whole_tiny_study_trains_every_stage_with_group_weights(tmp_path, tiny_teacher_dir, shared_data):
+def test_a_whole_tiny_study_trains_every_stage_with_group_weights(tmp_path, tiny_teacher_dir, small_data):
     """Every path that meets a weighted training item: the teacher, the cached teacher outputs, the
     distilled students, LoRA (peft) on the distillation objective, the baseline, evaluation."""
     from distillora.rundir import RunDir
     from distillora.study import run_study
 
-    cfg = _tiny_config(tmp_path, tiny_teacher_dir, shared_data, "group_weights=balanced", "lora.objective=distill")
+    cfg = _tiny_config(tiny_teacher_dir, small_data, "group_weights=balanced", "lora.objective=distill")
     run = RunDir(run_study(cfg, tmp_path / "run", quiet=True))
     names = {m["name"] for m in run.results().models}
     assert names == {"teacher", "odd", "even", "lora", "baseline"}
 
 
-def test_a_missing_group_column_is_refused_before_anything_is_written(tmp_path, tiny_teacher_dir, shared_data):
+def test_a_missing_group_column_is_refused_before_anything_is_written(tmp_path, tiny_teacher_dir, small_data):
     from distillora.study import run_study
 
-    cfg = _tiny_config(tmp_path, tiny_teacher_dir, shared_data, "group_weights=balanced",
-                       "data.category_column=target_group")
+    cfg = _tiny_config(tiny_teacher_dir, small_data, "group_weights=balanced", "data.category_column=target_group")
     with pytest.raises(UserError, match="no category column 'target_group'.*group_weights: null"):
         run_study(cfg, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()

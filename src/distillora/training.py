@@ -87,12 +87,13 @@ def group_factors(split: Split, cfg) -> np.ndarray | None:
                         f"each row's group, or group_weights: null")
     factors = group_weight_factors(split.labels, split.categories)
     groups = {(int(y), c) for y, c in zip(split.labels, split.categories)}
-    if len(groups) == len({y for y, _ in groups}):
+    labels = {y for y, _ in groups}
+    if len(groups) == len(labels):
         log.warning("group_weights = %s: every label has a single group in column %r, so it weighs nothing",
                     spec, cfg.data.category_column)
     else:
         log.info("group_weights = %s: %d groups across %d labels, example factors %.2f to %.2f",
-                 spec, len(groups), len({y for y, _ in groups}), factors.min(), factors.max())
+                 spec, len(groups), len(labels), factors.min(), factors.max())
     return factors
 
 
@@ -545,7 +546,6 @@ def layer_depths(model, names) -> list[int]:
         return 0 if rel.startswith(base) and ".pooler." not in rel else depth + 1
 
     return [one(n) for n in names]
-
 
 
 def layerwise_groups(model, named: list, decay: set, weight_decay: float, lr: float, factor: float) -> list[dict]:
