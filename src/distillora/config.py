@@ -55,6 +55,10 @@ class TrainConfig:
     layer_lr_decay: float = _f(1.0, "Layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020): the head "
                                      "(and pooler) learn at `learning_rate`, transformer layer i of L at "
                                      "learning_rate x decay^(L+1-i), the embeddings at x decay^(L+1). 1: one rate.")
+    token_mask_prob: float = _f(0.0, "Share of each training text's tokens replaced by the tokenizer's mask token "
+                                     "(a fresh draw per step; special tokens and padding never; validation and "
+                                     "inference see the text as it is): word dropout, so the model cannot lean "
+                                     "on single trigger tokens. 0: off.")
     precision: str = _f("auto", "fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the device runs "
                                 "bf16 matrix products natively and measurably faster than fp32, else fp32.")
 
@@ -415,6 +419,8 @@ def validate(cfg: StudyConfig) -> list[str]:
         if not 0 < t.layer_lr_decay <= 1:
             errs.append(f"{sec}.train.layer_lr_decay = {t.layer_lr_decay}: use a factor in (0, 1], e.g. 0.9 "
                         f"(1: every layer at learning_rate)")
+        if not 0 <= t.token_mask_prob < 1:
+            errs.append(f"{sec}.train.token_mask_prob = {t.token_mask_prob}: use a share in [0, 1), e.g. 0.15 (0: off)")
         if t.early_stopping_patience < 0:
             errs.append(f"{sec}.train.early_stopping_patience = {t.early_stopping_patience}: must be >= 0")
     return errs
@@ -447,7 +453,8 @@ NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}},
 
 
 # keys added to every section's `train` settings after runs existed, at the value that leaves them out
-NEW_TRAIN_KEY_DEFAULTS = {"sparse_word_embeddings": False, "freeze_lower_layers": 0, "layer_lr_decay": 1.0}
+NEW_TRAIN_KEY_DEFAULTS = {"sparse_word_embeddings": False, "freeze_lower_layers": 0, "layer_lr_decay": 1.0,
+                          "token_mask_prob": 0.0}
 
 
 def stable_section(resolved: dict, section: str, drop: tuple[str, ...] = ()) -> dict:

@@ -283,11 +283,13 @@ class StudyTrainer(Trainer):
     checkpoint saves (trainer_state.json) and a resume restores, so a resumed stage reports the
     losses of the epochs it did before the kill too."""
 
-    def __init__(self, *a, objective=None, sparse_embeddings: bool = False, layer_lr_decay: float = 1.0, **kw):
+    def __init__(self, *a, objective=None, sparse_embeddings: bool = False, layer_lr_decay: float = 1.0,
+                 token_mask_prob: float = 0.0, **kw):
         """`sparse_embeddings`: the word embeddings take sparse gradients (see `SparseEmbeddingOptimizer`);
-        `layer_lr_decay`: see `layerwise_groups`."""
+        `layer_lr_decay`: see `layerwise_groups`; `token_mask_prob`: see `mask_tokens`."""
         super().__init__(*a, **kw)
         self.objective = objective
+        self.token_mask_prob = token_mask_prob
         self.sparse_embeddings = sparse_embeddings
         self.layer_lr_decay = layer_lr_decay
         self._loss_sum, self._loss_n = None, 0
@@ -297,6 +299,8 @@ class StudyTrainer(Trainer):
         """The stage's `objective` (CrossEntropy or Distillation): the Trainer is one class, the loss
         is what the stage chose. An objective answers None for the Trainer's own loss (the model's
         cross-entropy, with the Trainer's handling of `num_items_in_batch`)."""
+        if self.token_mask_prob and model.training:
+            inputs = {**inputs, "input_ids": mask_tokens(inputs["input_ids"], self.processing_class, self.token_mask_prob)}
         got = self.objective(model, inputs) if self.objective is not None else None
         if got is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -339,6 +343,19 @@ class StudyTrainer(Trainer):
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._loss_n += 1
         return loss
+
+
+def mask_tokens(input_ids: torch.Tensor, tokenizer, p: float) -> torch.Tensor:
+    """`train.token_mask_prob`: a copy of `input_ids` with each ordinary token replaced by the tokenizer's
+    mask token with probability `p` (special tokens and padding kept). Word dropout (Iyyer et al. 2015),
+    the corruption half of SSMBA (Ng et al. 2020, which found it raises out-of-domain accuracy): the
+    model must read the rest of the sentence rather than one trigger word. Drawn from torch's global
+    generator, which the Trainer seeds and saves in each checkpoint, so a resumed run draws the same
+    masks. Unlike transformers' `DataCollatorForLanguageModeling` there is no 80/10/10 split: nothing is
+    predicted at the masked positions, only the label."""
+    special = torch.isin(input_ids, torch.tensor(tokenizer.all_special_ids, device=input_ids.device))
+    drop = (torch.rand(input_ids.shape, device=input_ids.device) < p) & ~special
+    return input_ids.masked_fill(drop, tokenizer.mask_token_id)
 
 
 class _EpochLoss(TrainerCallback):
@@ -601,6 +618,9 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     validation, resume from `work_dir`'s last checkpoint if one exists and was made with the same
     `fingerprint`. `callbacks`: more TrainerCallbacks (the benches' measurements). Returns the best
     model and {loss (mean of last epoch), seconds, steps, validation}."""
+    if tc.token_mask_prob and tokenizer.mask_token_id is None:
+        raise UserError(f"{stage}: train.token_mask_prob = {tc.token_mask_prob}, but the model's tokenizer has no "
+                        f"mask token; set it to 0")
     embeddings = model.get_input_embeddings()
     if tc.freeze_word_embeddings:
         embeddings.weight.requires_grad_(False)
@@ -623,7 +643,7 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
                   data_collator=Collator(tokenizer), processing_class=tokenizer,
                   compute_metrics=compute_metrics, callbacks=callbacks,
                            objective=objective or CrossEntropy(class_weights), sparse_embeddings=embeddings.sparse,
-                           layer_lr_decay=tc.layer_lr_decay)
+                           layer_lr_decay=tc.layer_lr_decay, token_mask_prob=tc.token_mask_prob)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     if not quiet:

@@ -1,0 +1,105 @@
+"""`train.token_mask_prob`: word dropout in training, never in validation or inference."""
+
+import numpy as np
+import pytest
+import torch
+
+from distillora import training
+from distillora.config import TrainConfig, load_config
+from distillora.data import Encoded
+from distillora.errors import UserError
+
+from conftest import tiny_bert
+
+
+def test_masks_ordinary_tokens_only(minilm_tokenizer):
+    tok = minilm_tokenizer
+    ids = torch.tensor([[tok.cls_token_id, 2000, 2001, 2002, tok.sep_token_id, tok.pad_token_id]] * 64)
+    torch.manual_seed(0)
+    out = training.mask_tokens(ids, tok, 0.5)
+    special = torch.isin(ids, torch.tensor(tok.all_special_ids))
+    assert torch.equal(out[special], ids[special])  # [CLS], [SEP] and padding are never masked
+    changed = out != ids
+    assert torch.all(out[changed] == tok.mask_token_id)
+    share = changed[:, 1:4].float().mean().item()  # 192 ordinary tokens at p = 0.5
+    assert 0.35 < share < 0.65
+    assert torch.equal(training.mask_tokens(ids, tok, 0.0), ids)
+    assert torch.equal(ids[0], torch.tensor([tok.cls_token_id, 2000, 2001, 2002, tok.sep_token_id, tok.pad_token_id]))
+
+
+class _Seen:
+    """An objective that records the input ids it is given, then defers to the model's own loss."""
+
+    def __init__(self):
+        self.train, self.eval = [], []
+
+    def __call__(self, model, inputs):
+        (self.train if model.training else self.eval).append(inputs["input_ids"].clone())
+        return None
+
+
+def _data(n: int) -> Encoded:
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(n):
+        ids = [101] + torch.randint(2000, 2100, (8,), generator=g).tolist() + [102]
+        items.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": i % 2})
+    return Encoded(items)
+
+
+def _fit(tmp_path, tokenizer, p, name, objective=None):
+    tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
+                     token_mask_prob=p)
+    model = tiny_bert(2, vocab_size=tokenizer.vocab_size)
+    enc = _data(32)
+    return training.fit(model, enc, enc, tokenizer, tc, work_dir=tmp_path / name, log_path=tmp_path / f"{name}.jsonl",
+                        stage=name, seed=0, selection_metric="accuracy", quiet=True, fingerprint=name,
+                        objective=objective)
+
+
+def test_training_batches_are_masked_and_validation_batches_are_not(tmp_path, minilm_tokenizer):
+    mask = minilm_tokenizer.mask_token_id
+    seen = _Seen()
+    _fit(tmp_path, minilm_tokenizer, 0.3, "masked", seen)
+    assert seen.train and seen.eval
+    train_masked = sum(int((b == mask).sum()) for b in seen.train)
+    train_tokens = sum(b.numel() - 2 * b.shape[0] for b in seen.train)  # less [CLS] and [SEP]
+    assert 0.2 < train_masked / train_tokens < 0.4
+    assert all(int((b == mask).sum()) == 0 for b in seen.eval)
+
+    off = _Seen()
+    _fit(tmp_path, minilm_tokenizer, 0.0, "plain", off)
+    assert all(int((b == mask).sum()) == 0 for b in off.train)
+
+
+def test_masking_changes_what_is_learned_and_is_reproducible(tmp_path, minilm_tokenizer):
+    heads = {name: _fit(tmp_path, minilm_tokenizer, p, name)[0].classifier.weight.detach().clone()
+             for name, p in (("a", 0.3), ("b", 0.3), ("off", 0.0))}
+    assert torch.equal(heads["a"], heads["b"])  # the masks come from the Trainer's seeded generator
+    assert not torch.allclose(heads["a"], heads["off"])
+
+
+def test_settings_are_validated_and_a_tokenizer_without_a_mask_token_is_refused(tmp_path, minilm_tokenizer):
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(UserError, match=r"teacher.train.token_mask_prob = .*use a share in \[0, 1\)"):
+            load_config(None, [f"teacher.train.token_mask_prob={bad}"])
+
+    class NoMask:
+        mask_token_id = None
+
+    tc = TrainConfig(epochs=1, token_mask_prob=0.1, precision="fp32")
+    with pytest.raises(UserError, match="no mask token"):
+        training.fit(tiny_bert(2), _data(8), _data(8), NoMask(), tc, work_dir=tmp_path / "w",
+                     log_path=tmp_path / "w.jsonl", stage="teacher", seed=0, selection_metric="accuracy",
+                     quiet=True, fingerprint="x")
+    assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+def test_the_setting_at_zero_leaves_existing_fingerprints_alone():
+    from distillora.config import stable_section, to_dict
+
+    cfg = load_config(None, [])
+    assert "token_mask_prob" not in stable_section(to_dict(cfg), "teacher")["train"]
+    masked = load_config(None, ["teacher.train.token_mask_prob=0.15"])
+    assert stable_section(to_dict(masked), "teacher")["train"]["token_mask_prob"] == 0.15
+    assert np.isclose(masked.teacher.train.token_mask_prob, 0.15)
