@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score  # noqa: E402
 
 from distillora.config import load_config  # noqa: E402
-from distillora.data import encode, load_splits, load_table  # noqa: E402
+from distillora.data import as_saved, encode, load_splits, load_table  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
 from distillora.stages import load_model  # noqa: E402
 
@@ -28,7 +28,8 @@ DEV = Path(__file__).resolve().parents[1] / "configs" / "dev" / "short_sentences
 def main() -> None:
     run, names = Path(sys.argv[1]), sys.argv[2:]
     cfg = load_config(run / "config.yaml", [])
-    tables = {"validation": load_splits(cfg.data, cfg.seed).validation, "dev": load_table(DEV, cfg.data)}
+    data = as_saved(cfg.data, run / "models" / "teacher")  # the texts as the run's models saw them
+    tables = {"validation": load_splits(data, cfg.seed).validation, "dev": load_table(DEV, data)}
     from transformers import AutoTokenizer
 
     for d in sorted((run / "models").iterdir()):

@@ -101,3 +101,29 @@ def test_audit_flags_unseen_characters_and_names_the_preset_that_closes_the_gap(
     assert u["closed_by"] == "hate_speech_twitter"
     assert unseen(train, ["what a great day"])["rows"] == 0
     assert unseen(train, ["what a day 2"])["closed_by"] == "hate_speech_twitter"  # digits: strip_digits
+
+
+def test_a_runs_splits_are_rebuilt_with_the_steps_saved_with_its_models(tiny_run, tmp_path, caplog):
+    """Export, `distillora check` and the benches rebuild a finished run's splits: with the normaliser
+    saved with its teacher, not with what the run's `data.normalize` names today (a preset can change)."""
+    import shutil
+
+    from distillora.data import as_saved, load_splits
+    from distillora.export import _splits
+
+    run = RunDir(shutil.copytree(tiny_run, tmp_path / "run"))
+    saved = normalize.saved_steps(run.model_dir("teacher"))
+    assert saved == normalize.resolve("hate_speech_twitter")
+    cfg = load_config(run.config)
+    # the run's config now names another normaliser (as if the preset behind its name had changed)
+    run.config.write_text(run.config.read_text().replace("normalize: hate_speech_twitter", "normalize: basic"))
+    changed = load_config(run.config)
+    assert changed.data.normalize == "basic"
+    as_trained = load_splits(cfg.data, cfg.seed)
+    assert load_splits(changed.data, cfg.seed).test.texts != as_trained.test.texts  # the change matters here
+    with caplog.at_level("WARNING"):
+        validation, test = _splits(run.root)
+    assert test.texts == as_trained.test.texts and validation.texts == as_trained.validation.texts
+    assert "trained with normalisation steps" in caplog.text
+    assert as_saved(cfg.data, run.model_dir("teacher")).normalize == saved
+    assert as_saved(cfg.data, tmp_path / "no-model") is cfg.data  # nothing saved to ask: the config's steps

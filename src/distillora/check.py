@@ -263,10 +263,10 @@ def check_run(run_dir: str | Path, suites: list[str] | None = None, data: str | 
     needs_validation = any(load_suite(s).needs_validation() for s in specs)
     validation = None
     if needs_validation:
-        from .data import load_splits
+        from .data import as_saved, load_splits
 
         try:
-            validation = load_splits(cfg.data, cfg.seed).validation.texts
+            validation = load_splits(as_saved(cfg.data, RunDir(run).model_dir("teacher")), cfg.seed).validation.texts
         except UserError as e:
             raise UserError(f"{e}\n(the run's validation split is needed for the seed sentences of a suite; "
                             f"pass --data with the run's data directory)") from None

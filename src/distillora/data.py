@@ -266,6 +266,25 @@ def _label_column(df: pd.DataFrame, path: str, cfg: DataConfig) -> str:
     return cfg.label_column
 
 
+def as_saved(cfg: DataConfig, model_dir) -> DataConfig:
+    """`cfg` with `normalize` set to the steps saved with the model at `model_dir`: the data settings under
+    which a finished run's splits are rebuilt (export, checks, benches), so its texts are normalised as
+    they were in training and as serving normalises them, even where the preset named by the run's
+    `data.normalize` has changed since (as `hate_speech_twitter` did when it gained `strip_digits`). The
+    same steps also drop the same empty rows, so the validation carve is the run's."""
+    import dataclasses
+
+    from .normalize import resolve, saved_steps
+
+    if not (Path(model_dir) / "config.json").is_file():
+        return cfg  # no saved model to ask (a run stopped before its teacher was saved): the config's steps
+    steps = saved_steps(model_dir)
+    if steps != resolve(cfg.normalize):
+        log.warning("%s was trained with normalisation steps %s; data.normalize = %r now means %s: rebuilding "
+                    "the splits with the model's own steps", model_dir, steps, cfg.normalize, resolve(cfg.normalize))
+    return dataclasses.replace(cfg, normalize=steps)
+
+
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
     """Read train and test, filter (`where`), validate, drop empty texts, sample (`max_train_rows`) and
     carve validation. Label names are `data.label_names`, or inferred from train (`infer_label_names`)."""

@@ -49,12 +49,14 @@ def served_method(run_dir: str | Path, name: str) -> str:
 
 
 def _splits(run_dir: Path):
-    """The run's validation and test splits, rebuilt from its own config (same loader, seed and carve)."""
+    """The run's validation and test splits, rebuilt from its own config (same loader, seed and carve)
+    with the normalisation saved with its teacher (`data.as_saved`)."""
     from .config import load_config
-    from .data import load_splits
+    from .data import as_saved, load_splits
 
-    cfg = load_config(RunDir(run_dir).config)
-    splits = load_splits(cfg.data, cfg.seed)
+    run = RunDir(run_dir)
+    cfg = load_config(run.config)
+    splits = load_splits(as_saved(cfg.data, run.model_dir("teacher")), cfg.seed)
     return splits.validation, splits.test
 
 

@@ -12,8 +12,10 @@ A config gives either a preset name or a list of step names (applied in order).
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
+from pathlib import Path
 from typing import Callable
 
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
@@ -114,3 +116,9 @@ def of_model(model) -> Normalizer:
     recorded means the model was trained on unnormalised text."""
     cfg = getattr(model, "config", None)
     return Normalizer(getattr(cfg, CONFIG_KEY, None) or [])
+
+
+def saved_steps(model_dir) -> list[str]:
+    """The steps recorded in the config.json of the model saved at `model_dir` (`of_model` without
+    loading the model); none recorded: [] (trained on unnormalised text)."""
+    return list(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get(CONFIG_KEY) or [])
