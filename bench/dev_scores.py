@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_scor
 from distillora.config import load_config  # noqa: E402
 from distillora.data import as_saved, encode, load_splits, load_table  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
+from distillora.rundir import RunDir  # noqa: E402
 from distillora.stages import load_model  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[1] / "configs" / "dev" / "short_sentences.csv"
@@ -28,7 +29,7 @@ DEV = Path(__file__).resolve().parents[1] / "configs" / "dev" / "short_sentences
 def main() -> None:
     run, names = Path(sys.argv[1]), sys.argv[2:]
     cfg = load_config(run / "config.yaml", [])
-    data = as_saved(cfg.data, run / "models" / "teacher")  # the texts as the run's models saw them
+    data = as_saved(cfg.data, RunDir(run).model_dir("teacher"))  # the texts as the run's models saw them
     tables = {"validation": load_splits(data, cfg.seed).validation, "dev": load_table(DEV, data)}
     from transformers import AutoTokenizer
 

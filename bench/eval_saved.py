@@ -15,11 +15,12 @@ from distillora import stats
 from distillora.config import load_config
 from distillora.data import as_saved, load_splits
 from distillora.inference import load
+from distillora.rundir import RunDir
 
 run = Path(sys.argv[1])
 names = sys.argv[2:]
 cfg = load_config(run / "config.yaml")
-test = load_splits(as_saved(cfg.data, run / "models" / "teacher"), cfg.seed).test
+test = load_splits(as_saved(cfg.data, RunDir(run).model_dir("teacher")), cfg.seed).test
 for d in sorted((run / "models").iterdir()):
     if (names and d.name not in names) or not (d / "config.json").exists():
         continue

@@ -21,6 +21,7 @@ goes to `--log` (default bench/results/recipe.jsonl)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -138,6 +139,9 @@ def main() -> None:
     ap.add_argument("--linear-probe-epochs", type=float, default=0.0, help="LP-FT: train only the head first")
     ap.add_argument("--average-from", default="", help="comma-separated start fractions of tail weight averages to score")
     ap.add_argument("--pooling", default="first", choices=["first", "mean"], help="what the head reads")
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="the training seed (data order, dropout) only; the validation carve and the head's "
+                         "initialisation stay those of the config's seed (members of a soup: bench/soup.py)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     starts = [float(x) for x in a.average_from.split(",") if x]
@@ -153,7 +157,8 @@ def main() -> None:
     enc["dev"] = encode(dev, tok, cfg.data.max_length)
     enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
     work = Path(a.work) / a.name
-    env = StageEnv(cfg, tok, enc["train"], enc["validation"], work, quiet=True)
+    train_cfg = cfg if a.train_seed is None else dataclasses.replace(cfg, seed=a.train_seed)
+    env = StageEnv(train_cfg, tok, enc["train"], enc["validation"], work, quiet=True)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = load_pretrained(source, cfg.data.label_names)
@@ -162,8 +167,6 @@ def main() -> None:
     averages = [TailAverage(f) for f in starts]
     normalize.attach(model.config, normalize.resolve(cfg.data.normalize))
     if a.linear_probe_epochs:
-        import dataclasses
-
         body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
         for p in body:
             p.requires_grad_(False)
@@ -173,7 +176,8 @@ def main() -> None:
             p.requires_grad_(True)
     # what the model's result depends on: a run resumed under the same name with other options would
     # mix two recipes (and an average would cover only the steps after the resume)
-    fp = "|".join([a.name, a.pooling, a.average_from, str(a.linear_probe_epochs), *a.overrides])
+    fp = "|".join([a.name, a.pooling, a.average_from, str(a.linear_probe_epochs), *a.overrides]
+                  + ([f"train_seed={a.train_seed}"] if a.train_seed is not None else []))
     model, stats = env.fit(model, cfg.teacher.train, "teacher", fp, callbacks=tuple(averages))
     seconds = time.perf_counter() - t0
     if averages and stats["resumed_from"]:
@@ -195,9 +199,10 @@ def main() -> None:
                for avg in averages]
     for variant, build in scored:
         m = build()
-        row = {"name": a.name, "config": Path(a.config).name, "overrides": a.overrides, **variant,
-               "pooling": a.pooling, "linear_probe_epochs": a.linear_probe_epochs,
-               "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
+        row = {"name": a.name, "config": Path(a.config).name, "overrides": a.overrides, "train_seed": a.train_seed,
+               **variant, "pooling": a.pooling, "linear_probe_epochs": a.linear_probe_epochs,
+               "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name(),
+               "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
         for split in ("validation", "dev"):
             probs, _ = predict_proba(m, enc[split], tok)
             table = splits.validation if split == "validation" else dev

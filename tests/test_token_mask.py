@@ -1,8 +1,8 @@
 """`train.token_mask_prob`: word dropout in training, never in validation or inference."""
 
-import numpy as np
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from distillora import training
 from distillora.config import TrainConfig, load_config
@@ -14,17 +14,19 @@ from conftest import tiny_bert
 
 def test_masks_ordinary_tokens_only(minilm_tokenizer):
     tok = minilm_tokenizer
-    ids = torch.tensor([[tok.cls_token_id, 2000, 2001, 2002, tok.sep_token_id, tok.pad_token_id]] * 64)
+    row = [tok.cls_token_id, 2000, 2001, tok.sep_token_id, 2002, 2003, tok.sep_token_id, tok.pad_token_id]
+    ids = torch.tensor([row] * 64)  # a sentence pair: [CLS] a b [SEP] c d [SEP] [PAD]
+    special = torch.tensor(tok.all_special_ids)
     torch.manual_seed(0)
-    out = training.mask_tokens(ids, tok, 0.5)
-    special = torch.isin(ids, torch.tensor(tok.all_special_ids))
-    assert torch.equal(out[special], ids[special])  # [CLS], [SEP] and padding are never masked
+    out = training.mask_tokens(ids, tok.mask_token_id, special, 0.5)
+    for col in (0, 3, 6, 7):  # [CLS], both [SEP] and the padding are never masked
+        assert torch.equal(out[:, col], ids[:, col])
     changed = out != ids
     assert torch.all(out[changed] == tok.mask_token_id)
-    share = changed[:, 1:4].float().mean().item()  # 192 ordinary tokens at p = 0.5
-    assert 0.35 < share < 0.65
-    assert torch.equal(training.mask_tokens(ids, tok, 0.0), ids)
-    assert torch.equal(ids[0], torch.tensor([tok.cls_token_id, 2000, 2001, 2002, tok.sep_token_id, tok.pad_token_id]))
+    share = changed[:, [1, 2, 4, 5]].float().mean().item()  # 256 ordinary tokens at p = 0.5
+    assert 0.4 < share < 0.6
+    assert torch.equal(training.mask_tokens(ids, tok.mask_token_id, special, 0.0), ids)
+    assert torch.equal(ids[0], torch.tensor(row))  # the input is left as it was
 
 
 class _Seen:
@@ -47,14 +49,15 @@ def _data(n: int) -> Encoded:
     return Encoded(items)
 
 
-def _fit(tmp_path, tokenizer, p, name, objective=None):
-    tc = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
+def _fit(tmp_path, tokenizer, p, name, objective=None, epochs=1, callbacks=()):
+    tc = TrainConfig(epochs=epochs, learning_rate=1e-2, batch_size=8, logging_steps=100, precision="fp32",
                      token_mask_prob=p)
+    torch.manual_seed(0)
     model = tiny_bert(2, vocab_size=tokenizer.vocab_size)
     enc = _data(32)
     return training.fit(model, enc, enc, tokenizer, tc, work_dir=tmp_path / name, log_path=tmp_path / f"{name}.jsonl",
                         stage=name, seed=0, selection_metric="accuracy", quiet=True, fingerprint=name,
-                        objective=objective)
+                        objective=objective, callbacks=callbacks)
 
 
 def test_training_batches_are_masked_and_validation_batches_are_not(tmp_path, minilm_tokenizer):
@@ -77,6 +80,22 @@ def test_masking_changes_what_is_learned_and_is_reproducible(tmp_path, minilm_to
              for name, p in (("a", 0.3), ("b", 0.3), ("off", 0.0))}
     assert torch.equal(heads["a"], heads["b"])  # the masks come from the Trainer's seeded generator
     assert not torch.allclose(heads["a"], heads["off"])
+
+
+class _StopAfterEpoch1(TrainerCallback):
+    def on_epoch_end(self, args, state, control, **kw):
+        control.should_training_stop = True
+
+
+def test_a_resumed_run_draws_the_same_masks(tmp_path, minilm_tokenizer):
+    """Stopped after epoch 1 (its checkpoint saved), then the same call again: it resumes from that
+    checkpoint and ends with the weights of an uninterrupted run."""
+    whole = _fit(tmp_path, minilm_tokenizer, 0.3, "whole", epochs=2)[0]
+    _fit(tmp_path, minilm_tokenizer, 0.3, "cut", epochs=2, callbacks=(_StopAfterEpoch1(),))
+    resumed, stats = _fit(tmp_path, minilm_tokenizer, 0.3, "cut", epochs=2)
+    assert stats["resumed_from"] is not None
+    for (name, w), (_, r) in zip(whole.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(w, r), name
 
 
 def test_settings_are_validated_and_a_tokenizer_without_a_mask_token_is_refused(tmp_path, minilm_tokenizer):
@@ -102,4 +121,28 @@ def test_the_setting_at_zero_leaves_existing_fingerprints_alone():
     assert "token_mask_prob" not in stable_section(to_dict(cfg), "teacher")["train"]
     masked = load_config(None, ["teacher.train.token_mask_prob=0.15"])
     assert stable_section(to_dict(masked), "teacher")["train"]["token_mask_prob"] == 0.15
-    assert np.isclose(masked.teacher.train.token_mask_prob, 0.15)
+
+
+def test_a_run_whose_tokenizer_has_no_mask_token_is_refused_before_it_writes(tmp_path, tiny_teacher_dir, small_data):
+    """Only the students mask here, so `fit` would refuse too late (the teacher already trained and saved):
+    the study refuses once the tokenizer is loaded."""
+    import json
+    import shutil
+
+    from distillora.study import run_study
+
+    teacher = shutil.copytree(tiny_teacher_dir, tmp_path / "teacher")
+    tc = json.loads((teacher / "tokenizer_config.json").read_text())
+    tc["mask_token"] = None  # BertTokenizer would fall back to its default "[MASK]"
+    (teacher / "tokenizer_config.json").write_text(json.dumps(tc))
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(teacher)).mask_token_id is None
+    cfg = load_config(None, [f"data.source={small_data}", f"teacher.source={teacher}", "data.max_length=32",
+                             "distill.train.token_mask_prob=0.1", "lora.train.token_mask_prob=0.2"])
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"distill.train.token_mask_prob = 0.1; lora.train.token_mask_prob = 0.2: "
+                                        r"the teacher's tokenizer has no mask token"):
+        run_study(cfg, out, quiet=True)
+    assert not out.exists()
+    training.check_token_masking(load_config(None, []), AutoTokenizer.from_pretrained(str(teacher)))  # off: fine

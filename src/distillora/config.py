@@ -55,10 +55,11 @@ class TrainConfig:
     layer_lr_decay: float = _f(1.0, "Layer-wise learning-rate decay (Howard & Ruder 2018; Clark et al. 2020): the head "
                                      "(and pooler) learn at `learning_rate`, transformer layer i of L at "
                                      "learning_rate x decay^(L+1-i), the embeddings at x decay^(L+1). 1: one rate.")
-    token_mask_prob: float = _f(0.0, "Share of each training text's tokens replaced by the tokenizer's mask token "
-                                     "(a fresh draw per step; special tokens and padding never; validation and "
-                                     "inference see the text as it is): word dropout, so the model cannot lean "
-                                     "on single trigger tokens. 0: off.")
+    token_mask_prob: float = _f(0.0, "Probability per token of a training text that it is replaced by the tokenizer's "
+                                     "mask token (a fresh draw per step; special tokens and padding never; "
+                                     "validation and inference see the text as it is): word dropout, so the model "
+                                     "cannot lean on single trigger tokens. A distilled student's cached teacher "
+                                     "targets come from the unmasked text. 0: off.")
     precision: str = _f("auto", "fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the device runs "
                                 "bf16 matrix products natively and measurably faster than fp32, else fp32.")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -272,8 +272,6 @@ def as_saved(cfg: DataConfig, model_dir) -> DataConfig:
     they were in training and as serving normalises them, even where the preset named by the run's
     `data.normalize` has changed since (as `hate_speech_twitter` did when it gained `strip_digits`). The
     same steps also drop the same empty rows, so the validation carve is the run's."""
-    import dataclasses
-
     from .normalize import resolve, saved_steps
 
     if not (Path(model_dir) / "config.json").is_file():
@@ -282,7 +280,7 @@ def as_saved(cfg: DataConfig, model_dir) -> DataConfig:
     if steps != resolve(cfg.normalize):
         log.warning("%s was trained with normalisation steps %s; data.normalize = %r now means %s: rebuilding "
                     "the splits with the model's own steps", model_dir, steps, cfg.normalize, resolve(cfg.normalize))
-    return dataclasses.replace(cfg, normalize=steps)
+    return replace(cfg, normalize=steps)
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:

@@ -27,7 +27,7 @@ from .rundir import Evaluation, ModelRecord, Results, RunDir
 from .runlock import LOCK_NAME, RunLock
 from .stages import Kind, Stage, StageContext, StageEnv, load_model
 from .students import parse_layers
-from .training import group_factors, with_group_weights
+from .training import check_token_masking, group_factors, with_group_weights
 
 log = logging.getLogger("distillora")
 
@@ -200,6 +200,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     source = bundles.resolve(cfg.teacher.source, cfg.teacher.allow_pickle)  # so do tampered bundles, pickles
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
     _check_models(cfg, teacher_config)
+    check_token_masking(cfg, tokenizer)
     check_disk(out, source)
     # Data-parallel (accelerate launch / torchrun): every process trains; the main process alone
     # writes files, and the others wait at each stage's end.

@@ -409,7 +409,7 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     from .config import stable_section
     from .rundir import RunDir
     from .stages import TEACHER, Kind, Stage, StageContext, StageEnv, distill as distill_stage
-    from .training import group_factors, use_bf16, with_group_weights
+    from .training import check_token_masking, group_factors, use_bf16, with_group_weights
 
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
@@ -419,6 +419,7 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     splits = load_splits(cfg.data, cfg.seed)
     cfg = study._with_label_names(cfg, splits.info["label_names"])  # inferred when config.yaml has null
     tokenizer = AutoTokenizer.from_pretrained(str(run.model_dir("teacher")))
+    check_token_masking(cfg, tokenizer)
     enc = {s: encode(getattr(splits, s), tokenizer, cfg.data.max_length) for s in ("train", "validation", "test")}
     enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
     env = StageEnv(cfg, tokenizer, enc["train"], enc["validation"], run_dir, quiet)

@@ -97,6 +97,18 @@ def group_factors(split: Split, cfg) -> np.ndarray | None:
     return factors
 
 
+def check_token_masking(cfg, tokenizer) -> None:
+    """Refuse `*.train.token_mask_prob` > 0 where the tokenizer has no mask token: called once the
+    tokenizer is loaded, before a run writes anything (`fit` refuses too, for the benches)."""
+    if getattr(tokenizer, "mask_token_id", None) is not None:
+        return
+    bad = [f"{sec}.train.token_mask_prob = {getattr(cfg, sec).train.token_mask_prob}"
+           for sec in ("teacher", "distill", "lora", "baseline") if getattr(cfg, sec).train.token_mask_prob]
+    if bad:
+        raise UserError(f"{'; '.join(bad)}: the teacher's tokenizer has no mask token to mask with; set "
+                        f"{'it' if len(bad) == 1 else 'them'} to 0")
+
+
 def with_group_weights(encoded: Encoded, factors: np.ndarray | None) -> Encoded:
     """`encoded` (the training split) with each example's factor from `group_factors` attached as its
     loss weight (`data.SAMPLE_WEIGHT`); unchanged when `factors` is None."""
@@ -290,6 +302,12 @@ class StudyTrainer(Trainer):
         super().__init__(*a, **kw)
         self.objective = objective
         self.token_mask_prob = token_mask_prob
+        if token_mask_prob:
+            tok = self.processing_class
+            if getattr(tok, "mask_token_id", None) is None:
+                raise UserError(f"train.token_mask_prob = {token_mask_prob}: the model's tokenizer has no mask "
+                                f"token; set it to 0")
+            self._mask_id, self._special_ids = tok.mask_token_id, torch.tensor(tok.all_special_ids)
         self.sparse_embeddings = sparse_embeddings
         self.layer_lr_decay = layer_lr_decay
         self._loss_sum, self._loss_n = None, 0
@@ -300,7 +318,9 @@ class StudyTrainer(Trainer):
         is what the stage chose. An objective answers None for the Trainer's own loss (the model's
         cross-entropy, with the Trainer's handling of `num_items_in_batch`)."""
         if self.token_mask_prob and model.training:
-            inputs = {**inputs, "input_ids": mask_tokens(inputs["input_ids"], self.processing_class, self.token_mask_prob)}
+            self._special_ids = self._special_ids.to(inputs["input_ids"].device)  # once: later calls find it there
+            inputs = {**inputs, "input_ids": mask_tokens(inputs["input_ids"], self._mask_id, self._special_ids,
+                                                         self.token_mask_prob)}
         got = self.objective(model, inputs) if self.objective is not None else None
         if got is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -345,17 +365,17 @@ class StudyTrainer(Trainer):
         return loss
 
 
-def mask_tokens(input_ids: torch.Tensor, tokenizer, p: float) -> torch.Tensor:
-    """`train.token_mask_prob`: a copy of `input_ids` with each ordinary token replaced by the tokenizer's
-    mask token with probability `p` (special tokens and padding kept). Word dropout (Iyyer et al. 2015),
+def mask_tokens(input_ids: torch.Tensor, mask_id: int, special_ids: torch.Tensor, p: float) -> torch.Tensor:
+    """`train.token_mask_prob`: a copy of `input_ids` with each token not in `special_ids` (the tokenizer's
+    special tokens, padding among them) replaced by `mask_id` with probability `p`. Word dropout (Iyyer et al. 2015),
     the corruption half of SSMBA (Ng et al. 2020, which found it raises out-of-domain accuracy): the
-    model must read the rest of the sentence rather than one trigger word. Drawn from torch's global
-    generator, which the Trainer seeds and saves in each checkpoint, so a resumed run draws the same
-    masks. Unlike transformers' `DataCollatorForLanguageModeling` there is no 80/10/10 split: nothing is
+    model must read the rest of the sentence rather than one trigger word. Drawn from torch's generator
+    of the batch's device, which the Trainer seeds and saves in each checkpoint, so a resumed run draws
+    the same masks (data-parallel ranks share the seed, as their dropout does, so their draws match).
+    Unlike transformers' `DataCollatorForLanguageModeling` there is no 80/10/10 split: nothing is
     predicted at the masked positions, only the label."""
-    special = torch.isin(input_ids, torch.tensor(tokenizer.all_special_ids, device=input_ids.device))
-    drop = (torch.rand(input_ids.shape, device=input_ids.device) < p) & ~special
-    return input_ids.masked_fill(drop, tokenizer.mask_token_id)
+    drop = (torch.rand(input_ids.shape, device=input_ids.device) < p) & ~torch.isin(input_ids, special_ids)
+    return input_ids.masked_fill(drop, mask_id)
 
 
 class _EpochLoss(TrainerCallback):
