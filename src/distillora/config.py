@@ -102,6 +102,9 @@ class TeacherConfig:
     allow_pickle: bool = _f(False, "Load pickled (.bin) teacher weights, which can run code: only for a trusted source.")
     wise_alpha: float = _f(1.0, "WiSE-FT: keep alpha * fine-tuned + (1 - alpha) * pretrained weights (the new head "
                                 "stays fine-tuned); 1 keeps the fine-tuned teacher as it is.")
+    soup: int = _f(1, "Fine-tune this many teachers (training seeds seed, seed+1, ...: data order and dropout; the "
+                      "same pretrained weights, head initialisation and validation carve) and keep their uniform "
+                      "weight average, a model soup (Wortsman et al., ICML 2022), as the one teacher. 1: one teacher.")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=3e-5))
 
 
@@ -320,6 +323,8 @@ def validate(cfg: StudyConfig) -> list[str]:
         errs.append(f"data.max_length = {d.max_length}: use 8..512 tokens")
     if (d.train_file is None) != (d.test_file is None):
         errs.append("data.train_file and data.test_file: give both or neither")
+    if not 1 <= cfg.teacher.soup <= 16:
+        errs.append(f"teacher.soup = {cfg.teacher.soup}: use 1 (one teacher) to 16 fine-tuned teachers to average")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         errs.append(f"seeds = {cfg.seeds}: each seed may appear once")
     if cfg.bootstrap_resamples < 100:
@@ -450,7 +455,8 @@ def to_yaml(cfg) -> str:
 
 # keys added after runs existed: at these values they are left out of a section's fingerprint, so the
 # finished stages of those runs stay finished
-NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}}, "distill": {"weights": {}}}
+NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}}, "distill": {"weights": {}},
+                    "teacher": {"soup": 1}}
 
 
 # keys added to every section's `train` settings after runs existed, at the value that leaves them out

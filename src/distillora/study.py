@@ -66,10 +66,11 @@ def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) 
         raise UserError(f"{out}: cannot write there ({e.strerror}); choose a writable --output") from None
 
 
-def check_disk(out: Path, teacher_dir: str) -> None:
-    """Fail before training if the disk cannot hold checkpoints and models (about 8x the teacher)."""
+def check_disk(out: Path, teacher_dir: str, soup: int = 1) -> None:
+    """Fail before training if the disk cannot hold checkpoints and models (about 8x the teacher, and 3x
+    more for each further member of a teacher soup, whose checkpoints are all kept until the soup is made)."""
     weights = sum(f.stat().st_size for f in Path(teacher_dir).glob("*.safetensors")) if Path(teacher_dir).is_dir() else 0
-    need = 8 * weights
+    need = (8 + 3 * (soup - 1)) * weights
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -201,7 +202,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
     _check_models(cfg, teacher_config)
     check_token_masking(cfg, tokenizer)
-    check_disk(out, source)
+    check_disk(out, source, cfg.teacher.soup)
     # Data-parallel (accelerate launch / torchrun): every process trains; the main process alone
     # writes files, and the others wait at each stage's end.
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: gloo across CPU processes
@@ -324,7 +325,8 @@ def _run_stage(run: RunDir, ctx: StageContext, stage: Stage, key: str, fp: str, 
         write_dir(run.model_dir(key), fill)
         run.finish(key, fp, {"kind": stage.kind.value, "objective": stage.objective,
                              "teacher_layers": stage.teacher_layers, **stage.record(stats), "train": stats})
-        shutil.rmtree(run.work_dir(key), ignore_errors=True)
+        for work in (run.work_dir(key), *run.checkpoints_dir.glob(f"{key}.member*")):  # a soup's members
+            shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()
     return read_json(run.marker(key))
 

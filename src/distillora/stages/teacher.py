@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, set_seed
@@ -56,19 +58,54 @@ def wise_ft(finetuned, pretrained, alpha: float):
     return out
 
 
+@torch.no_grad()
+def uniform_soup(models: list) -> torch.nn.Module:
+    """A uniform model soup (Wortsman et al., ICML 2022): models[0] with every floating-point weight
+    replaced by the mean of that weight over `models` (fine-tuned from the same pretrained weights and
+    head initialisation). Changes models[0] in place, to hold one model's memory rather than N + 1."""
+    soup = models[0]
+    states = [m.state_dict() for m in models[1:]]
+    for name, tensor in soup.state_dict().items():
+        if tensor.is_floating_point():
+            for other in states:
+                tensor.add_(other[name])
+            tensor.div_(len(models))
+    return soup
+
+
+def _validation_stats(env: StageEnv, model) -> dict:
+    probs, _ = predict_proba(model, env.validation, env.tokenizer)
+    labels = np.array([x["labels"] for x in env.validation.items])
+    return dict(compute_metrics((probs, labels)))
+
+
 def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
-    set_seed(env.cfg.seed)
-    model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
-    # saved in config.json and copied into every student built from this teacher
-    normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
-    model, stats = env.fit(model, env.cfg.teacher.train, key, fingerprint)
+    n = env.cfg.teacher.soup
+    members = []
+    for k in range(n):
+        # every member starts from the same head (the seed's); its own training seed moves the data order
+        # and dropout. Members train one after the other, each resumable from its own checkpoints.
+        set_seed(env.cfg.seed)
+        model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
+        # saved in config.json and copied into every student built from this teacher
+        normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
+        member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=env.cfg.seed + k))
+        members.append(member_env.fit(model, env.cfg.teacher.train, key if n == 1 else f"{key}.member{k + 1}",
+                                      fingerprint))
+    model, stats = members[0]
+    if n > 1:
+        stats = {**stats, "seconds": round(sum(st["seconds"] for _, st in members), 2),
+                 "steps": sum(st["steps"] for _, st in members),
+                 "soup": [{"seed": env.cfg.seed + k, "validation": st["validation"], "seconds": st["seconds"],
+                           "best_checkpoint": st["best_checkpoint"]} for k, (_, st) in enumerate(members)]}
+        model = uniform_soup([m for m, _ in members])
+        del members
+        stats["validation"] = _validation_stats(env, model)  # the soup's, in place of the first member's
     alpha = env.cfg.teacher.wise_alpha
     if alpha < 1:
         model = wise_ft(model, load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle), alpha)
         # the kept model is the interpolated one: its validation figures replace the fine-tuned model's
-        probs, _ = predict_proba(model, env.validation, env.tokenizer)
-        labels = np.array([x["labels"] for x in env.validation.items])
         stats["validation_before_wise"] = stats["validation"]
-        stats["validation"] = {k: v for k, v in compute_metrics((probs, labels)).items()}
+        stats["validation"] = _validation_stats(env, model)
         stats["wise_alpha"] = alpha
     return model, stats
