@@ -127,3 +127,35 @@ def test_a_runs_splits_are_rebuilt_with_the_steps_saved_with_its_models(tiny_run
     assert "trained with normalisation steps" in caplog.text
     assert as_saved(cfg.data, run.model_dir("teacher")).normalize == saved
     assert as_saved(cfg.data, tmp_path / "no-model") is cfg.data  # nothing saved to ask: the config's steps
+
+
+def test_distillora_check_seeds_its_suites_with_validation_texts_normalised_as_the_models_were(tiny_run, tmp_path,
+                                                                                               monkeypatch):
+    import dataclasses
+    import shutil
+
+    from distillora import check, report
+    from distillora.data import load_splits
+
+    run = RunDir(shutil.copytree(tiny_run, tmp_path / "run"))
+    cfg = load_config(run.config)
+    # tweets that the run's normaliser and `basic` treat differently: each with a mention and digits
+    train = pd.read_csv(cfg.data.train_file, keep_default_na=False)
+    train["tweet"] = train["tweet"] + " @someone 123"
+    train.to_csv(tmp_path / "train.csv", index=False)
+    text = run.config.read_text().replace("normalize: hate_speech_twitter", "normalize: basic")
+    run.config.write_text(text.replace(str(cfg.data.train_file), str(tmp_path / "train.csv")))
+    changed = load_config(run.config)
+    saved = dataclasses.replace(changed.data, normalize=normalize.saved_steps(run.model_dir("teacher")))
+    want = load_splits(saved, cfg.seed).validation.texts
+    assert load_splits(changed.data, cfg.seed).validation.texts != want  # the change matters here
+    seen = {}
+
+    def fake_run_checks(run_dir, names, specs, label_names, validation_texts, *rest):
+        seen["validation"] = validation_texts
+        return {}
+
+    monkeypatch.setattr(check, "run_checks", fake_run_checks)
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: None)
+    check.check_run(run.root, suites=["generic"])
+    assert seen["validation"] == want and not any("@" in t for t in want)
