@@ -1,4 +1,4 @@
-"""`teacher.soup: N`: N teachers fine-tuned with training seeds seed..seed+N-1 from one head
+"""`teacher.soup: N`: N teachers fine-tuned with training seeds seed, seed+1000, ... from one head
 initialisation, averaged uniformly into the one teacher."""
 
 import dataclasses
@@ -26,6 +26,22 @@ def test_uniform_soup_is_the_mean_of_every_floating_point_weight():
         assert torch.allclose(v, want[k], atol=1e-6) if k in want else torch.equal(v, ints[k]), k
 
 
+def test_a_tied_weight_is_averaged_once():
+    """A weight shared under two names (a masked-LM's decoder and word embeddings) is summed once."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    cfg = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                     tie_word_embeddings=True)
+    models = []
+    for s in (0, 1):
+        torch.manual_seed(s)
+        models.append(BertForMaskedLM(cfg))
+    assert models[0].cls.predictions.decoder.weight is models[0].bert.embeddings.word_embeddings.weight
+    want = (models[0].bert.embeddings.word_embeddings.weight + models[1].bert.embeddings.word_embeddings.weight) / 2
+    soup = teacher_stage.uniform_soup(models)
+    assert torch.allclose(soup.cls.predictions.decoder.weight, want.detach(), atol=1e-6)
+
+
 def _env(tmp_path, name, tokenizer, data, overrides):
     cfg = load_config(None, [f"data.source={data}", "data.max_length=32", "data.validation_fraction=0.25",
                              "teacher.train.epochs=1", "teacher.train.batch_size=8", "teacher.train.precision=fp32",
@@ -43,13 +59,14 @@ def test_a_soup_of_two_is_the_mean_of_the_two_teachers_trained_alone(tmp_path, m
                                    "fp-" + name)
 
     one, one_stats = train("one", [])
-    # the second member alone: training seed 43, but the head initialised and the carve made as for seed 42
-    env43 = _env(tmp_path, "second", minilm_tokenizer, small_data, [])
-    env43 = dataclasses.replace(env43, cfg=dataclasses.replace(env43.cfg, seed=43))
-    second, second_stats = env43.fit(_head_of_seed(tiny_teacher_dir, env43.cfg, 42), env43.cfg.teacher.train,
-                                     "teacher", "fp-second")
+    # the second member alone: training seed 1042, but the head initialised and the carve made as for seed 42
+    env2 = _env(tmp_path, "second", minilm_tokenizer, small_data, [])
+    env2 = dataclasses.replace(env2, cfg=dataclasses.replace(env2.cfg, seed=1042))
+    second, second_stats = env2.fit(_head_of_seed(tiny_teacher_dir, env2.cfg, 42), env2.cfg.teacher.train,
+                                    "teacher", "fp-second")
     soup, stats = train("soup", ["teacher.soup=2"])
-    assert [m["seed"] for m in stats["soup"]] == [42, 43]
+    assert [m["seed"] for m in stats["soup"]] == [42, 1042]
+    assert stats["loss"] is None and stats["soup"][1]["loss"] == second_stats["loss"]
     assert stats["soup"][0]["validation"] == one_stats["validation"]  # member 1 is the one-teacher run
     assert stats["soup"][1]["validation"] == second_stats["validation"]
     assert stats["seconds"] == pytest.approx(sum(m["seconds"] for m in stats["soup"]), abs=0.01)
@@ -59,6 +76,33 @@ def test_a_soup_of_two_is_the_mean_of_the_two_teachers_trained_alone(tmp_path, m
         assert torch.allclose(w, (one_w[name] + second_w[name]) / 2, atol=1e-6), name
     assert set(stats["validation"]) >= {"accuracy", "balanced_accuracy", "f1_macro"}
     assert not torch.allclose(one.classifier.weight, second.classifier.weight)
+
+
+def test_a_soup_killed_between_members_resumes_to_the_same_teacher(tmp_path, minilm_tokenizer, tiny_teacher_dir,
+                                                                   small_data, monkeypatch):
+    from distillora.stages.base import StageEnv as Env
+
+    def train(name):
+        return teacher_stage.train(_env(tmp_path, name, minilm_tokenizer, small_data, ["teacher.soup=2"]),
+                                   str(tiny_teacher_dir), "fp")
+
+    whole, _ = train("whole")
+    real_fit, calls = Env.fit, []
+
+    def dies_in_member_2(self, model, tc, key, fingerprint, *a, **k):
+        calls.append(key)
+        if key.endswith(".member2"):
+            raise KeyboardInterrupt  # as a kill would: member 1's checkpoints stay in its work directory
+        return real_fit(self, model, tc, key, fingerprint, *a, **k)
+
+    monkeypatch.setattr(Env, "fit", dies_in_member_2)
+    with pytest.raises(KeyboardInterrupt):
+        train("killed")
+    monkeypatch.setattr(Env, "fit", real_fit)
+    resumed, stats = train("killed")
+    assert stats["soup"][0]["resumed_from"] is not None and stats["soup"][1]["resumed_from"] is None
+    for (name, w), (_, r) in zip(whole.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(w, r), name
 
 
 def _head_of_seed(source, cfg, seed):
@@ -91,7 +135,8 @@ def test_a_study_with_a_soup_records_its_members_and_cleans_their_checkpoints(tm
         "distill.students={odd: [1, 3]}"])
     out = run_study(cfg, tmp_path / "run", quiet=True)
     rec = read_json(RunDir(out).marker("teacher"))
-    assert [m["seed"] for m in rec["train"]["soup"]] == [42, 43]
+    assert [m["seed"] for m in rec["train"]["soup"]] == [42, 1042]
+    assert (RunDir(out).log("teacher")).is_file()  # member 1's curve is the teacher's in the loss plot
     assert not RunDir(out).checkpoints_dir.exists()
     results = RunDir(out).results()
     assert {m.name for m in results.models} == {"teacher", "odd", "lora", "baseline"}

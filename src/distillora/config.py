@@ -102,9 +102,10 @@ class TeacherConfig:
     allow_pickle: bool = _f(False, "Load pickled (.bin) teacher weights, which can run code: only for a trusted source.")
     wise_alpha: float = _f(1.0, "WiSE-FT: keep alpha * fine-tuned + (1 - alpha) * pretrained weights (the new head "
                                 "stays fine-tuned); 1 keeps the fine-tuned teacher as it is.")
-    soup: int = _f(1, "Fine-tune this many teachers (training seeds seed, seed+1, ...: data order and dropout; the "
-                      "same pretrained weights, head initialisation and validation carve) and keep their uniform "
-                      "weight average, a model soup (Wortsman et al., ICML 2022), as the one teacher. 1: one teacher.")
+    soup: int = _f(1, "Fine-tune this many teachers (training seeds seed, seed+1000, ...: data order and dropout; "
+                      "the same pretrained weights, head initialisation and validation carve) and keep their "
+                      "uniform weight average, a model soup (Wortsman et al., ICML 2022), as the one teacher. "
+                      "N times the teacher's training. 1: one teacher.")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=3e-5))
 
 

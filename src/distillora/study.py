@@ -67,10 +67,11 @@ def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) 
 
 
 def check_disk(out: Path, teacher_dir: str, soup: int = 1) -> None:
-    """Fail before training if the disk cannot hold checkpoints and models (about 8x the teacher, and 3x
-    more for each further member of a teacher soup, whose checkpoints are all kept until the soup is made)."""
+    """Fail before training if the disk cannot hold checkpoints and models (about 8x the teacher, and 6x
+    more for each further member of a teacher soup: its best and last checkpoints, weights and two Adam
+    moments each, are kept until the soup is made)."""
     weights = sum(f.stat().st_size for f in Path(teacher_dir).glob("*.safetensors")) if Path(teacher_dir).is_dir() else 0
-    need = (8 + 3 * (soup - 1)) * weights
+    need = (8 + 6 * (soup - 1)) * weights
     probe = out
     while not probe.exists():
         probe = probe.parent

@@ -58,19 +58,39 @@ def wise_ft(finetuned, pretrained, alpha: float):
     return out
 
 
+def _weights(model) -> list[tuple[str, torch.Tensor]]:
+    """A model's floating-point parameters and buffers, each once: a tied weight (e.g. a masked-LM's
+    decoder sharing the word embeddings) is listed under one name, as `named_parameters` lists it."""
+    return [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
+
+
 @torch.no_grad()
+def add_into(total, model) -> None:
+    """`total`'s weights += `model`'s (same architecture): a soup's running sum."""
+    other = dict(_weights(model))
+    for name, t in _weights(total):
+        t.add_(other[name])
+
+
+@torch.no_grad()
+def scale(model, factor: float) -> None:
+    for _, t in _weights(model):
+        t.mul_(factor)
+
+
 def uniform_soup(models: list) -> torch.nn.Module:
     """A uniform model soup (Wortsman et al., ICML 2022): models[0] with every floating-point weight
     replaced by the mean of that weight over `models` (fine-tuned from the same pretrained weights and
-    head initialisation). Changes models[0] in place, to hold one model's memory rather than N + 1."""
-    soup = models[0]
-    states = [m.state_dict() for m in models[1:]]
-    for name, tensor in soup.state_dict().items():
-        if tensor.is_floating_point():
-            for other in states:
-                tensor.add_(other[name])
-            tensor.div_(len(models))
-    return soup
+    head initialisation). Changes models[0] in place."""
+    for m in models[1:]:
+        add_into(models[0], m)
+    scale(models[0], 1 / len(models))
+    return models[0]
+
+
+# Training seed of soup member k (k = 0 is the run's own seed, so member 1 is the teacher a run without a
+# soup trains): far apart, so that `--seeds` runs' soups share no member's data order or dropout.
+SOUP_SEED_STRIDE = 1000
 
 
 def _validation_stats(env: StageEnv, model) -> dict:
@@ -81,26 +101,38 @@ def _validation_stats(env: StageEnv, model) -> dict:
 
 def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
     n = env.cfg.teacher.soup
-    members = []
+    soup, rows = None, []
     for k in range(n):
         # every member starts from the same head (the seed's); its own training seed moves the data order
-        # and dropout. Members train one after the other, each resumable from its own checkpoints.
+        # and dropout. Members train one after the other. Member 1 works and logs under the stage's own key
+        # (its curve is the teacher's in the report's loss plot); member k under `<key>.member<k>`, its
+        # own work directory, so each resumes on its own after a kill.
         set_seed(env.cfg.seed)
         model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
         # saved in config.json and copied into every student built from this teacher
         normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
-        member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=env.cfg.seed + k))
-        members.append(member_env.fit(model, env.cfg.teacher.train, key if n == 1 else f"{key}.member{k + 1}",
-                                      fingerprint))
-    model, stats = members[0]
+        seed = env.cfg.seed + SOUP_SEED_STRIDE * k
+        member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=seed))
+        model, stats = member_env.fit(model, env.cfg.teacher.train, key if k == 0 else f"{key}.member{k + 1}",
+                                      fingerprint)
+        rows.append((seed, stats))
+        if soup is None:
+            soup = model
+        else:
+            add_into(soup, model)  # a running sum: one member in memory besides it
+            del model
+    model, stats = soup, rows[0][1]
     if n > 1:
-        stats = {**stats, "seconds": round(sum(st["seconds"] for _, st in members), 2),
-                 "steps": sum(st["steps"] for _, st in members),
-                 "soup": [{"seed": env.cfg.seed + k, "validation": st["validation"], "seconds": st["seconds"],
-                           "best_checkpoint": st["best_checkpoint"]} for k, (_, st) in enumerate(members)]}
-        model = uniform_soup([m for m, _ in members])
-        del members
-        stats["validation"] = _validation_stats(env, model)  # the soup's, in place of the first member's
+        scale(model, 1 / n)
+        stats = {**stats, "seconds": round(sum(st["seconds"] for _, st in rows), 2),
+                 "steps": sum(st["steps"] for _, st in rows),
+                 "loss": None,  # the soup was not trained: each member's loss is in its row
+                 "best_checkpoint": None, "resumed_from": None,
+                 "soup": [{"seed": seed, **{f: st[f] for f in ("validation", "loss", "epoch_losses", "seconds", "steps",
+                                                               "best_checkpoint", "resumed_from")}}
+                          for seed, st in rows]}
+        # the soup's own, in fp32 (members' figures come from the Trainer's pass, in its precision)
+        stats["validation"] = _validation_stats(env, model)
     alpha = env.cfg.teacher.wise_alpha
     if alpha < 1:
         model = wise_ft(model, load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle), alpha)
