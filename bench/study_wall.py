@@ -64,6 +64,7 @@ def useful_flops(run: Path) -> dict:
     from distillora.config import load_config
     from distillora.data import encode, load_splits
 
+    from distillora.fileio import read_json
     from distillora.rundir import RunDir
 
     rd = RunDir(run)
@@ -86,8 +87,10 @@ def useful_flops(run: Path) -> dict:
         # (2PT); frozen lower layers (train.freeze_lower_layers) take no backward at all
         above = max(depth - tc.freeze_lower_layers, 0) / depth
         per_token = 4 if kind == "lora" else 2 + 4 * above
-        train = per_token * p * tokens["train"] * epochs
-        f = train + 2 * p * (tokens["validation"] * (epochs + 1) + tokens["test"])
+        # a teacher soup (teacher.soup) trains, and validates each epoch, every member
+        members = len(read_json(rd.marker(m["name"]))["train"].get("soup") or [None])
+        train = per_token * p * tokens["train"] * epochs * members
+        f = train + 2 * p * (tokens["validation"] * (epochs * members + 1) + tokens["test"])
         if m["name"] == "teacher":
             f += 2 * p * tokens["train"]  # the cached teacher outputs for distillation
         parts[m["name"]] = f

@@ -140,3 +140,5 @@ def test_a_study_with_a_soup_records_its_members_and_cleans_their_checkpoints(tm
     assert not RunDir(out).checkpoints_dir.exists()
     results = RunDir(out).results()
     assert {m.name for m in results.models} == {"teacher", "odd", "lora", "baseline"}
+    assert results.by_name()["teacher"].objective.endswith("a uniform soup of 2 such teachers")
+    assert "The teacher is a uniform soup of 2 such teachers" in (out / "report.md").read_text()

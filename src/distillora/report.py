@@ -329,6 +329,11 @@ def write_report(out: Path, results: Results | dict, cfg: StudyConfig) -> None:
     lines += ["", "Training loss is the mean over the last epoch of each model's own objective. Throughput is "
               "test-split inference with length-sorted batches, measured on this machine. Hyper-parameters and "
               "epochs were selected on the validation split; the test split was read once per model.", ""]
+    for m in results["models"]:
+        if "soup" in (m.get("objective") or ""):  # teacher.soup: say so, and why it shows no training loss
+            lines += [f"The {m['name']} is {m['objective'].split('; ', 1)[1]} (each fine-tuned on all weights "
+                      f"with its own training seed), averaged weight by weight: it has no training loss of its "
+                      f"own, and its loss curve is the first member's.", ""]
     lines += ["## Data", "",
               f"- Source: `{ds['source']}`; rows used: {ds['rows']}; dropped empty texts: {ds['dropped_empty']}; "
               f"exact duplicate texts: {ds['duplicates']}; labels: {ds['label_names']}.", ""]

@@ -28,7 +28,9 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         # keep the fingerprints they had
         fingerprint_inputs=(data, cfg.seed, cfg.selection_metric, teacher, cfg.class_weights)
         + ((cfg.group_weights, cfg.data.category_column) if cfg.group_weights else ()),
-        teacher_layers=list(range(1, depth + 1)), objective="cross-entropy, all weights fine-tuned",
+        teacher_layers=list(range(1, depth + 1)),
+        objective="cross-entropy, all weights fine-tuned" + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
+                                                             if cfg.teacher.soup > 1 else ""),
         train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key), action=f"fine-tuning {cfg.teacher.source}")]
 
 
