@@ -37,6 +37,7 @@ from distillora.config import load_config  # noqa: E402
 from distillora.data import as_saved, encode, load_splits, load_table  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
 from distillora.inference.timing import cpu_name  # noqa: E402
+from distillora.stages.teacher import uniform_soup  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe import DEV, REPO, scores  # noqa: E402
@@ -58,14 +59,8 @@ def check_members(paths: list[str], models: list[torch.nn.Module]) -> None:
 
 
 def averaged(models: list[torch.nn.Module]) -> torch.nn.Module:
-    """A copy of models[0] whose floating-point weights are the members' uniform mean."""
-    out = copy.deepcopy(models[0])
-    states = [m.state_dict() for m in models]
-    with torch.no_grad():
-        for name, w in out.state_dict().items():
-            if w.is_floating_point():
-                w.copy_(torch.stack([s[name].float() for s in states]).mean(0).to(w.dtype))
-    return out
+    """The members' uniform soup, as `teacher.soup` makes it, in a copy (the members stay as they are)."""
+    return uniform_soup([copy.deepcopy(models[0]), *models[1:]])
 
 
 def main() -> None:

@@ -97,16 +97,20 @@ def group_factors(split: Split, cfg) -> np.ndarray | None:
     return factors
 
 
-def check_token_masking(cfg, tokenizer) -> None:
-    """Refuse `*.train.token_mask_prob` > 0 where the tokenizer has no mask token: called once the
-    tokenizer is loaded, before a run writes anything (`fit` refuses too, for the benches)."""
-    if getattr(tokenizer, "mask_token_id", None) is not None:
-        return
-    bad = [f"{sec}.train.token_mask_prob = {getattr(cfg, sec).train.token_mask_prob}"
-           for sec in ("teacher", "distill", "lora", "baseline") if getattr(cfg, sec).train.token_mask_prob]
-    if bad:
+def refuse_without_mask_token(tokenizer, settings: dict[str, float]) -> None:
+    """UserError naming every positive `token_mask_prob` in `settings` ({key as the user wrote it: value})
+    when `tokenizer` has no mask token to mask with."""
+    bad = [f"{key} = {p}" for key, p in settings.items() if p]
+    if bad and getattr(tokenizer, "mask_token_id", None) is None:
         raise UserError(f"{'; '.join(bad)}: the teacher's tokenizer has no mask token to mask with; set "
                         f"{'it' if len(bad) == 1 else 'them'} to 0")
+
+
+def check_token_masking(cfg, tokenizer) -> None:
+    """`refuse_without_mask_token` for every stage's settings: called once the tokenizer is loaded, before
+    a run writes anything (`fit` refuses too, for the benches)."""
+    refuse_without_mask_token(tokenizer, {f"{sec}.train.token_mask_prob": getattr(cfg, sec).train.token_mask_prob
+                                          for sec in ("teacher", "distill", "lora", "baseline")})
 
 
 def with_group_weights(encoded: Encoded, factors: np.ndarray | None) -> Encoded:
@@ -302,11 +306,8 @@ class StudyTrainer(Trainer):
         super().__init__(*a, **kw)
         self.objective = objective
         self.token_mask_prob = token_mask_prob
-        if token_mask_prob:
+        if token_mask_prob:  # `fit` has refused a tokenizer without a mask token
             tok = self.processing_class
-            if getattr(tok, "mask_token_id", None) is None:
-                raise UserError(f"train.token_mask_prob = {token_mask_prob}: the model's tokenizer has no mask "
-                                f"token; set it to 0")
             self._mask_id, self._special_ids = tok.mask_token_id, torch.tensor(tok.all_special_ids)
         self.sparse_embeddings = sparse_embeddings
         self.layer_lr_decay = layer_lr_decay
@@ -638,9 +639,7 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     validation, resume from `work_dir`'s last checkpoint if one exists and was made with the same
     `fingerprint`. `callbacks`: more TrainerCallbacks (the benches' measurements). Returns the best
     model and {loss (mean of last epoch), seconds, steps, validation}."""
-    if tc.token_mask_prob and tokenizer.mask_token_id is None:
-        raise UserError(f"{stage}: train.token_mask_prob = {tc.token_mask_prob}, but the model's tokenizer has no "
-                        f"mask token; set it to 0")
+    refuse_without_mask_token(tokenizer, {f"{stage}: train.token_mask_prob": tc.token_mask_prob})
     embeddings = model.get_input_embeddings()
     if tc.freeze_word_embeddings:
         embeddings.weight.requires_grad_(False)
