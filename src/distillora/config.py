@@ -164,6 +164,13 @@ class StudyConfig:
         "balanced", "Cross-entropy class weights of every stage: balanced (n / (C * n_c) from the training "
                     "split), a list of one weight per label, or null for none. Default balanced: the deployment "
                     "prior is unknown, so no class is favoured for being frequent in train.")
+    logit_adjustment: float = _f(
+        0.0, "Logit-adjusted cross-entropy (Menon et al., ICLR 2021): every stage's hard-label loss adds "
+             "tau * log(prior) to the logits (the prior: the training split's label frequencies), so the "
+             "model's own logits aim at the balanced error, as if every label were equally likely. Class "
+             "weights lose their effect once a model fits its training data (Byrd & Lipton, ICML 2019); the "
+             "margin this asks of a rare label stays. tau: 0 (off) or more, 1 for the balanced error; use "
+             "with class_weights: null, or the prior is corrected twice.")
     group_weights: Union[str, None] = _f(
         None, "Group-balanced cross-entropy weights (Idrissi et al., CLeaR 2022): balanced gives every group of "
               "a label (the values of data.category_column in train, e.g. the target group of a hate tweet) the "
@@ -352,6 +359,9 @@ def validate(cfg: StudyConfig) -> list[str]:
     elif isinstance(cw, list) and (len(cw) != len(d.label_names) or not all(0 < w < float("inf") for w in cw)):
         errs.append(f"class_weights = {cw!r}: give {len(d.label_names)} positive finite weights, one per label "
                     f"({', '.join(d.label_names)})")
+    if not (isinstance(cfg.logit_adjustment, (int, float)) and 0 <= cfg.logit_adjustment < float("inf")):
+        errs.append(f"logit_adjustment = {cfg.logit_adjustment!r}: give a number, 0 (off) or more (1: the balanced "
+                    f"error)")
     if cfg.group_weights is not None and cfg.group_weights != "balanced":
         errs.append(f"group_weights = {cfg.group_weights!r}: use balanced or null")
     if cfg.group_weights is not None and not d.category_column:

@@ -64,6 +64,7 @@ class LossInputs:
     temperature: float = 2.0
     class_weights: torch.Tensor | None = None
     sample_weight: torch.Tensor | None = None  # (B,) per-example weights (`group_weights`), or None
+    logit_offset: torch.Tensor | None = None   # (C,) tau * log prior (`logit_adjustment`), or None
 
 
 @dataclass(frozen=True)
@@ -129,14 +130,20 @@ def total_loss(x: LossInputs, weights: dict[str, float]) -> tuple[torch.Tensor, 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                            class_weights: torch.Tensor | None = None,
-                           sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+                           sample_weight: torch.Tensor | None = None,
+                           logit_offset: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy, each example weighted by its class's weight (and by its own `sample_weight`, the
     group weights), averaged over the batch: mean_i(w[y_i] * s_i * nll_i). Unlike torch's `weight=`
     (which divides by the sum of the weights in the batch), this keeps the mean of two half-batches
     equal to the mean of the whole batch, so data-parallel processes take the same step as one process;
-    `balanced` weights average 1 over the training split, so the loss keeps its scale. Shapes: logits
-    (B, C), labels (B,), class weights (C,), sample weights (B,)."""
-    nll = F.cross_entropy(logits.float(), labels, reduction="none")
+    `balanced` weights average 1 over the training split, so the loss keeps its scale. `logit_offset`
+    (C,), tau * log prior, is added to the logits first: the logit-adjusted loss of Menon et al. (ICLR
+    2021), whose minimiser's raw logits aim at the balanced error. Shapes: logits (B, C), labels (B,),
+    class weights (C,), sample weights (B,)."""
+    logits = logits.float()
+    if logit_offset is not None:
+        logits = logits + logit_offset.to(logits.device)
+    nll = F.cross_entropy(logits, labels, reduction="none")
     if class_weights is not None:
         nll = class_weights.to(logits.device)[labels] * nll
     if sample_weight is not None:
@@ -152,8 +159,8 @@ def _need(x: LossInputs, key: str, term_name: str) -> torch.Tensor:
 
 @term("ce", describe="CE")
 def ce_loss(x: LossInputs) -> torch.Tensor:
-    """Hard-label (class-weighted) cross-entropy."""
-    return weighted_cross_entropy(x.logits, x.labels, x.class_weights, x.sample_weight)
+    """Hard-label (class-weighted, logit-adjusted) cross-entropy."""
+    return weighted_cross_entropy(x.logits, x.labels, x.class_weights, x.sample_weight, x.logit_offset)
 
 
 @term("kd", teacher=("teacher_logits",), describe="T^2*KL")

@@ -57,6 +57,15 @@ def class_weight_vector(spec, labels: np.ndarray, num_labels: int) -> torch.Tens
     return torch.tensor([float(x) for x in spec], dtype=torch.float32)
 
 
+def logit_offset_vector(tau: float, labels, num_labels: int) -> torch.Tensor | None:
+    """tau * log(prior) (C,), the prior counted on the training split, for config `logit_adjustment`;
+    None when tau is 0. A label absent from the split counts as one example, so its offset stays finite."""
+    if not tau:
+        return None
+    counts = np.maximum(np.bincount(np.asarray(labels), minlength=num_labels).astype(float), 1.0)
+    return torch.tensor(tau * np.log(counts / counts.sum()), dtype=torch.float32)
+
+
 def group_weight_factors(labels, groups: list[str]) -> np.ndarray:
     """Per-example loss factors of config `group_weights: balanced`: within each label, every group (a
     value of `data.category_column`; an empty one is a group of its own) gets the same total weight, as
@@ -398,35 +407,39 @@ class _EpochLoss(TrainerCallback):
 class CrossEntropy:
     """The objective of the teacher, the baseline and a LoRA student with `lora.objective: ce`: the
     model's own cross-entropy, or a weighted one when `class_weights` (C,) is set or the batch carries
-    per-example weights (`group_weights`)
-    (transformers' heads take no weights). Called as (model, batch) -> (loss, outputs), or None
+    per-example weights (`group_weights`), logit-adjusted when `logit_offset` (C,) is set
+    (transformers' heads take neither). Called as (model, batch) -> (loss, outputs), or None
     where the Trainer's own loss is the same thing."""
 
-    def __init__(self, class_weights: torch.Tensor | None = None):
+    def __init__(self, class_weights: torch.Tensor | None = None, logit_offset: torch.Tensor | None = None):
         self.class_weights = class_weights
+        self.logit_offset = logit_offset
 
     def __call__(self, model, inputs: dict):
         weight = inputs.pop(SAMPLE_WEIGHT, None)  # training batches under `group_weights` carry one
-        if (self.class_weights is None and weight is None) or "labels" not in inputs:
+        plain = self.class_weights is None and weight is None and self.logit_offset is None
+        if plain or "labels" not in inputs:
             return None
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        return weighted_cross_entropy(outputs.logits, labels, self.class_weights, weight), outputs
+        return weighted_cross_entropy(outputs.logits, labels, self.class_weights, weight, self.logit_offset), outputs
 
 
 class Distillation:
     """The distilled students' objective: the weighted sum of the loss terms registered in `losses`
     whose weight in `distill` is positive. Reads the cached teacher outputs (`teacher_*`) from the
     batch; evaluation batches carry none and fall back to the (class-weighted) cross-entropy. Class
-    and group weights weigh the hard-label term only: the soft terms follow the teacher on every example.
+    and group weights and the logit adjustment apply to the hard-label term only: the soft terms follow
+    the teacher on every example (whose own logits were trained under the same adjustment).
     `layer_map[i]`: the teacher layer (1-based) student layer i+1 was copied from."""
 
     def __init__(self, distill: DistillConfig, layer_map: list[int] | None = None,
-                 class_weights: torch.Tensor | None = None):
+                 class_weights: torch.Tensor | None = None, logit_offset: torch.Tensor | None = None):
         self.weights = losses.weights_of(distill)
         self.temperature = distill.temperature
         self.layer_map = layer_map
         self.class_weights = class_weights
+        self.logit_offset = logit_offset
         self.student_hidden = losses.needs_student_hidden(self.weights)
 
     @property
@@ -436,12 +449,12 @@ class Distillation:
     def __call__(self, model, inputs: dict):
         teacher = {k: inputs.pop(k) for k in list(inputs) if k.startswith("teacher_")}
         if not teacher:
-            return CrossEntropy(self.class_weights)(model, inputs)
+            return CrossEntropy(self.class_weights, self.logit_offset)(model, inputs)
         weight = inputs.pop(SAMPLE_WEIGHT, None)
         outputs = model(**inputs, output_hidden_states=self.student_hidden)
         x = losses.LossInputs(outputs.logits, inputs["labels"], inputs.get("attention_mask"),
                               outputs.hidden_states if self.student_hidden else None, teacher,
-                              self.layer_map, self.temperature, self.class_weights, weight)
+                              self.layer_map, self.temperature, self.class_weights, weight, self.logit_offset)
         return losses.total_loss(x, self.weights)[0], outputs
 
 
@@ -634,8 +647,9 @@ def _logged_evaluation(state) -> dict | None:
 
 def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, *, work_dir: Path,
         log_path: Path, stage: str, seed: int, selection_metric: str, quiet: bool, fingerprint: str,
-        class_weights: torch.Tensor | None = None, objective=None, callbacks: tuple = ()) -> tuple[torch.nn.Module, dict]:
-    """Train `model` on `objective` (default: CrossEntropy(class_weights)), keep the epoch best on
+        class_weights: torch.Tensor | None = None, logit_offset: torch.Tensor | None = None, objective=None,
+        callbacks: tuple = ()) -> tuple[torch.nn.Module, dict]:
+    """Train `model` on `objective` (default: CrossEntropy(class_weights, logit_offset)), keep the epoch best on
     validation, resume from `work_dir`'s last checkpoint if one exists and was made with the same
     `fingerprint`. `callbacks`: more TrainerCallbacks (the benches' measurements). Returns the best
     model and {loss (mean of last epoch), seconds, steps, validation}."""
@@ -661,7 +675,7 @@ def fit(model, train: Encoded, validation: Encoded, tokenizer, tc: TrainConfig, 
     trainer = StudyTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                   data_collator=Collator(tokenizer), processing_class=tokenizer,
                   compute_metrics=compute_metrics, callbacks=callbacks,
-                           objective=objective or CrossEntropy(class_weights), sparse_embeddings=embeddings.sparse,
+                           objective=objective or CrossEntropy(class_weights, logit_offset), sparse_embeddings=embeddings.sparse,
                            layer_lr_decay=tc.layer_lr_decay, token_mask_prob=tc.token_mask_prob)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

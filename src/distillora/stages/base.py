@@ -15,7 +15,7 @@ import torch
 from ..config import StudyConfig
 from ..data import Encoded, length_sorted_batches
 from ..losses import TEACHER_OUTPUTS as OUTPUT_SPECS
-from ..training import Distillation, class_weight_vector, fit, use_bf16
+from ..training import Distillation, class_weight_vector, fit, logit_offset_vector, use_bf16
 
 log = logging.getLogger("distillora")
 
@@ -62,16 +62,23 @@ class StageEnv:
     def log_path(self, stage: str) -> Path:
         return self.rundir.log(stage)
 
-    def class_weights(self) -> torch.Tensor | None:
+    def _train_labels(self) -> tuple[list[int], int]:
+        """The training split's labels and the number of labels: the resolved label names (the study
+        fills in inferred ones), else the labels the data holds."""
         labels = [x["labels"] for x in self.train.items]
-        # the resolved label names (the study fills in inferred ones); else the labels the data holds
-        n = len(self.cfg.data.label_names) if self.cfg.data.label_names else max(labels) + 1
-        return class_weight_vector(self.cfg.class_weights, labels, n)
+        return labels, len(self.cfg.data.label_names) if self.cfg.data.label_names else max(labels) + 1
+
+    def class_weights(self) -> torch.Tensor | None:
+        return class_weight_vector(self.cfg.class_weights, *self._train_labels())
+
+    def logit_offset(self) -> torch.Tensor | None:
+        """tau * log(prior) of config `logit_adjustment`, the prior counted on the training split."""
+        return logit_offset_vector(self.cfg.logit_adjustment, *self._train_labels())
 
     def distillation(self, layer_map: list[int]) -> Distillation:
         """The distillation objective (`distill.*` weights and temperature) for a student whose layer i+1
         was copied from teacher layer layer_map[i]."""
-        return Distillation(self.cfg.distill, list(layer_map), self.class_weights())
+        return Distillation(self.cfg.distill, list(layer_map), self.class_weights(), self.logit_offset())
 
     def fit(self, model, tc, key: str, fingerprint: str, train: Encoded | None = None, objective=None,
             callbacks: tuple = ()):
@@ -81,7 +88,8 @@ class StageEnv:
         return fit(model, self.train if train is None else train, self.validation, self.tokenizer, tc,
                    work_dir=self.work_dir(key), log_path=self.log_path(key), stage=key, seed=self.cfg.seed,
                    selection_metric=self.cfg.selection_metric, quiet=self.quiet, fingerprint=fingerprint,
-                   class_weights=self.class_weights(), objective=objective, callbacks=callbacks)
+                   class_weights=self.class_weights(), logit_offset=self.logit_offset(), objective=objective,
+                   callbacks=callbacks)
 
 
 class StageContext:

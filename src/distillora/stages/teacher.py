@@ -24,10 +24,11 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
     teacher = stable_section(resolved, "teacher", drop=("allow_pickle",))  # a permission, not a setting
     return [Stage(
         name="teacher", kind=Kind.TEACHER, section="teacher", consumes=(),
-        # group weights (and then the column that names the groups) only when set, so runs without them
-        # keep the fingerprints they had
+        # group weights (and then the column that names the groups) and the logit adjustment only when
+        # set, so runs without them keep the fingerprints they had
         fingerprint_inputs=(data, cfg.seed, cfg.selection_metric, teacher, cfg.class_weights)
-        + ((cfg.group_weights, cfg.data.category_column) if cfg.group_weights else ()),
+        + ((cfg.group_weights, cfg.data.category_column) if cfg.group_weights else ())
+        + ((("logit_adjustment", cfg.logit_adjustment),) if cfg.logit_adjustment else ()),
         teacher_layers=list(range(1, depth + 1)),
         objective="cross-entropy, all weights fine-tuned" + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
                                                              if cfg.teacher.soup > 1 else ""),
