@@ -26,7 +26,10 @@ def test_override_keeps_other_section_defaults(tmp_path):
 
 @pytest.mark.parametrize("overrides,needle", [
     (["teacher.trian.epochs=1"], "unknown key `teacher.trian`"),
-    (["distill.temperature=hot"], "`distill.temperature` = 'hot' has the wrong type"),
+    (["distill.temperature=hot"], "`distill.temperature` = 'hot' has the wrong type; expected a number. Softmax temperature"),
+    # the type in words and the setting's first help sentence, which names the values it takes
+    (["group_weights=true"], "`group_weights` = True has the wrong type; expected text or null. Group-balanced"),
+    (["seeds=x"], "expected a list (each item a whole number)"),
     (["distill.temperature=0"], "distill.temperature = 0.0: must be > 0"),
     (["distill.students={odd: [1, 1]}"], "more than once"),
     (["distill.students={odd: []}"], "non-empty"),

@@ -28,7 +28,7 @@ GOOD = "tweet,label\n" + "".join(f"fine tweet {i},0\nhateful tweet {i},1\n" for 
 # (case id, overrides, train csv (None: the good one), test csv (None: good), needles in the message)
 CASES = [
     ("unknown key", ["teacher.epochz=1"], None, None, ["unknown key `teacher.epochz`"]),
-    ("wrong type", ["seed=abc"], None, None, ["`seed` = 'abc'", "expected int"]),
+    ("wrong type", ["seed=abc"], None, None, ["`seed` = 'abc'", "expected a whole number"]),
     ("layer out of range", ["distill.students={odd: [1, 9]}"], None, None, ["distill.students.odd", "[9]", "layers 1..4"]),
     ("duplicate layers", ["baseline.layers=[2, 2]"], None, None, ["baseline.layers", "more than once"]),
     ("empty layer list", ["lora.layers=[]"], None, None, ["lora.layers", "non-empty"]),

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -221,7 +222,25 @@ def _as_float(text: str) -> float | None:
 
 
 def _type_name(tp: Any) -> str:
+    """`tp` in words: what a user writes in YAML ("a number", "text or null", "a list of whole numbers")."""
+    words = {str: "text", float: "a number", int: "a whole number", bool: "true or false", type(None): "null",
+             Any: "any value"}
+    if tp in words:
+        return words[tp]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"a list (each item {_type_name(args[0])})"
+    if origin is dict:
+        return f"a mapping ({_type_name(args[0])} to {_type_name(args[1])})"
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _help_sentence(f) -> str:
+    """The first sentence of a field's help text, for an error message."""
+    text = f.metadata.get("help", "")
+    return re.split(r"(?<=\.)\s+(?=[A-Z])", text)[0] if text else ""
 
 
 def _build(obj, raw: dict, prefix: str, errors: list[str], where: str):
@@ -246,7 +265,8 @@ def _build(obj, raw: dict, prefix: str, errors: list[str], where: str):
         elif tp is float and isinstance(value, str) and _as_float(value) is not None:
             setattr(obj, key, _as_float(value))  # YAML 1.1 reads `1e-4` (no dot) as a string
         else:
-            errors.append(f"{where}: `{dotted}` = {value!r} has the wrong type; expected {_type_name(tp)}")
+            errors.append(f"{where}: `{dotted}` = {value!r} has the wrong type; expected {_type_name(tp)}. "
+                          f"{_help_sentence(fields[key])}".rstrip())
     return obj
 
 
