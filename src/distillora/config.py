@@ -94,6 +94,10 @@ class DataConfig:
                                                    "hate_speech_twitter) or a list of steps; see distillora.normalize.")
     extra_tests: dict[str, str] = _f({}, "Extra labelled test sets, name -> file (csv/jsonl/parquet with the same "
                                          "text and label columns); every model is evaluated on each.")
+    extra_train: list[str] = _f([], "Extra labelled training files (csv/jsonl/parquet with the same text and label "
+                                     "columns), added to the training split after the validation carve: every "
+                                     "model trains on them, and they are never in validation or test (e.g. "
+                                     "authored counterfactual pairs, configs/augment/).")
     sep: str = _f(",", "Field separator of csv files (one character, e.g. \"\\t\" for tab-separated files).")
 
 
@@ -486,7 +490,7 @@ def to_yaml(cfg) -> str:
 
 # keys added after runs existed: at these values they are left out of a section's fingerprint, so the
 # finished stages of those runs stay finished
-NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}}, "distill": {"weights": {}},
+NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}, "extra_train": []}, "distill": {"weights": {}},
                     "teacher": {"soup": 1}}
 
 

@@ -48,6 +48,14 @@ class Split:
         pick = (lambda xs: None if xs is None else [xs[i] for i in idx])
         return Split(pick(self.texts), self.labels[idx], pick(self.categories), pick(self.pairs))
 
+    def __add__(self, other: "Split") -> "Split":
+        """The rows of both, `self`'s first. A side without categories gets empty ones where the other has
+        them; pairs are both or neither (the same `data.text_pair_column` reads both)."""
+        def both(a, b, fill):
+            return None if a is None and b is None else (a or [fill] * len(self)) + (b or [fill] * len(other))
+        return Split(self.texts + other.texts, np.concatenate([self.labels, other.labels]),
+                     both(self.categories, other.categories, ""), both(self.pairs, other.pairs, ""))
+
 
 @dataclass
 class Splits:
@@ -327,6 +335,12 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         raise UserError(f"{names[0]}: cannot carve a stratified validation split ({e}); add rows or "
                         f"change data.validation_fraction") from None
     train, validation = full.take(np.sort(tr_idx)), full.take(np.sort(va_idx))
+    extra_rows = {}
+    for i, path in enumerate(cfg.extra_train):  # after the carve: validation stays the source's own rows
+        if not Path(path).is_file():
+            raise UserError(f"data.extra_train[{i}] = {path!r}: file not found; fix the path or remove the entry")
+        extra = load_table(path, cfg, label_names)
+        train, extra_rows[str(path)] = train + extra, len(extra)
     test = Split(te_v["texts"], te_v["labels"], te_v["categories"], te_v["pairs"])
     info = {
         "source": cfg.source if not cfg.train_file else {"train": cfg.train_file, "test": cfg.test_file},
@@ -340,6 +354,8 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
                          for s, x in (("train", train), ("validation", validation), ("test", test))},
         "max_train_rows": cfg.max_train_rows,
     }
+    if extra_rows:
+        info["extra_train_rows"] = extra_rows  # included in rows.train and label_counts.train
     if cfg.text_pair_column is not None:
         info["text_pair_column"] = cfg.text_pair_column
     if cfg.where:

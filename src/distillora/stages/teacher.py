@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from transformers import AutoModelForSequenceClassification, set_seed
 from .. import normalize
 from ..config import stable_section
 from ..evaluate import predict_proba
+from ..fileio import sha256
 from ..training import compute_metrics
 from .base import Kind, Stage, StageEnv, register
 
@@ -28,7 +30,10 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         # set, so runs without them keep the fingerprints they had
         fingerprint_inputs=(data, cfg.seed, cfg.selection_metric, teacher, cfg.class_weights)
         + ((cfg.group_weights, cfg.data.category_column) if cfg.group_weights else ())
-        + ((("logit_adjustment", cfg.logit_adjustment),) if cfg.logit_adjustment else ()),
+        + ((("logit_adjustment", cfg.logit_adjustment),) if cfg.logit_adjustment else ())
+        # extra training files by content too: an edited file retrains (a missing one: load_splits refused)
+        + ((("extra_train", [sha256(Path(p)) if Path(p).is_file() else None for p in cfg.data.extra_train]),)
+           if cfg.data.extra_train else ()),
         teacher_layers=list(range(1, depth + 1)),
         objective="cross-entropy, all weights fine-tuned" + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
                                                              if cfg.teacher.soup > 1 else ""),

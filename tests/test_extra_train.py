@@ -1,0 +1,63 @@
+"""`data.extra_train`: extra labelled training files, added after the validation carve."""
+
+import pytest
+
+from distillora.config import load_config
+from distillora.data import load_splits
+from distillora.errors import UserError
+
+
+def _extra(tmp_path, rows: str, name: str = "extra.csv"):
+    path = tmp_path / name
+    path.write_text("tweet,label,categories\n" + rows)
+    return path
+
+
+def _cfg(small_data, *extra):
+    return load_config(None, [f"data.source={small_data}", "data.validation_fraction=0.25", *extra]).data
+
+
+def test_extra_rows_join_train_after_the_carve_and_never_validation_or_test(tmp_path, small_data):
+    path = _extra(tmp_path, "women are worthless,1,Gender\nwomen are wonderful,0,\nthis traffic is awful,0,\n")
+    plain = load_splits(_cfg(small_data), 42)
+    more = load_splits(_cfg(small_data, f"data.extra_train=[{path}]"), 42)
+    assert more.validation.texts == plain.validation.texts and more.test.texts == plain.test.texts
+    assert more.train.texts == plain.train.texts + ["women are worthless", "women are wonderful", "this traffic is awful"]
+    assert more.train.labels.tolist() == plain.train.labels.tolist() + [1, 0, 0]
+    assert more.train.categories[-3:] == ["Gender", "", ""]
+    assert more.info["rows"]["train"] == plain.info["rows"]["train"] + 3
+    assert more.info["extra_train_rows"] == {str(path): 3}
+    assert more.info["label_counts"]["train"] == [plain.info["label_counts"]["train"][0] + 2,
+                                                  plain.info["label_counts"]["train"][1] + 1]
+
+
+def test_a_file_without_the_category_column_gets_empty_categories(tmp_path, small_data):
+    path = tmp_path / "plain.csv"
+    path.write_text("tweet,label\nold people are a burden,1\nold people are wise,0\n")
+    splits = load_splits(_cfg(small_data, f"data.extra_train=[{path}]"), 42)
+    assert splits.train.categories[-2:] == ["", ""] and len(splits.train.categories) == len(splits.train)
+
+
+def test_bad_extra_files_are_refused_with_what_to_fix(tmp_path, small_data):
+    with pytest.raises(UserError, match=r"data.extra_train\[0\] = .*missing.csv.*file not found"):
+        load_splits(_cfg(small_data, f"data.extra_train=[{tmp_path / 'missing.csv'}]"), 42)
+    bad = _extra(tmp_path, "fine,0,\nnot a label,7,\n", "bad.csv")
+    with pytest.raises(UserError, match=r"bad.csv.*line 3"):
+        load_splits(_cfg(small_data, f"data.extra_train=[{bad}]"), 42)
+
+
+def test_the_teacher_retrains_when_an_extra_file_changes_and_runs_without_one_keep_their_fingerprint(tmp_path):
+    from distillora import stages
+    from distillora.config import fingerprint, to_dict
+
+    def teacher_fp(overrides):
+        cfg = load_config(None, overrides)
+        (teacher,) = [s for s in stages.plan(cfg, to_dict(cfg), 12) if s.name == "teacher"]
+        return fingerprint(*teacher.fingerprint_inputs)
+
+    path = _extra(tmp_path, "a,1,Gender\nb,0,\n")
+    assert teacher_fp(["data.extra_train=[]"]) == teacher_fp([])
+    with_file = teacher_fp([f"data.extra_train=[{path}]"])
+    assert with_file != teacher_fp([])
+    path.write_text("tweet,label,categories\na,1,Gender\nb,1,Race\n")  # same path, edited rows
+    assert teacher_fp([f"data.extra_train=[{path}]"]) != with_file
