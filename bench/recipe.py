@@ -39,7 +39,7 @@ if __name__ == "__main__":  # time as a run does (distillora.hugepages, "Benches
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score  # noqa: E402
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
 from distillora import bundles, normalize  # noqa: E402
@@ -112,12 +112,15 @@ def mean_pooling(model):
 
 
 def scores(probs: np.ndarray, labels: np.ndarray, categories: list[str] | None = None) -> dict:
-    """Accuracy, balanced accuracy, macro F1; with `categories`, also the recall of label 1 in each
-    non-empty category, their mean and their minimum (group_weights' target: no group left behind)."""
+    """Accuracy, balanced accuracy, macro F1, each label's recall (which way a model errs); with
+    `categories`, also the recall of label 1 in each non-empty category, their mean and their minimum
+    (group_weights' target: no group left behind)."""
     pred = probs.argmax(1)
     out = {"accuracy": round(float(accuracy_score(labels, pred)), 4),
            "balanced_accuracy": round(float(balanced_accuracy_score(labels, pred)), 4),
-           "f1_macro": round(float(f1_score(labels, pred, average="macro")), 4)}
+           "f1_macro": round(float(f1_score(labels, pred, average="macro")), 4),
+           "recall": [round(float(r), 4) for r in recall_score(labels, pred, average=None,
+                                                                 labels=range(probs.shape[1]), zero_division=0)]}
     if categories is not None:
         hate = np.asarray(labels) == 1
         cats = np.asarray(categories, dtype=object)
