@@ -95,3 +95,15 @@ def test_quality_bars_default_to_the_reference_tasks_and_can_be_switched_off():
     assert "which meets the 97% target" in judged  # the student keeps 100% of the teacher's 0.5
     plain = "\n".join(analysis(results, None))
     assert "target" not in plain and "keeps 100.0% of the teacher's test accuracy (0.500)" in plain
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in REPO_CONFIGS.glob("*.yaml")))
+def test_every_presets_extra_training_files_load_from_the_repository_root(preset, monkeypatch):
+    """The presets name data.extra_train relative to the repository root, where the README's commands run."""
+    from distillora.data import load_table
+
+    cfg = load_config(REPO_CONFIGS / preset)
+    monkeypatch.chdir(REPO_CONFIGS.parent)
+    for path in cfg.data.extra_train:
+        split = load_table(path, cfg.data, cfg.data.label_names)
+        assert len(split) > 100 and set(split.labels.tolist()) == {0, 1}
