@@ -177,10 +177,15 @@ def main() -> None:
         model, _ = env.fit(model, lp, "lp", "lp-" + a.name)
         for p in body:
             p.requires_grad_(True)
-    # what the model's result depends on: a run resumed under the same name with other options would
-    # mix two recipes (and an average would cover only the steps after the resume)
+    # what the model's result depends on: a run resumed under the same name with other options (or
+    # another preset, or an edited extra training file) would mix two recipes (and an average would
+    # cover only the steps after the resume)
+    from distillora.config import fingerprint, to_dict
+    from distillora.fileio import sha256
+
     fp = "|".join([a.name, a.pooling, a.average_from, str(a.linear_probe_epochs), *a.overrides]
-                  + ([f"train_seed={a.train_seed}"] if a.train_seed is not None else []))
+                  + ([f"train_seed={a.train_seed}"] if a.train_seed is not None else [])
+                  + [fingerprint(to_dict(cfg), [sha256(Path(p)) for p in cfg.data.extra_train])])
     model, stats = env.fit(model, cfg.teacher.train, "teacher", fp, callbacks=tuple(averages))
     seconds = time.perf_counter() - t0
     if averages and stats["resumed_from"]:

@@ -107,3 +107,23 @@ def test_every_presets_extra_training_files_load_from_the_repository_root(preset
     for path in cfg.data.extra_train:
         split = load_table(path, cfg.data, cfg.data.label_names)
         assert len(split) > 100 and set(split.labels.tolist()) == {0, 1}
+
+
+def test_the_authored_training_pairs_share_no_sentence_with_the_dev_set_or_the_test_split(shared_data):
+    """configs/augment is training data: no row may equal, or nearly equal (normalised word sets at
+    Jaccard 0.6 or more), a sentence of the development set or of the test split (configs/augment/README.md)."""
+    import csv
+
+    from distillora.normalize import Normalizer, resolve
+
+    norm = Normalizer(resolve("hate_speech_twitter"))
+
+    def word_sets(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            return [set(norm(r["tweet"]).split()) for r in csv.DictReader(f)]
+
+    augment = word_sets(REPO_CONFIGS / "augment" / "counterfactual_pairs.csv")
+    for other in (REPO_CONFIGS / "dev" / "short_sentences.csv", shared_data / "test.csv"):
+        held_out = word_sets(other)
+        near = [a for a in augment if any(len(a & b) >= 0.6 * len(a | b) for b in held_out)]
+        assert not near, f"{len(near)} rows of configs/augment are (nearly) in {other.name}"

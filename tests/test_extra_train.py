@@ -38,12 +38,38 @@ def test_a_file_without_the_category_column_gets_empty_categories(tmp_path, smal
     assert splits.train.categories[-2:] == ["", ""] and len(splits.train.categories) == len(splits.train)
 
 
-def test_bad_extra_files_are_refused_with_what_to_fix(tmp_path, small_data):
+def test_bad_extra_files_are_refused_with_what_to_fix(tmp_path, small_data, monkeypatch):
     with pytest.raises(UserError, match=r"data.extra_train\[0\] = .*missing.csv.*file not found"):
         load_splits(_cfg(small_data, f"data.extra_train=[{tmp_path / 'missing.csv'}]"), 42)
+    # a relative path: the message says where it looked and from which directory
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"file not found \(looked for .*/configs/x.csv: a relative path is read "
+                                        r"from the current directory, .*\).*repository root"):
+        load_splits(_cfg(small_data, "data.extra_train=[configs/x.csv]"), 42)
     bad = _extra(tmp_path, "fine,0,\nnot a label,7,\n", "bad.csv")
-    with pytest.raises(UserError, match=r"bad.csv.*line 3"):
+    with pytest.raises(UserError, match=r"data.extra_train\[0\]: .*bad.csv.*line 3"):
         load_splits(_cfg(small_data, f"data.extra_train=[{bad}]"), 42)
+    with pytest.raises(UserError, match=r"data.extra_train\[0\] = .*train.csv.* is the data source's own train"):
+        load_splits(_cfg(small_data, f"data.extra_train=[{small_data / 'train.csv'}]"), 42)
+    with pytest.raises(UserError, match=r"named twice"):
+        _cfg(small_data, f"data.extra_train=[{bad}, {bad}]")
+
+
+def test_a_source_without_categories_keeps_none_and_rebuilt_splits_leave_the_extra_rows_out(tmp_path, small_data):
+    import pandas as pd
+
+    from distillora.data import as_saved
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("train.csv", "test.csv"):
+        pd.read_csv(small_data / name, keep_default_na=False).drop(columns=["categories"]).to_csv(plain / name, index=False)
+    path = _extra(tmp_path, "a,1,Gender\nb,0,\n")
+    splits = load_splits(_cfg(plain, f"data.extra_train=[{path}]"), 42)
+    assert splits.train.categories is None  # group_weights then refuses, as for the source alone
+    # export, check and the benches rebuild validation and test only: a moved training file cannot stop them
+    cfg = _cfg(small_data, "data.extra_train=[gone.csv]")
+    assert as_saved(cfg, tmp_path / "no-model").extra_train == []
 
 
 def test_the_teacher_retrains_when_an_extra_file_changes_and_runs_without_one_keep_their_fingerprint(tmp_path):
@@ -59,5 +85,24 @@ def test_the_teacher_retrains_when_an_extra_file_changes_and_runs_without_one_ke
     assert teacher_fp(["data.extra_train=[]"]) == teacher_fp([])
     with_file = teacher_fp([f"data.extra_train=[{path}]"])
     assert with_file != teacher_fp([])
+    moved = tmp_path / "elsewhere.csv"
+    moved.write_bytes(path.read_bytes())
+    assert teacher_fp([f"data.extra_train=[{moved}]"]) == with_file  # the content, not the path
     path.write_text("tweet,label,categories\na,1,Gender\nb,1,Race\n")  # same path, edited rows
     assert teacher_fp([f"data.extra_train=[{path}]"]) != with_file
+
+
+def test_a_whole_tiny_study_trains_on_the_extra_rows_and_its_report_says_so(tmp_path, tiny_teacher_dir, small_data):
+    from distillora.rundir import RunDir
+    from distillora.study import run_study
+
+    path = _extra(tmp_path, "".join(f"group {i} are vermin,1,Race\ngroup {i} are neighbours,0,\n" for i in range(5)))
+    cfg = load_config(None, [
+        "name=extra", f"data.source={small_data}", "data.validation_fraction=0.25", "data.max_length=32",
+        f"data.extra_train=[{path}]", f"teacher.source={tiny_teacher_dir}", "teacher.train.epochs=1",
+        "distill.train.epochs=1", "lora.train.epochs=1", "baseline.train.epochs=1", "lora.r=4", "lora.alpha=8",
+        "check.suites=[]"])
+    out = run_study(cfg, tmp_path / "run", quiet=True)
+    ds = RunDir(out).results().dataset
+    assert ds["extra_train_rows"] == {str(path): 10} and ds["rows"]["train"] == 60 + 10
+    assert f"`{path}`: 10" in (out / "report.md").read_text()

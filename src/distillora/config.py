@@ -86,7 +86,8 @@ class DataConfig:
                                                    "results (ignored when absent), and the groups that "
                                                    "group_weights balances (which then needs it in train).")
     validation_fraction: float = _f(0.1, "Share of train carved (stratified, seeded) as the validation split.")
-    max_train_rows: int | None = _f(None, "Use a stratified sample of this many train rows (before the carve).")
+    max_train_rows: int | None = _f(None, "Use a stratified sample of this many train rows (before the carve; "
+                                          "data.extra_train rows come on top).")
     max_length: int = _f(128, "Tokens kept per text (longer texts are truncated; only the first "
                               "20 * max_length characters are tokenised).")
     normalize: Union[str, list[str]] = _f("basic", "Text normaliser saved with every model and applied to every "
@@ -97,7 +98,9 @@ class DataConfig:
     extra_train: list[str] = _f([], "Extra labelled training files (csv/jsonl/parquet with the same text and label "
                                      "columns), added to the training split after the validation carve: every "
                                      "model trains on them, and they are never in validation or test (e.g. "
-                                     "authored counterfactual pairs, configs/augment/).")
+                                     "authored counterfactual pairs, configs/augment/). Relative paths are read "
+                                     "from the current directory; data.where applies to them too, "
+                                     "data.max_train_rows does not.")
     sep: str = _f(",", "Field separator of csv files (one character, e.g. \"\\t\" for tab-separated files).")
 
 
@@ -170,12 +173,13 @@ class StudyConfig:
                     "split), a list of one weight per label, or null for none. Default balanced: the deployment "
                     "prior is unknown, so no class is favoured for being frequent in train.")
     logit_adjustment: float = _f(
-        0.0, "Logit-adjusted cross-entropy (Menon et al., ICLR 2021): every stage's hard-label loss adds "
+        0.0, "tau >= 0 of the logit-adjusted cross-entropy (Menon et al., ICLR 2021); 0: off, 1: the balanced error. "
+             "Every stage's hard-label loss adds "
              "tau * log(prior) to the logits (the prior: the training split's label frequencies), so the "
              "model's own logits aim at the balanced error, as if every label were equally likely. Class "
              "weights lose their effect once a model fits its training data (Byrd & Lipton, ICML 2019); the "
-             "margin this asks of a rare label stays. tau: 0 (off) or more, 1 for the balanced error; use "
-             "with class_weights: null, or the prior is corrected twice.")
+             "margin this asks of a rare label stays. Use with class_weights: null, or the prior is corrected "
+             "twice.")
     group_weights: Union[str, None] = _f(
         None, "Group-balanced cross-entropy weights (Idrissi et al., CLeaR 2022): balanced gives every group of "
               "a label (the values of data.category_column in train, e.g. the target group of a hate tweet) the "
@@ -383,9 +387,11 @@ def validate(cfg: StudyConfig) -> list[str]:
     elif isinstance(cw, list) and (len(cw) != len(d.label_names) or not all(0 < w < float("inf") for w in cw)):
         errs.append(f"class_weights = {cw!r}: give {len(d.label_names)} positive finite weights, one per label "
                     f"({', '.join(d.label_names)})")
-    if not (isinstance(cfg.logit_adjustment, (int, float)) and 0 <= cfg.logit_adjustment < float("inf")):
-        errs.append(f"logit_adjustment = {cfg.logit_adjustment!r}: give a number, 0 (off) or more (1: the balanced "
-                    f"error)")
+    if math.isfinite(cfg.logit_adjustment) and cfg.logit_adjustment < 0:  # a wrong type or NaN: their own messages
+        errs.append(f"logit_adjustment = {cfg.logit_adjustment!r}: give 0 (off) or more (1: the balanced error)")
+    extra = [str(x) for x in d.extra_train]
+    if len(set(extra)) < len(extra):
+        errs.append(f"data.extra_train = {extra}: a file named twice would train twice on its rows; name each once")
     if cfg.group_weights is not None and cfg.group_weights != "balanced":
         errs.append(f"group_weights = {cfg.group_weights!r}: use balanced or null")
     if cfg.group_weights is not None and not d.category_column:

@@ -49,12 +49,11 @@ class Split:
         return Split(pick(self.texts), self.labels[idx], pick(self.categories), pick(self.pairs))
 
     def __add__(self, other: "Split") -> "Split":
-        """The rows of both, `self`'s first. A side without categories gets empty ones where the other has
-        them; pairs are both or neither (the same `data.text_pair_column` reads both)."""
-        def both(a, b, fill):
-            return None if a is None and b is None else (a or [fill] * len(self)) + (b or [fill] * len(other))
-        return Split(self.texts + other.texts, np.concatenate([self.labels, other.labels]),
-                     both(self.categories, other.categories, ""), both(self.pairs, other.pairs, ""))
+        """The rows of both, `self`'s first. Categories: `self`'s kind decides (none stays none; a side
+        without them gets empty ones); pairs are both or neither (one `data.text_pair_column` reads both)."""
+        cats = None if self.categories is None else self.categories + (other.categories or [""] * len(other))
+        pairs = None if self.pairs is None else self.pairs + other.pairs
+        return Split(self.texts + other.texts, np.concatenate([self.labels, other.labels]), cats, pairs)
 
 
 @dataclass
@@ -267,6 +266,22 @@ def load_table(path: str | Path, cfg: DataConfig, names: list[str] | None = None
     return Split(v["texts"], v["labels"], v["categories"], v["pairs"])
 
 
+def load_extra(key: str, path: str, cfg: DataConfig, names: list[str] | None = None) -> Split:
+    """The extra labelled file `path` named by the setting `key` (`data.extra_tests.NAME`,
+    `data.extra_train[i]`), read by `load_table`; its errors name the setting and say what to fix.
+    A relative path is read from the current directory, as `data.source` is."""
+    if not Path(path).expanduser().is_file():
+        where = "" if Path(path).is_absolute() else (f" (looked for {Path(path).resolve()}: a relative path is read "
+                                                      f"from the current directory, {Path.cwd()})")
+        raise UserError(f"{key} = {path!r}: file not found{where}; run from the directory the path is relative "
+                        f"to (for the presets, the repository root), give an absolute path, or remove the entry")
+    try:
+        return load_table(Path(path).expanduser(), cfg, names)
+    except UserError as e:
+        raise UserError(f"{key}: {e} (the file needs the columns the data source has: data.text_column, "
+                        f"data.label_column and, for pairs, data.text_pair_column)") from None
+
+
 def _label_column(df: pd.DataFrame, path: str, cfg: DataConfig) -> str:
     if cfg.label_column not in df.columns:
         raise UserError(f"{path}: no column {cfg.label_column!r} (columns: {', '.join(map(str, df.columns))}); "
@@ -282,6 +297,9 @@ def as_saved(cfg: DataConfig, model_dir) -> DataConfig:
     same steps also drop the same empty rows, so the validation carve is the run's."""
     from .normalize import resolve, saved_steps
 
+    # the training-only files are left out: validation and test are carved before they are added, and
+    # the rebuilt splits serve evaluation only (so a moved augment file does not stop an export)
+    cfg = replace(cfg, extra_train=[])
     if not (Path(model_dir) / "config.json").is_file():
         return cfg  # no saved model to ask (a run stopped before its teacher was saved): the config's steps
     steps = saved_steps(model_dir)
@@ -335,13 +353,22 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         raise UserError(f"{names[0]}: cannot carve a stratified validation split ({e}); add rows or "
                         f"change data.validation_fraction") from None
     train, validation = full.take(np.sort(tr_idx)), full.take(np.sort(va_idx))
+    test = Split(te_v["texts"], te_v["labels"], te_v["categories"], te_v["pairs"])
     extra_rows = {}
     for i, path in enumerate(cfg.extra_train):  # after the carve: validation stays the source's own rows
-        if not Path(path).is_file():
-            raise UserError(f"data.extra_train[{i}] = {path!r}: file not found; fix the path or remove the entry")
-        extra = load_table(path, cfg, label_names)
+        if any(Path(path).expanduser().resolve() == Path(n).resolve() for n in names if Path(n).is_file()):
+            raise UserError(f"data.extra_train[{i}] = {path!r} is the data source's own train or test file: extra "
+                            f"training rows must come from another file; remove the entry")
+        extra = load_extra(f"data.extra_train[{i}]", path, cfg, label_names)
+        if train.categories is not None and extra.categories is None:
+            log.warning("data.extra_train[%d] = %r has no column %r: its rows get no category (group_weights "
+                        "would count them as one group)", i, path, cfg.category_column)
+        held_out = set(validation.texts) | set(test.texts)
+        overlap = sum(t in held_out for t in extra.texts)
+        if overlap:
+            log.warning("data.extra_train[%d] = %r: %d of its texts are also in validation or test; they now "
+                        "train the models that are scored on them", i, path, overlap)
         train, extra_rows[str(path)] = train + extra, len(extra)
-    test = Split(te_v["texts"], te_v["labels"], te_v["categories"], te_v["pairs"])
     info = {
         "source": cfg.source if not cfg.train_file else {"train": cfg.train_file, "test": cfg.test_file},
         "files": {"train": names[0], "test": names[1]},

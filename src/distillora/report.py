@@ -336,7 +336,11 @@ def write_report(out: Path, results: Results | dict, cfg: StudyConfig) -> None:
                       f"own, and its loss curve is the first member's.", ""]
     lines += ["## Data", "",
               f"- Source: `{ds['source']}`; rows used: {ds['rows']}; dropped empty texts: {ds['dropped_empty']}; "
-              f"exact duplicate texts: {ds['duplicates']}; labels: {ds['label_names']}.", ""]
+              f"exact duplicate texts: {ds['duplicates']}; labels: {ds['label_names']}."]
+    if ds.get("extra_train_rows"):  # data.extra_train: counted in rows.train, never in validation or test
+        lines += [f"- Extra training rows (`data.extra_train`, added after the validation carve and counted in "
+                  f"train above): " + "; ".join(f"`{p}`: {n}" for p, n in ds["extra_train_rows"].items()) + "."]
+    lines += [""]
     lines += ["## Plots", ""]
     for caption, path in plots:
         lines += [f"![{caption}]({path})", "", f"*{caption}*", ""]

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from . import bundles, integrity, stages
 from .config import StudyConfig, diff, fingerprint, load_config, to_dict, to_yaml
-from .data import encode, load_splits, load_table
+from .data import encode, load_extra, load_splits
 from .errors import UserError
 from .evaluate import count_params, predict_proba, size_on_disk
 from .inference.base import EVAL_BATCH
@@ -181,15 +181,7 @@ def _with_label_names(cfg: StudyConfig, names: list[str]) -> StudyConfig:
 
 def _load_extra_tests(cfg: StudyConfig) -> dict:
     """Every `data.extra_tests` file, read and checked before anything is trained or written."""
-    extra = {}
-    for name, path in cfg.data.extra_tests.items():
-        if not Path(path).is_file():
-            raise UserError(f"data.extra_tests.{name} = {path!r}: file not found; fix the path or remove the entry")
-        try:
-            extra[name] = load_table(path, cfg.data)
-        except UserError as e:
-            raise UserError(f"data.extra_tests.{name}: {e}") from None
-    return extra
+    return {name: load_extra(f"data.extra_tests.{name}", path, cfg.data) for name, path in cfg.data.extra_tests.items()}
 
 
 def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list) -> Path:
@@ -199,6 +191,10 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     config_yaml = to_yaml(cfg)                        # as given (label_names may be null: inferred)
     cfg = _with_label_names(cfg, splits.info["label_names"])
     extra = _load_extra_tests(cfg)                    # so do extra test sets'
+    if cfg.logit_adjustment and cfg.class_weights is not None:
+        log.warning("logit_adjustment = %g with class_weights = %r corrects the class prior twice (measured worse "
+                    "in docs/results.md); set class_weights: null for the logit-adjusted loss alone",
+                    cfg.logit_adjustment, cfg.class_weights)
     source = bundles.resolve(cfg.teacher.source, cfg.teacher.allow_pickle)  # so do tampered bundles, pickles
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
     _check_models(cfg, teacher_config)

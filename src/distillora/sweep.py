@@ -377,7 +377,8 @@ def _refuse_stale_teacher(run_dir: Path, cfg, teacher_fp: str, teacher_depth: in
     teacher = next(st for st in stages.plan(cfg, to_dict(cfg), teacher_depth) if st.name == "teacher")
     if fingerprint(*teacher.fingerprint_inputs) != teacher_fp:
         raise UserError(f"--run {run_dir}: its teacher was trained under settings this version of distillora "
-                        f"reads differently (e.g. the steps of data.normalize's preset); re-run "
+                        f"reads differently (e.g. the steps of data.normalize's preset), or on a data.extra_train "
+                        f"file that has changed since; re-run "
                         f"`distillora run --output {run_dir}` (it retrains what changed), then sweep")
 
 
@@ -415,8 +416,8 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     run = RunDir(run_dir)
     cfg = load_config(run.config)
     teacher_fp = read_json(run.marker("teacher"))["fingerprint"]
+    splits = load_splits(cfg.data, cfg.seed)  # first: a missing data or extra_train file says so itself
     _refuse_stale_teacher(run_dir, cfg, teacher_fp, teacher_depth)
-    splits = load_splits(cfg.data, cfg.seed)
     cfg = study._with_label_names(cfg, splits.info["label_names"])  # inferred when config.yaml has null
     tokenizer = AutoTokenizer.from_pretrained(str(run.model_dir("teacher")))
     check_token_masking(cfg, tokenizer)

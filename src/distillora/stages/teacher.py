@@ -18,11 +18,12 @@ from .base import Kind, Stage, StageEnv, register
 
 # data keys that only evaluation reads: changing them re-evaluates, it does not retrain
 EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "category_column")
+# data keys fingerprinted otherwise: extra training files by their content, not by the path that names them
 
 
 @register
 def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
-    data = stable_section(resolved, "data", drop=EVALUATION_ONLY_DATA_KEYS)
+    data = stable_section(resolved, "data", drop=EVALUATION_ONLY_DATA_KEYS + ("extra_train",))
     teacher = stable_section(resolved, "teacher", drop=("allow_pickle",))  # a permission, not a setting
     return [Stage(
         name="teacher", kind=Kind.TEACHER, section="teacher", consumes=(),
@@ -31,9 +32,10 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         fingerprint_inputs=(data, cfg.seed, cfg.selection_metric, teacher, cfg.class_weights)
         + ((cfg.group_weights, cfg.data.category_column) if cfg.group_weights else ())
         + ((("logit_adjustment", cfg.logit_adjustment),) if cfg.logit_adjustment else ())
-        # extra training files by content too: an edited file retrains (a missing one: load_splits refused)
-        + ((("extra_train", [sha256(Path(p)) if Path(p).is_file() else None for p in cfg.data.extra_train]),)
-           if cfg.data.extra_train else ()),
+        # extra training files by content: an edited file retrains, a moved one does not (a missing one:
+        # load_splits, which runs first, refused it)
+        + ((("extra_train", [sha256(Path(p).expanduser()) if Path(p).expanduser().is_file() else None
+                             for p in cfg.data.extra_train]),) if cfg.data.extra_train else ()),
         teacher_layers=list(range(1, depth + 1)),
         objective="cross-entropy, all weights fine-tuned" + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
                                                              if cfg.teacher.soup > 1 else ""),
