@@ -43,10 +43,11 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
 from distillora import bundles, normalize  # noqa: E402
-from distillora.config import load_config  # noqa: E402
+from distillora.config import fingerprint, load_config, to_dict  # noqa: E402
 from distillora.data import encode, load_splits, load_table  # noqa: E402
 from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
+from distillora.fileio import sha256  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
 from distillora.stages.teacher import load_pretrained, wise_ft  # noqa: E402
 from distillora.training import group_factors, with_group_weights  # noqa: E402
@@ -180,9 +181,6 @@ def main() -> None:
     # what the model's result depends on: a run resumed under the same name with other options (or
     # another preset, or an edited extra training file) would mix two recipes (and an average would
     # cover only the steps after the resume)
-    from distillora.config import fingerprint, to_dict
-    from distillora.fileio import sha256
-
     fp = "|".join([a.name, a.pooling, a.average_from, str(a.linear_probe_epochs), *a.overrides]
                   + ([f"train_seed={a.train_seed}"] if a.train_seed is not None else [])
                   + [fingerprint(to_dict(cfg), [sha256(Path(p)) for p in cfg.data.extra_train])])

@@ -27,6 +27,17 @@ def tiny_bert(layers: int = 4, seed: int = 0, vocab_size: int = 30522) -> BertFo
     return BertForSequenceClassification(BertConfig(vocab_size=vocab_size, num_hidden_layers=layers, num_labels=2, **TINY)).eval()
 
 
+def fit_tiny(tmp_path, name: str, train, tokenizer, tc, validation=None, **kw):
+    """`training.fit` of a fresh 2-layer `tiny_bert` on `train` (validated on `validation`, default
+    `train`), working and logging under `tmp_path / name`; `kw`: fit's other keywords. Returns (model, stats)."""
+    from distillora import training
+
+    model = tiny_bert(2, vocab_size=tokenizer.vocab_size)
+    return training.fit(model, train, train if validation is None else validation, tokenizer, tc,
+                        work_dir=tmp_path / name, log_path=tmp_path / f"{name}.jsonl", stage=name, seed=0,
+                        selection_metric="accuracy", quiet=True, fingerprint=name, **kw)
+
+
 def tiny_mpnet(layers: int = 4, seed: int = 0) -> MPNetForSequenceClassification:
     torch.manual_seed(seed)
     return MPNetForSequenceClassification(MPNetConfig(vocab_size=120, num_hidden_layers=layers, num_labels=2, **TINY)).eval()

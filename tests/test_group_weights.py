@@ -10,7 +10,7 @@ from distillora.data import SAMPLE_WEIGHT, Collator, Encoded, Split, length_sort
 from distillora.errors import UserError
 from distillora.losses import weighted_cross_entropy
 
-from conftest import tiny_bert
+from conftest import fit_tiny, tiny_bert
 
 
 def test_factors_against_a_hand_computation():
@@ -74,10 +74,7 @@ def test_training_with_group_weights_runs_and_the_weights_change_the_step(tmp_pa
     # which would choke on the weights)
     for name, data, cw in (("plain", enc, torch.tensor([1.0, 1.0])), ("grouped", grouped, torch.tensor([1.0, 1.0])),
                            ("grouped-no-class-weights", grouped, None)):
-        model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
-        model, stats = training.fit(model, data, enc, minilm_tokenizer, tc, work_dir=tmp_path / name,
-                                    log_path=tmp_path / f"{name}.jsonl", stage=name, seed=0,
-                                    selection_metric="accuracy", quiet=True, fingerprint=name, class_weights=cw)
+        model, stats = fit_tiny(tmp_path, name, data, minilm_tokenizer, tc, validation=enc, class_weights=cw)
         assert np.isfinite(stats["loss"])
         heads[name] = model.classifier.weight.detach().clone()
     assert not torch.allclose(heads["plain"], heads["grouped"])

@@ -12,7 +12,7 @@ from distillora.data import Collator, Encoded
 from distillora.errors import UserError
 from distillora.losses import weighted_cross_entropy
 
-from conftest import tiny_bert
+from conftest import fit_tiny, tiny_bert
 
 
 def test_the_offset_is_tau_times_the_log_prior_of_the_training_labels():
@@ -63,10 +63,7 @@ def test_training_with_the_offset_changes_what_is_learned_and_an_even_one_does_n
     heads = {}
     for name, off in (("plain", None), ("prior", training.logit_offset_vector(1.0, [x["labels"] for x in enc.items], 2)),
                       ("even", torch.tensor([-0.7, -0.7]))):
-        model = tiny_bert(2, vocab_size=minilm_tokenizer.vocab_size)
-        model, stats = training.fit(model, enc, enc, minilm_tokenizer, tc, work_dir=tmp_path / name,
-                                    log_path=tmp_path / f"{name}.jsonl", stage=name, seed=0,
-                                    selection_metric="accuracy", quiet=True, fingerprint=name, logit_offset=off)
+        model, stats = fit_tiny(tmp_path, name, enc, minilm_tokenizer, tc, logit_offset=off)
         assert np.isfinite(stats["loss"])
         heads[name] = model.classifier.bias.detach().clone()
     assert not torch.allclose(heads["plain"], heads["prior"])

@@ -355,6 +355,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     train, validation = full.take(np.sort(tr_idx)), full.take(np.sort(va_idx))
     test = Split(te_v["texts"], te_v["labels"], te_v["categories"], te_v["pairs"])
     extra_rows = {}
+    held_out = set(validation.texts) | set(test.texts) if cfg.extra_train else set()  # for the overlap warning
     for i, path in enumerate(cfg.extra_train):  # after the carve: validation stays the source's own rows
         if any(Path(path).expanduser().resolve() == Path(n).resolve() for n in names if Path(n).is_file()):
             raise UserError(f"data.extra_train[{i}] = {path!r} is the data source's own train or test file: extra "
@@ -363,7 +364,6 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         if train.categories is not None and extra.categories is None:
             log.warning("data.extra_train[%d] = %r has no column %r: its rows get no category (group_weights "
                         "would count them as one group)", i, path, cfg.category_column)
-        held_out = set(validation.texts) | set(test.texts)
         overlap = sum(t in held_out for t in extra.texts)
         if overlap:
             log.warning("data.extra_train[%d] = %r: %d of its texts are also in validation or test; they now "

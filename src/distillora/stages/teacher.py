@@ -18,11 +18,11 @@ from .base import Kind, Stage, StageEnv, register
 
 # data keys that only evaluation reads: changing them re-evaluates, it does not retrain
 EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "category_column")
-# data keys fingerprinted otherwise: extra training files by their content, not by the path that names them
 
 
 @register
 def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
+    # extra_train is fingerprinted below by its files' content, not by the paths that name them
     data = stable_section(resolved, "data", drop=EVALUATION_ONLY_DATA_KEYS + ("extra_train",))
     teacher = stable_section(resolved, "teacher", drop=("allow_pickle",))  # a permission, not a setting
     return [Stage(
