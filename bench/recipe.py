@@ -8,7 +8,7 @@ the test split: how the defaults of configs/ were chosen.
     python bench/recipe.py --config configs/quick.yaml --name mean --pooling mean
 
 Each call fine-tunes one teacher with the run's own code (same data, carve, tokenisation, Trainer),
-then scores it on validation and on configs/dev/short_sentences.csv (WiSE-FT: for every alpha, the
+then scores it on validation and on the development sets of configs/dev/ (WiSE-FT: for every alpha, the
 fine-tuned body interpolated with the pretrained one). `--average-from F,...`: also score, for each
 F, the uniform average of the trainable weights taken after every step from fraction F of the run
 (tail weight averaging, as SWA / SWAD), beside the model `fit` returns from the same run (the row's train_seconds then include the averaging).
@@ -54,6 +54,27 @@ from distillora.training import group_factors, with_group_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "configs" / "dev" / "short_sentences.csv"
+FUNCTIONAL = REPO / "configs" / "dev" / "functional_sentences.csv"
+
+
+def dev_sets(data) -> dict:
+    """The development sets by name (configs/dev/README.md), read with the data settings `data`: `dev`,
+    the short sentences, and `functional`, whose categories are each row's functionality."""
+    return {"dev": load_table(DEV, data),
+            "functional": load_table(FUNCTIONAL, dataclasses.replace(data, category_column="functionality"))}
+
+
+def split_scores(probs: np.ndarray, name: str, table) -> dict:
+    """`scores` of one scored table: validation with its target-group recall, `functional` with the
+    accuracy per functionality (and their minimum), `dev` plain."""
+    if name != "functional":
+        return scores(probs, table.labels, table.categories if name == "validation" else None)
+    out = scores(probs, table.labels)
+    pred, y, groups = probs.argmax(1), np.asarray(table.labels), np.asarray(table.categories, dtype=object)
+    out["functionality_accuracy"] = {g: round(float((pred[groups == g] == y[groups == g]).mean()), 4)
+                                     for g in dict.fromkeys(table.categories)}
+    out["functionality_accuracy_min"] = min(out["functionality_accuracy"].values())
+    return out
 
 
 class TailAverage(TrainerCallback):
@@ -154,11 +175,11 @@ def main() -> None:
 
     cfg = load_config(a.config, a.overrides)
     splits = load_splits(cfg.data, cfg.seed)
-    dev = load_table(DEV, cfg.data)
+    devs = dev_sets(cfg.data)
     source = bundles.resolve(cfg.teacher.source)
     tok = AutoTokenizer.from_pretrained(source)
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
-    enc["dev"] = encode(dev, tok, cfg.data.max_length)
+    enc.update({n: encode(t, tok, cfg.data.max_length) for n, t in devs.items()})
     enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
     work = Path(a.work) / a.name
     train_cfg = cfg if a.train_seed is None else dataclasses.replace(cfg, seed=a.train_seed)
@@ -209,10 +230,8 @@ def main() -> None:
                **variant, "pooling": a.pooling, "linear_probe_epochs": a.linear_probe_epochs,
                "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name(),
                "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
-        for split in ("validation", "dev"):
-            probs, _ = predict_proba(m, enc[split], tok)
-            table = splits.validation if split == "validation" else dev
-            row[split] = scores(probs, table.labels, table.categories)
+        for split, table in {"validation": splits.validation, **devs}.items():
+            row[split] = split_scores(predict_proba(m, enc[split], tok)[0], split, table)
         print(json.dumps(row))
         with open(a.log, "a") as f:
             f.write(json.dumps(row) + "\n")

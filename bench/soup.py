@@ -34,13 +34,13 @@ import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from distillora.config import load_config  # noqa: E402
-from distillora.data import as_saved, encode, load_splits, load_table  # noqa: E402
+from distillora.data import as_saved, encode, load_splits  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
 from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.stages.teacher import uniform_soup  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe import DEV, REPO, scores  # noqa: E402
+from recipe import REPO, dev_sets, split_scores  # noqa: E402
 
 
 def check_members(paths: list[str], models: list[torch.nn.Module]) -> None:
@@ -77,7 +77,7 @@ def main() -> None:
     cfg = load_config(a.config, a.set)
     data = as_saved(cfg.data, a.members[0])
     splits = load_splits(data, cfg.seed)
-    tables = {"validation": splits.validation, "dev": load_table(DEV, data)}
+    tables = {"validation": splits.validation, **dev_sets(data)}
     tok = AutoTokenizer.from_pretrained(a.members[0])
     enc = {s: encode(t, tok, cfg.data.max_length) for s, t in tables.items()}
 
@@ -87,7 +87,7 @@ def main() -> None:
     def emit(variant: str, probs: dict, **extra) -> dict:
         row = {"name": a.name, "config": Path(a.config).name, "soup": variant, **extra, "cpu": cpu_name()}
         for s, t in tables.items():
-            row[s] = scores(probs[s], t.labels, t.categories)
+            row[s] = split_scores(probs[s], s, t)
         print(json.dumps(row))
         with open(a.log, "a") as f:
             f.write(json.dumps(row) + "\n")

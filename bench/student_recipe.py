@@ -26,10 +26,11 @@ from distillora.hugepages import restart_with_huge_pages  # noqa: E402  (imports
 if __name__ == "__main__":  # time as a run does (distillora.hugepages, "Benches")
     restart_with_huge_pages()
 
+import numpy as np  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from distillora.config import fingerprint, load_config  # noqa: E402
-from distillora.data import encode, load_splits, load_table  # noqa: E402
+from distillora.data import encode, load_splits  # noqa: E402
 from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.evaluate import count_params, predict_proba  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
@@ -38,7 +39,28 @@ from distillora.students import parse_layers  # noqa: E402
 from distillora.training import group_factors, with_group_weights  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe import DEV, REPO, scores  # noqa: E402
+from recipe import REPO, dev_sets, split_scores  # noqa: E402
+
+
+def check_scores(cfg, tok, models: dict) -> dict:
+    """Per model and suite of `cfg.check.suites`: the balanced MFT pass rate and the mean pass rate over
+    capabilities (distillora.check.summarise), answered in memory through the config's normaliser."""
+    from distillora.check import check_models
+    from distillora.data import Split
+    from distillora.normalize import Normalizer
+
+    norm = Normalizer(cfg.data.normalize)
+
+    def predictor(model):
+        def predict(texts):
+            split = Split(norm.many(texts), np.zeros(len(texts), dtype=np.int64))
+            return predict_proba(model, encode(split, tok, cfg.data.max_length), tok)[0].tolist()
+        return lambda: ("fp32", predict)
+
+    out = check_models({("teacher" if n == "teacher" else n): predictor(m) for n, m in models.items()},
+                       cfg.check.suites, cfg.data.label_names, None, resamples=200)
+    return {s["name"]: {m: {k: round(v, 4) for k, v in o.items() if isinstance(v, float)}
+                        for m, o in s.get("overall", {}).items()} for s in out["suites"] if not s["skipped"]}
 
 
 def main() -> None:
@@ -52,16 +74,25 @@ def main() -> None:
     ap.add_argument("--log", default=str(REPO / "bench" / "results" / "student_recipe.jsonl"))
     ap.add_argument("--train-seed", type=int, default=None,
                     help="seed of the student's training only; the validation carve stays the config's (as `--seeds`)")
+    ap.add_argument("--extra-repeat", type=int, default=1,
+                    help="the student trains on each data.extra_train row this many times (the teacher as it was)")
+    ap.add_argument("--checks", action="store_true",
+                    help="also score the student and the teacher on the config's behavioural suites (check.suites)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
 
     cfg = load_config(a.config, a.overrides)
     splits = load_splits(cfg.data, cfg.seed)
-    dev = load_table(DEV, cfg.data)
+    if a.extra_repeat > 1:  # the authored rows sit at the end of train (data.load_splits)
+        n_extra = splits.info.get("extra_train_rows", 0)
+        extra = splits.train.take(list(range(len(splits.train) - n_extra, len(splits.train))))
+        for _ in range(a.extra_repeat - 1):
+            splits.train = splits.train + extra
+    devs = dev_sets(cfg.data)
     tok = AutoTokenizer.from_pretrained(a.teacher)
     teacher = AutoModelForSequenceClassification.from_pretrained(a.teacher).eval()
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
-    enc["dev"] = encode(dev, tok, cfg.data.max_length)
+    enc.update({n: encode(t, tok, cfg.data.max_length) for n, t in devs.items()})
     enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
     if a.train_seed is not None:
         cfg = dataclasses.replace(cfg, seed=a.train_seed)
@@ -84,18 +115,19 @@ def main() -> None:
     else:
         model, stats = baseline_stage.train(env, teacher, fp, a.name)
     total, trainable = count_params(model)
-    row = {"name": a.name, "stage": a.stage, "config": Path(a.config).name, "overrides": a.overrides,
+    row = {"name": a.name, "stage": a.stage, "extra_repeat": a.extra_repeat, "config": Path(a.config).name, "overrides": a.overrides,
            "teacher": a.teacher, "train_seed": cfg.seed, "train_seconds": round(time.perf_counter() - t0, 1),
            "params_trainable": stats.get("params_trainable", trainable), "params_total": total,
            "trainable_pct": round(100 * stats.get("params_trainable", trainable) / total, 3), "cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
-    for split in ("validation", "dev"):
+    for split, table in {"validation": splits.validation, **devs}.items():
         probs, _ = predict_proba(model, enc[split], tok)
-        table = splits.validation if split == "validation" else dev
-        row[split] = scores(probs, table.labels, table.categories)
+        row[split] = split_scores(probs, split, table)
         # fidelity (Stanton et al., NeurIPS 2021): the share of inputs where the student's decision is
         # the teacher's; what a student is trained for, measurable without labels and without test
         teacher_probs, _ = predict_proba(teacher, enc[split], tok)
         row[split]["teacher_agreement"] = round(float((probs.argmax(1) == teacher_probs.argmax(1)).mean()), 4)
+    if a.checks:
+        row["checks"] = check_scores(cfg, tok, {"student": model, "teacher": teacher})
     print(json.dumps(row))
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     with open(a.log, "a") as f:

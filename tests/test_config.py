@@ -109,9 +109,10 @@ def test_every_presets_extra_training_files_load_from_the_repository_root(preset
         assert len(split) > 100 and set(split.labels.tolist()) == {0, 1}
 
 
-def test_the_authored_training_pairs_share_no_sentence_with_the_dev_set_or_the_test_split(shared_data):
-    """configs/augment is training data: no row may equal, or nearly equal (normalised word sets at
-    Jaccard 0.6 or more), a sentence of the development set or of the test split (configs/augment/README.md)."""
+def test_the_authored_sets_share_no_sentence_across_training_development_and_test(shared_data):
+    """configs/augment is training data and configs/dev the development sets: no row of one may equal,
+    or nearly equal (normalised word sets at Jaccard 0.6 or more), a row of another or of the test split
+    (configs/augment/README.md, configs/dev/README.md); the functional set is also kept apart from train."""
     import csv
 
     from distillora.normalize import Normalizer, resolve
@@ -122,8 +123,12 @@ def test_the_authored_training_pairs_share_no_sentence_with_the_dev_set_or_the_t
         with open(path, newline="", encoding="utf-8") as f:
             return [set(norm(r["tweet"]).split()) for r in csv.DictReader(f)]
 
-    augment = word_sets(REPO_CONFIGS / "augment" / "counterfactual_pairs.csv")
-    for other in (REPO_CONFIGS / "dev" / "short_sentences.csv", shared_data / "test.csv"):
-        held_out = word_sets(other)
-        near = [a for a in augment if any(len(a & b) >= 0.6 * len(a | b) for b in held_out)]
-        assert not near, f"{len(near)} rows of configs/augment are (nearly) in {other.name}"
+    augment = REPO_CONFIGS / "augment" / "counterfactual_pairs.csv"
+    dev, functional = (REPO_CONFIGS / "dev" / n for n in ("short_sentences.csv", "functional_sentences.csv"))
+    test, train = shared_data / "test.csv", shared_data / "train.csv"
+    for one, others in ((augment, (dev, functional, test)), (functional, (dev, test, train))):
+        rows = word_sets(one)
+        for other in others:
+            held_out = word_sets(other)
+            near = [a for a in rows if any(len(a & b) >= 0.6 * len(a | b) for b in held_out)]
+            assert not near, f"{len(near)} rows of {one.name} are (nearly) in {other.name}"
