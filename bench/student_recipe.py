@@ -84,7 +84,7 @@ def main() -> None:
     cfg = load_config(a.config, a.overrides)
     splits = load_splits(cfg.data, cfg.seed)
     if a.extra_repeat > 1:  # the authored rows sit at the end of train (data.load_splits)
-        n_extra = splits.info.get("extra_train_rows", 0)
+        n_extra = sum(splits.info.get("extra_train_rows", {}).values())
         extra = splits.train.take(list(range(len(splits.train) - n_extra, len(splits.train))))
         for _ in range(a.extra_repeat - 1):
             splits.train = splits.train + extra
