@@ -123,10 +123,11 @@ def test_the_authored_sets_share_no_sentence_across_training_development_and_tes
         with open(path, newline="", encoding="utf-8") as f:
             return [set(norm(r["tweet"]).split()) for r in csv.DictReader(f)]
 
-    augment = REPO_CONFIGS / "augment" / "counterfactual_pairs.csv"
+    augment = sorted((REPO_CONFIGS / "augment").glob("*.csv"))
     dev, functional = (REPO_CONFIGS / "dev" / n for n in ("short_sentences.csv", "functional_sentences.csv"))
     test, train = shared_data / "test.csv", shared_data / "train.csv"
-    for one, others in ((augment, (dev, functional, test)), (functional, (dev, test, train))):
+    assert len(augment) >= 2
+    for one, others in [(a, (dev, functional, test)) for a in augment] + [(functional, (dev, test, train))]:
         rows = word_sets(one)
         for other in others:
             held_out = word_sets(other)
