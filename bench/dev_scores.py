@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distillora.config import load_config  # noqa: E402
 from distillora.data import as_saved, encode, load_splits  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
-from distillora.rundir import RunDir  # noqa: E402
 from distillora.stages import load_model  # noqa: E402
 from recipe import dev_sets, split_scores  # noqa: E402
 
@@ -31,15 +30,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="score the model directories given (the data settings of this config) "
                                      "instead of a run's models")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="with --config: an override the models were trained with (repeatable; e.g. seed=43, "
+                         "whose validation carve differs)")
     ap.add_argument("paths", nargs="+", help="RUN_DIR [MODEL ...], or model directories with --config")
     a = ap.parse_args()
     if a.config:
-        cfg, dirs = load_config(a.config, []), [Path(p) for p in a.paths]
+        cfg, dirs = load_config(a.config, a.set), [Path(p) for p in a.paths]
     else:
         run, names = Path(a.paths[0]), a.paths[1:]
-        cfg = load_config(run / "config.yaml", [])
+        cfg = load_config(run / "config.yaml", a.set)
         dirs = [d for d in sorted((run / "models").iterdir())
                 if (not names or d.name in names) and (d / "config.json").exists()]
+        missing = set(names) - {d.name for d in dirs}
+        if missing:
+            ap.error(f"{run}/models has no saved model {sorted(missing)}")
     from transformers import AutoTokenizer
 
     tables = None

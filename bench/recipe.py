@@ -1,4 +1,4 @@
-"""Measure a teacher recipe on validation and on the development set of short sentences, never on
+"""Measure a teacher recipe on validation and on the development sets of configs/dev/, never on
 the test split: how the defaults of configs/ were chosen.
 
     python bench/recipe.py --config configs/seed.yaml --name lr2e-5 teacher.train.learning_rate=2e-5

@@ -1,6 +1,6 @@
 """Model soups (Wortsman et al., ICML 2022) of teachers fine-tuned from the same pretrained weights and the
-same head initialisation with different training seeds, scored on validation and on the development set
-of short sentences, never on the test split.
+same head initialisation with different training seeds, scored on validation and on the development sets
+of configs/dev/, never on the test split.
 
     for s in 42 43 44; do
         python bench/recipe.py --config configs/seed.yaml --name soup-$s --train-seed $s

@@ -1,6 +1,6 @@
-"""Measure a student recipe (distilled, LoRA or baseline) on validation and on the development set
-of short sentences, never on the test split, from a fine-tuned teacher saved by bench/recipe.py, and
-its agreement with that teacher's decisions on both.
+"""Measure a student recipe (distilled, LoRA or baseline) on validation and on the development sets of
+configs/dev/, never on the test split, from a fine-tuned teacher saved by bench/recipe.py, and its
+agreement with that teacher's decisions on each.
 
     python bench/student_recipe.py --teacher /tmp/distillora-recipe/base/model --stage lora --name lora-all \\
         lora.target_modules=all-linear lora.objective=distill
@@ -29,6 +29,7 @@ if __name__ == "__main__":  # time as a run does (distillora.hugepages, "Benches
 import numpy as np  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
+from distillora.check import TEACHER  # noqa: E402
 from distillora.config import fingerprint, load_config  # noqa: E402
 from distillora.data import encode, load_splits  # noqa: E402
 from distillora.inference.timing import cpu_name  # noqa: E402
@@ -42,9 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipe import REPO, dev_sets, split_scores  # noqa: E402
 
 
-def check_scores(cfg, tok, models: dict) -> dict:
-    """Per model and suite of `cfg.check.suites`: the balanced MFT pass rate and the mean pass rate over
-    capabilities (distillora.check.summarise), answered in memory through the config's normaliser."""
+def check_scores(cfg, tok, models: dict, validation_texts: list[str]) -> dict:
+    """Per model (`teacher` among them) and suite of `cfg.check.suites`: the balanced MFT pass rate and
+    the mean pass rate over capabilities (distillora.check.summarise), answered in memory through the
+    config's normaliser (the one the teacher was trained with: same config). `validation_texts`: the
+    seeds of suites that sample validation (the generic suite), as a study passes them."""
     from distillora.check import check_models
     from distillora.data import Split
     from distillora.normalize import Normalizer
@@ -57,8 +60,8 @@ def check_scores(cfg, tok, models: dict) -> dict:
             return predict_proba(model, encode(split, tok, cfg.data.max_length), tok)[0].tolist()
         return lambda: ("fp32", predict)
 
-    out = check_models({("teacher" if n == "teacher" else n): predictor(m) for n, m in models.items()},
-                       cfg.check.suites, cfg.data.label_names, None, resamples=200)
+    out = check_models({n: predictor(m) for n, m in models.items()}, cfg.check.suites, cfg.data.label_names,
+                       validation_texts, resamples=200)
     return {s["name"]: {m: {k: round(v, 4) for k, v in o.items() if isinstance(v, float)}
                         for m, o in s.get("overall", {}).items()} for s in out["suites"] if not s["skipped"]}
 
@@ -83,8 +86,12 @@ def main() -> None:
 
     cfg = load_config(a.config, a.overrides)
     splits = load_splits(cfg.data, cfg.seed)
-    if a.extra_repeat > 1:  # the authored rows sit at the end of train (data.load_splits)
-        n_extra = sum(splits.info.get("extra_train_rows", {}).values())
+    n_extra = sum(splits.info.get("extra_train_rows", {}).values())
+    if a.extra_repeat < 1 or (a.extra_repeat > 1 and not n_extra):
+        ap.error(f"--extra-repeat {a.extra_repeat}: needs a count of 1 or more, and above 1 the config's "
+                 f"data.extra_train files ({cfg.data.extra_train or 'none'}) to repeat")
+    if a.extra_repeat > 1:  # the authored rows sit at the end of train (data.load_splits); repeating them
+        # also moves the balanced class weights, which are counted on the repeated split
         extra = splits.train.take(list(range(len(splits.train) - n_extra, len(splits.train))))
         for _ in range(a.extra_repeat - 1):
             splits.train = splits.train + extra
@@ -99,7 +106,8 @@ def main() -> None:
     env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True)
     # what the training depends on: a second call with the same --name but another seed, override or
     # teacher starts afresh instead of resuming the first one's checkpoint
-    fp = fingerprint(a.name, cfg.seed, a.overrides, a.layers, a.teacher)
+    fp = fingerprint(a.name, cfg.seed, a.overrides, a.layers, a.teacher,
+                     *([f"extra_repeat={a.extra_repeat}"] if a.extra_repeat != 1 else []))
     t0 = time.perf_counter()
     needs_cache = a.stage == "distill" or (a.stage == "lora" and cfg.lora.objective == "distill")
     from distillora.losses import teacher_needs, weights_of
@@ -127,7 +135,7 @@ def main() -> None:
         teacher_probs, _ = predict_proba(teacher, enc[split], tok)
         row[split]["teacher_agreement"] = round(float((probs.argmax(1) == teacher_probs.argmax(1)).mean()), 4)
     if a.checks:
-        row["checks"] = check_scores(cfg, tok, {"student": model, "teacher": teacher})
+        row["checks"] = check_scores(cfg, tok, {"student": model, TEACHER: teacher}, splits.validation.texts)
     print(json.dumps(row))
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
     with open(a.log, "a") as f:

@@ -110,9 +110,10 @@ def test_every_presets_extra_training_files_load_from_the_repository_root(preset
 
 
 def test_the_authored_sets_share_no_sentence_across_training_development_and_test(shared_data):
-    """configs/augment is training data and configs/dev the development sets: no row of one may equal,
-    or nearly equal (normalised word sets at Jaccard 0.6 or more), a row of another or of the test split
-    (configs/augment/README.md, configs/dev/README.md); the functional set is also kept apart from train."""
+    """No row of a configs/augment training file may equal, or nearly equal (normalised word sets at
+    Jaccard 0.6 or more), a row of either development set or of the test split; no row of the functional
+    development set one of the older development set, of the test split or of the train split
+    (configs/augment/README.md, configs/dev/README.md)."""
     import csv
 
     from distillora.normalize import Normalizer, resolve
