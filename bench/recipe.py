@@ -183,7 +183,7 @@ def main() -> None:
     enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
     work = Path(a.work) / a.name
     train_cfg = cfg if a.train_seed is None else dataclasses.replace(cfg, seed=a.train_seed)
-    env = StageEnv(train_cfg, tok, enc["train"], enc["validation"], work, quiet=True)
+    env = StageEnv(train_cfg, tok, enc["train"], enc["validation"], work, quiet=True, extra_rows=splits.extra_rows)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = load_pretrained(source, cfg.data.label_names)

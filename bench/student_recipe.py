@@ -77,8 +77,6 @@ def main() -> None:
     ap.add_argument("--log", default=str(REPO / "bench" / "results" / "student_recipe.jsonl"))
     ap.add_argument("--train-seed", type=int, default=None,
                     help="seed of the student's training only; the validation carve stays the config's (as `--seeds`)")
-    ap.add_argument("--extra-repeat", type=int, default=1,
-                    help="the student trains on each data.extra_train row this many times (the teacher as it was)")
     ap.add_argument("--checks", action="store_true",
                     help="also score the student and the teacher on the config's behavioural suites (check.suites)")
     ap.add_argument("overrides", nargs="*")
@@ -86,15 +84,6 @@ def main() -> None:
 
     cfg = load_config(a.config, a.overrides)
     splits = load_splits(cfg.data, cfg.seed)
-    n_extra = sum(splits.info.get("extra_train_rows", {}).values())
-    if a.extra_repeat < 1 or (a.extra_repeat > 1 and not n_extra):
-        ap.error(f"--extra-repeat {a.extra_repeat}: needs a count of 1 or more, and above 1 the config's "
-                 f"data.extra_train files ({cfg.data.extra_train or 'none'}) to repeat")
-    if a.extra_repeat > 1:  # the authored rows sit at the end of train (data.load_splits); repeating them
-        # also moves the balanced class weights, which are counted on the repeated split
-        extra = splits.train.take(list(range(len(splits.train) - n_extra, len(splits.train))))
-        for _ in range(a.extra_repeat - 1):
-            splits.train = splits.train + extra
     devs = dev_sets(cfg.data)
     tok = AutoTokenizer.from_pretrained(a.teacher)
     teacher = AutoModelForSequenceClassification.from_pretrained(a.teacher).eval()
@@ -103,11 +92,11 @@ def main() -> None:
     enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
     if a.train_seed is not None:
         cfg = dataclasses.replace(cfg, seed=a.train_seed)
-    env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True)
+    env = StageEnv(cfg, tok, enc["train"], enc["validation"], Path(a.work) / a.name, quiet=True,
+                   extra_rows=splits.extra_rows)
     # what the training depends on: a second call with the same --name but another seed, override or
     # teacher starts afresh instead of resuming the first one's checkpoint
-    fp = fingerprint(a.name, cfg.seed, a.overrides, a.layers, a.teacher,
-                     *([f"extra_repeat={a.extra_repeat}"] if a.extra_repeat != 1 else []))
+    fp = fingerprint(a.name, cfg.seed, a.overrides, a.layers, a.teacher)
     t0 = time.perf_counter()
     needs_cache = a.stage == "distill" or (a.stage == "lora" and cfg.lora.objective == "distill")
     from distillora.losses import teacher_needs, weights_of
@@ -123,7 +112,7 @@ def main() -> None:
     else:
         model, stats = baseline_stage.train(env, teacher, fp, a.name)
     total, trainable = count_params(model)
-    row = {"name": a.name, "stage": a.stage, "extra_repeat": a.extra_repeat, "config": Path(a.config).name, "overrides": a.overrides,
+    row = {"name": a.name, "stage": a.stage, "config": Path(a.config).name, "overrides": a.overrides,
            "teacher": a.teacher, "train_seed": cfg.seed, "train_seconds": round(time.perf_counter() - t0, 1),
            "params_trainable": stats.get("params_trainable", trainable), "params_total": total,
            "trainable_pct": round(100 * stats.get("params_trainable", trainable) / total, 3), "cpu": cpu_name(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}

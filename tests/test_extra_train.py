@@ -1,5 +1,7 @@
 """`data.extra_train`: extra labelled training files, added after the validation carve."""
 
+import re
+
 import pytest
 
 from distillora.config import load_config
@@ -101,8 +103,48 @@ def test_a_whole_tiny_study_trains_on_the_extra_rows_and_its_report_says_so(tmp_
         "name=extra", f"data.source={small_data}", "data.validation_fraction=0.25", "data.max_length=32",
         f"data.extra_train=[{path}]", f"teacher.source={tiny_teacher_dir}", "teacher.train.epochs=1",
         "distill.train.epochs=1", "lora.train.epochs=1", "baseline.train.epochs=1", "lora.r=4", "lora.alpha=8",
-        "check.suites=[]"])
+        "check.suites=[]", "distill.train.extra_train_repeat=3", "distill.train.batch_size=10",
+        "baseline.train.batch_size=10"])
     out = run_study(cfg, tmp_path / "run", quiet=True)
-    ds = RunDir(out).results().dataset
+    results = RunDir(out).results()
+    ds = results.dataset
     assert ds["extra_train_rows"] == {str(path): 10} and ds["rows"]["train"] == 60 + 10
+    # distill.train.extra_train_repeat: the distilled students see the 10 extra rows 3 times (90 rows, 9 steps
+    # of 10), the baseline, at the default, once (70 rows, 7 steps)
+    steps = {m.name: m.train["steps"] for m in results.models}
+    assert steps["odd"] == steps["even"] == 9 and steps["baseline"] == 7
     assert f"`{path}`: 10" in (out / "report.md").read_text()
+
+
+def test_extra_train_repeat_is_refused_below_one_or_without_extra_files(tmp_path, small_data):
+    path = _extra(tmp_path, "women are worthless,1,Gender\n")
+    for bad, says in (("0", " = 0: use a whole number >= 1"), ("-1", " = -1: use a whole number >= 1"),
+                      ("1.5", "` = 1.5 has the wrong type; expected a whole number")):
+        with pytest.raises(UserError, match=r"distill\.train\.extra_train_repeat" + re.escape(says)):
+            load_config(None, [f"data.source={small_data}", f"data.extra_train=[{path}]",
+                               f"distill.train.extra_train_repeat={bad}"])
+    with pytest.raises(UserError, match=r"lora\.train\.extra_train_repeat = 2 .*names no file"):
+        load_config(None, [f"data.source={small_data}", "lora.train.extra_train_repeat=2"])
+    load_config(None, [f"data.source={small_data}", f"data.extra_train=[{path}]", "teacher.train.extra_train_repeat=3"])
+
+
+def test_a_stage_sees_the_extra_rows_as_often_as_its_setting_says_and_counts_class_weights_on_that(tmp_path):
+    from distillora.config import TrainConfig
+    from distillora.data import Encoded
+    from distillora.stages import StageEnv
+
+    items = [{"input_ids": [1, 5 + i, 2], "attention_mask": [1, 1, 1], "labels": y}
+             for i, y in enumerate([0, 0, 0, 0, 1, 1, 0])]  # the last two: data.extra_train rows
+    cfg = load_config(None, ["class_weights=balanced"])
+    env = StageEnv(cfg, None, Encoded(items), Encoded(items), tmp_path, quiet=True, extra_rows=2)
+    once, three = TrainConfig(), TrainConfig(extra_train_repeat=3)
+    assert env.seen(once).items == items
+    seen = env.seen(three).items
+    assert seen == items + items[5:] * 2 and len(seen) == 11
+    # balanced weights n / (C n_c): as read 7 rows (5 / 2), as seen 11 rows (7 / 4)
+    assert env.class_weights().tolist() == pytest.approx([7 / 10, 7 / 4])
+    assert env.class_weights(three).tolist() == pytest.approx([11 / 14, 11 / 8])
+    assert env.distillation([1], three).class_weights.tolist() == pytest.approx([11 / 14, 11 / 8])
+    # cached teacher outputs attached before the repeat travel with their rows
+    cached = env.seen(three, env.train.with_fields(teacher_logits=list(range(7)))).items
+    assert [x["teacher_logits"] for x in cached] == list(range(7)) + [5, 6, 5, 6]

@@ -63,6 +63,9 @@ class TrainConfig:
                                      "targets come from the unmasked text. 0: off.")
     precision: str = _f("auto", "fp32, bf16 (autocast, fp32 master weights), or auto: bf16 where the device runs "
                                 "bf16 matrix products natively and measurably faster than fp32, else fp32.")
+    extra_train_repeat: int = _f(1, "Passes over the `data.extra_train` rows per epoch: each of them appears this "
+                                    "many times in the stage's training split, the source's own rows once (balanced "
+                                    "class weights are counted on the split so repeated). 1: as read.")
 
 
 @dataclass
@@ -470,6 +473,12 @@ def validate(cfg: StudyConfig) -> list[str]:
             errs.append(f"{sec}.train.token_mask_prob = {t.token_mask_prob}: use a share in [0, 1), e.g. 0.15 (0: off)")
         if t.early_stopping_patience < 0:
             errs.append(f"{sec}.train.early_stopping_patience = {t.early_stopping_patience}: must be >= 0")
+        if not isinstance(t.extra_train_repeat, int) or t.extra_train_repeat < 1:
+            errs.append(f"{sec}.train.extra_train_repeat = {t.extra_train_repeat}: use a whole number >= 1 (1: each "
+                        f"data.extra_train row once)")
+        elif t.extra_train_repeat > 1 and not cfg.data.extra_train:
+            errs.append(f"{sec}.train.extra_train_repeat = {t.extra_train_repeat} repeats the data.extra_train rows, "
+                        f"and data.extra_train names no file: add one, or set it to 1")
     return errs
 
 
@@ -502,7 +511,7 @@ NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}, 
 
 # keys added to every section's `train` settings after runs existed, at the value that leaves them out
 NEW_TRAIN_KEY_DEFAULTS = {"sparse_word_embeddings": False, "freeze_lower_layers": 0, "layer_lr_decay": 1.0,
-                          "token_mask_prob": 0.0}
+                          "token_mask_prob": 0.0, "extra_train_repeat": 1}
 
 
 def stable_section(resolved: dict, section: str, drop: tuple[str, ...] = ()) -> dict:

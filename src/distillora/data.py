@@ -63,6 +63,11 @@ class Splits:
     test: Split
     info: dict = field(default_factory=dict)  # source, rows per split, dropped, duplicates, label names
 
+    @property
+    def extra_rows(self) -> int:
+        """How many of train's rows (its last ones) came from `data.extra_train`."""
+        return sum(self.info.get("extra_train_rows", {}).values())
+
 
 # ----------------------------------------------------------------------------- reading
 
@@ -426,6 +431,13 @@ class Encoded(torch.utils.data.Dataset):
 
     def with_fields(self, **columns) -> "Encoded":
         return Encoded([{**x, **{k: v[i] for k, v in columns.items()}} for i, x in enumerate(self.items)])
+
+    def with_tail_repeated(self, n: int, times: int) -> "Encoded":
+        """The examples with the last `n` (the `data.extra_train` rows, which `load_splits` puts last)
+        `times` times in all; the items are shared, not copied."""
+        if times <= 1 or n <= 0:
+            return self
+        return Encoded(self.items + self.items[len(self.items) - n:] * (times - 1))
 
 
 def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:

@@ -224,7 +224,8 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
         suffix = "" if seed == cfg.seed else f".seed{seed}"
         if suffix:
             log.info("seed %d: training every stage again", seed)
-        env = StageEnv(dataclasses.replace(cfg, seed=seed), tokenizer, enc["train"], enc["validation"], out, quiet)
+        env = StageEnv(dataclasses.replace(cfg, seed=seed), tokenizer, enc["train"], enc["validation"], out, quiet,
+                       splits.extra_rows)
         seed_records[seed] = _train_models(run, env, source, teacher_config, resolved, suffix)
     records = seed_records[cfg.seed]
     if not state.is_main_process:

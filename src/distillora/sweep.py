@@ -423,7 +423,7 @@ def run_sweep(run_dir: str | Path, depths: str | None = None, strategies: str | 
     check_token_masking(cfg, tokenizer)
     enc = {s: encode(getattr(splits, s), tokenizer, cfg.data.max_length) for s in ("train", "validation", "test")}
     enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
-    env = StageEnv(cfg, tokenizer, enc["train"], enc["validation"], run_dir, quiet)
+    env = StageEnv(cfg, tokenizer, enc["train"], enc["validation"], run_dir, quiet, splits.extra_rows)
     recipe = stable_section(to_dict(cfg), "distill", drop=("students",))  # as the study's distill stages
     fps = {c.name: fingerprint(teacher_fp, recipe, c.layers) for c in candidates}  # as the study's students
     mine = candidates[share.index::share.count]

@@ -49,6 +49,7 @@ class StageEnv:
     validation: Encoded
     run_dir: Path
     quiet: bool = False
+    extra_rows: int = 0  # how many of `train`'s last examples are data.extra_train rows (Splits.info)
 
     @property
     def rundir(self):
@@ -62,33 +63,42 @@ class StageEnv:
     def log_path(self, stage: str) -> Path:
         return self.rundir.log(stage)
 
-    def _train_labels(self) -> tuple[list[int], int]:
-        """The training split's labels and the number of labels: the resolved label names (the study
-        fills in inferred ones), else the labels the data holds."""
-        labels = [x["labels"] for x in self.train.items]
+    def seen(self, tc, train: Encoded | None = None) -> Encoded:
+        """`train` (default: the training split) as a stage with train settings `tc` sees it: the
+        data.extra_train rows `tc.extra_train_repeat` times."""
+        return (self.train if train is None else train).with_tail_repeated(self.extra_rows, tc.extra_train_repeat)
+
+    def _train_labels(self, tc=None) -> tuple[list[int], int]:
+        """The labels of the training split as a stage with train settings `tc` sees it (default: as
+        read) and the number of labels: the resolved label names (the study fills in inferred ones),
+        else the labels the data holds."""
+        labels = [x["labels"] for x in (self.train if tc is None else self.seen(tc)).items]
         return labels, len(self.cfg.data.label_names) if self.cfg.data.label_names else max(labels) + 1
 
-    def class_weights(self) -> torch.Tensor | None:
-        return class_weight_vector(self.cfg.class_weights, *self._train_labels())
+    def class_weights(self, tc=None) -> torch.Tensor | None:
+        """Config `class_weights`, counted on the training split as the stage with settings `tc` sees it."""
+        return class_weight_vector(self.cfg.class_weights, *self._train_labels(tc))
 
-    def logit_offset(self) -> torch.Tensor | None:
-        """tau * log(prior) of config `logit_adjustment`, the prior counted on the training split."""
-        return logit_offset_vector(self.cfg.logit_adjustment, *self._train_labels())
+    def logit_offset(self, tc=None) -> torch.Tensor | None:
+        """tau * log(prior) of config `logit_adjustment`, the prior counted as `class_weights` counts."""
+        return logit_offset_vector(self.cfg.logit_adjustment, *self._train_labels(tc))
 
-    def distillation(self, layer_map: list[int]) -> Distillation:
+    def distillation(self, layer_map: list[int], tc=None) -> Distillation:
         """The distillation objective (`distill.*` weights and temperature) for a student whose layer i+1
-        was copied from teacher layer layer_map[i]."""
-        return Distillation(self.cfg.distill, list(layer_map), self.class_weights(), self.logit_offset())
+        was copied from teacher layer layer_map[i], trained with settings `tc` (default: as read)."""
+        return Distillation(self.cfg.distill, list(layer_map), self.class_weights(tc), self.logit_offset(tc))
 
     def fit(self, model, tc, key: str, fingerprint: str, train: Encoded | None = None, objective=None,
             callbacks: tuple = ()):
         """`training.fit` with what every stage shares: this run's splits, tokenizer, seed, selection
-        metric, class weights and quietness, and the stage `key`'s work directory and log. `objective`:
+        metric, class weights and quietness, and the stage `key`'s work directory and log; `tc.extra_train_repeat`
+        passes over the extra training rows (the class weights and the logit offset counted on the split so
+        repeated, as the stage sees it). `objective`:
         default cross-entropy; `self.distillation(...)` for a distilled student. `callbacks`: see `fit`."""
-        return fit(model, self.train if train is None else train, self.validation, self.tokenizer, tc,
+        return fit(model, self.seen(tc, train), self.validation, self.tokenizer, tc,
                    work_dir=self.work_dir(key), log_path=self.log_path(key), stage=key, seed=self.cfg.seed,
                    selection_metric=self.cfg.selection_metric, quiet=self.quiet, fingerprint=fingerprint,
-                   class_weights=self.class_weights(), logit_offset=self.logit_offset(), objective=objective,
+                   class_weights=self.class_weights(tc), logit_offset=self.logit_offset(tc), objective=objective,
                    callbacks=callbacks)
 
 

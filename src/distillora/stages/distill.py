@@ -39,4 +39,4 @@ def train(env: StageEnv, name: str, teacher, layers, cache: dict, fingerprint: s
     set_seed(env.cfg.seed)
     student = build_student(teacher, layers)
     return env.fit(student, env.cfg.distill.train, name, fingerprint, train=env.train.with_fields(**cache),
-                   objective=env.distillation(layers))
+                   objective=env.distillation(layers, env.cfg.distill.train))

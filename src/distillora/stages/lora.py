@@ -54,7 +54,7 @@ def train(env: StageEnv, teacher, fingerprint: str, key: str = "lora", cache: di
     model = lora.wrap(student, c.r, c.alpha, c.dropout, c.target_modules)
     if c.objective == "distill":
         model, stats = env.fit(model, c.train, key, fingerprint, train=env.train.with_fields(**cache),
-                               objective=env.distillation(layers))
+                               objective=env.distillation(layers, c.train))
     else:
         model, stats = env.fit(model, c.train, key, fingerprint)
     stats["target_modules"] = list(model.peft_config["default"].target_modules)
