@@ -45,16 +45,16 @@ from recipe import REPO, dev_sets, split_scores  # noqa: E402
 
 def check_scores(cfg, tok, models: dict, validation_texts: list[str]) -> dict:
     """Per model (`teacher` among them) and suite of `cfg.check.suites`: the balanced MFT pass rate and
-    the mean pass rate over capabilities (distillora.check.summarise), answered in memory through the
-    config's normaliser (the one the teacher was trained with: same config). `validation_texts`: the
-    seeds of suites that sample validation (the generic suite), as a study passes them."""
+    the mean pass rate over capabilities (distillora.check.summarise), answered in memory through each
+    model's own saved normaliser. `validation_texts`: the seeds of suites that sample validation (the
+    generic suite), as a study passes them."""
     from distillora.check import check_models
     from distillora.data import Split
-    from distillora.normalize import Normalizer
-
-    norm = Normalizer(cfg.data.normalize)
+    from distillora.normalize import of_model
 
     def predictor(model):
+        norm = of_model(model)
+
         def predict(texts):
             split = Split(norm.many(texts), np.zeros(len(texts), dtype=np.int64))
             return predict_proba(model, encode(split, tok, cfg.data.max_length), tok)[0].tolist()

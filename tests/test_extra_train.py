@@ -142,7 +142,7 @@ def test_a_stage_sees_the_extra_rows_as_often_as_its_setting_says_and_counts_cla
     seen = env.seen(three).items
     assert seen == items + items[5:] * 2 and len(seen) == 11
     # balanced weights n / (C n_c): as read 7 rows (5 / 2), as seen 11 rows (7 / 4)
-    assert env.class_weights().tolist() == pytest.approx([7 / 10, 7 / 4])
+    assert env.class_weights(once).tolist() == pytest.approx([7 / 10, 7 / 4])
     assert env.class_weights(three).tolist() == pytest.approx([11 / 14, 11 / 8])
     assert env.distillation([1], three).class_weights.tolist() == pytest.approx([11 / 14, 11 / 8])
     # cached teacher outputs attached before the repeat travel with their rows

@@ -68,24 +68,24 @@ class StageEnv:
         data.extra_train rows `tc.extra_train_repeat` times."""
         return (self.train if train is None else train).with_tail_repeated(self.extra_rows, tc.extra_train_repeat)
 
-    def _train_labels(self, tc=None) -> tuple[list[int], int]:
-        """The labels of the training split as a stage with train settings `tc` sees it (default: as
-        read) and the number of labels: the resolved label names (the study fills in inferred ones),
-        else the labels the data holds."""
-        labels = [x["labels"] for x in (self.train if tc is None else self.seen(tc)).items]
+    def _train_labels(self, tc) -> tuple[list[int], int]:
+        """The labels of the training split as a stage with train settings `tc` sees it and the number
+        of labels: the resolved label names (the study fills in inferred ones), else the labels the data
+        holds."""
+        labels = [x["labels"] for x in self.seen(tc).items]
         return labels, len(self.cfg.data.label_names) if self.cfg.data.label_names else max(labels) + 1
 
-    def class_weights(self, tc=None) -> torch.Tensor | None:
+    def class_weights(self, tc) -> torch.Tensor | None:
         """Config `class_weights`, counted on the training split as the stage with settings `tc` sees it."""
         return class_weight_vector(self.cfg.class_weights, *self._train_labels(tc))
 
-    def logit_offset(self, tc=None) -> torch.Tensor | None:
+    def logit_offset(self, tc) -> torch.Tensor | None:
         """tau * log(prior) of config `logit_adjustment`, the prior counted as `class_weights` counts."""
         return logit_offset_vector(self.cfg.logit_adjustment, *self._train_labels(tc))
 
-    def distillation(self, layer_map: list[int], tc=None) -> Distillation:
+    def distillation(self, layer_map: list[int], tc) -> Distillation:
         """The distillation objective (`distill.*` weights and temperature) for a student whose layer i+1
-        was copied from teacher layer layer_map[i], trained with settings `tc` (default: as read)."""
+        was copied from teacher layer layer_map[i], trained with settings `tc`."""
         return Distillation(self.cfg.distill, list(layer_map), self.class_weights(tc), self.logit_offset(tc))
 
     def fit(self, model, tc, key: str, fingerprint: str, train: Encoded | None = None, objective=None,
