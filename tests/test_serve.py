@@ -39,6 +39,8 @@ def test_healthz_and_models(client, tiny_run):
         assert {"num_layers", "teacher_layers", "params_total", "params_trainable", "test"} <= set(x)
         assert 0 <= x["test"]["accuracy"] <= 1
     assert sum(x["best_student"] for x in m["models"]) == 1
+    # the page states the rule the run chose the best student by (the tiny run has no development sets)
+    assert "best student, chosen on validation f1_macro." in client.get("/").get_data(as_text=True)
 
 
 def test_predict_single_and_batch(client):

@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification
 
 from distillora.cli import main
 
+DEV_SET = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "dev" / "short_sentences.csv")
 MODELS = ["teacher", "odd", "even", "lora", "baseline"]
 TEST_KEYS = {"accuracy", "balanced_accuracy", "f1_macro", "per_class", "roc_auc", "loss", "confusion"}
 
@@ -24,7 +25,7 @@ def tiny_config(tmp_path, tiny_teacher_dir, small_data):
     cfg = {
         "name": "tiny",
         "data": {"source": str(small_data), "validation_fraction": 0.25, "max_length": 32,
-                 "extra_tests": {"shouting": str(tmp_path / "shifted.csv")}},
+                 "extra_tests": {"shouting": str(tmp_path / "shifted.csv")}, "dev_sets": {"typed": DEV_SET}},
         "teacher": {"source": str(tiny_teacher_dir), "train": {"epochs": 1, "batch_size": 16, "logging_steps": 2}},
         "distill": {"students": {"odd": "odd", "even": "even"}, "train": {"epochs": 2, "batch_size": 16, "logging_steps": 2}},
         "lora": {"r": 4, "alpha": 8, "train": {"epochs": 1, "batch_size": 16}},
@@ -73,10 +74,18 @@ def test_tiny_study_end_to_end(tmp_path, tiny_config, capsys):
     assert by["lora"]["params_trainable"] < 0.05 * by["lora"]["params_total"]
     assert by["lora"]["merge_max_abs_diff"] < 1e-4
     assert by["baseline"]["params_trainable"] == by["baseline"]["params_total"]
-    assert r["best_student"] in MODELS[1:]
-    for m in r["models"]:  # the extra test set, reported like the test split
+    for m in r["models"]:  # the extra test set, reported like the test split, and the development set
         e = m["extra_tests"]["shouting"]
         assert e["rows"] == 10 and sum(map(sum, e["confusion"])) == 10 and "ci95" in e
+        d = m["dev_sets"]["typed"]
+        assert d["rows"] == 289 and sum(map(sum, d["confusion"])) == 289 and "ci95" in d
+    # the best student: the mean of validation F1 and the development set's F1, recomputed from the file
+    score = {m["name"]: (m["validation"]["f1_macro"] + m["dev_sets"]["typed"]["f1_macro"]) / 2 for m in r["models"][1:]}
+    assert r["best_student"] == max(score, key=score.get)
+    assert r["best_student_rule"] == "validation f1_macro and f1_macro on the development sets typed (their mean, equal weight)"
+    report = (out / "report.md").read_text()
+    assert "## Development sets" in report and "| typed | 289 |" in report
+    for m in r["models"]:
         assert m["calibration"]["test"]["ece"] >= 0 and 0 < m["threshold"]["value"] < 1
         assert m["per_category"]["(none)"]["rows"] == 20
     assert {(x["a"], x["b"]) for x in r["significance"]} >= {("odd", "even"), ("lora", "baseline"), ("odd", "teacher")}
@@ -130,6 +139,24 @@ def test_layer_out_of_range_for_teacher_is_a_clear_error(tmp_path, tiny_config, 
     assert "out of range" in capsys.readouterr().err
 
 
+def test_adding_a_development_set_to_a_finished_run_retrains_nothing(tiny_run, tmp_path):
+    """data.dev_sets is read by evaluation only: with --force a finished run scores every model on the
+    new set and re-chooses the best student, and every stage is skipped (its record is untouched)."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    stage_files = sorted((copy / "stages").glob("*.json"))
+    trained = {p.name: p.read_bytes() for p in stage_files if ".test" not in p.name and ".extra-" not in p.name}
+    assert set(trained) == {f"{m}.json" for m in MODELS}
+    assert main(["run", "--config", str(copy / "config.yaml"), "--output", str(copy), "--quiet", "--force",
+                 f"data.dev_sets={{typed: {DEV_SET}}}"]) == 0
+    assert {n: (copy / "stages" / n).read_bytes() for n in trained} == trained
+    r = json.loads((copy / "results.json").read_text())
+    assert all(m["dev_sets"]["typed"]["rows"] == 289 for m in r["models"])
+    assert "development sets typed" in r["best_student_rule"]
+
+
 def test_predict_on_unfinished_run(tmp_path, capsys):
     assert main(["predict", "--run", str(tmp_path), "hello"]) == 2
     assert "not a finished run" in capsys.readouterr().err
@@ -154,25 +181,60 @@ def test_seeds_repeat_every_trainable_stage(tmp_path, tiny_config):
     assert a != b
     assert "## Across 2 seeds" in (out / "report.md").read_text()
     # the rule that chose the best student is recorded, and the report states it
-    assert r["best_student_rule"] == f"mean validation {r['selection_metric']} over 2 seeds"
-    assert f"chosen on mean validation {r['selection_metric']} over 2 seeds" in (out / "report.md").read_text()
+    for m in r["models"]:  # each seed's model is scored on the development set, for the choice
+        assert [set(x["dev_sets"]) for x in m["seeds"]] == [{"typed"}, {"typed"}]
+    rule = "mean validation f1_macro and f1_macro on the development sets typed (their mean, equal weight) over 2 seeds"
+    assert r["best_student_rule"] == rule and f"chosen on {rule}" in (out / "report.md").read_text()
+
+
+def _record(name, kind, validation, dev=None, seeds=None):
+    """A ModelRecord with only what the best-student choice reads: the primary validation F1, the
+    development sets' F1 (name -> value) and per-seed rows ((validation F1, {dev name: F1}), ...)."""
+    from distillora.rundir import ModelRecord
+
+    rows = None if seeds is None else [
+        {"seed": 42 + i, "validation": {"f1_macro": v}, "dev_sets": {k: {"f1_macro": x} for k, x in d.items()}}
+        for i, (v, d) in enumerate(seeds)]
+    summary = None if seeds is None else {"validation_f1_macro": {"mean": sum(v for v, _ in seeds) / len(seeds),
+                                                                  "std": 0.0, "n": len(seeds)}}
+    return ModelRecord(name=name, kind=kind, num_layers=1, teacher_layers=[1], objective="", params_total=1,
+                       params_trainable=1, train={}, validation={"f1_macro": validation}, test={}, inference={},
+                       size_bytes=1, dev_sets=None if dev is None else {k: {"f1_macro": x} for k, x in dev.items()},
+                       seeds=rows, seed_summary=summary)
 
 
 def test_best_student_over_seeds_uses_mean_validation():
     """One seed's validation can favour a student that the mean over seeds does not: the mean decides."""
-    from distillora.rundir import ModelRecord
     from distillora.study import _best_student
 
-    def rec(name, kind, primary, mean):
-        return ModelRecord(name=name, kind=kind, num_layers=1, teacher_layers=[1], objective="", params_total=1,
-                           params_trainable=1, train={}, validation={"f1_macro": primary}, test={}, inference={},
-                           size_bytes=1, seed_summary=None if mean is None else
-                           {"validation_f1_macro": {"mean": mean, "std": 0.0, "n": 3}})
-
-    models = [rec("teacher", "teacher", 0.99, 0.99), rec("a", "distilled", 0.93, 0.90), rec("b", "baseline", 0.92, 0.91)]
+    models = [_record("teacher", "teacher", 0.99, seeds=[(0.99, {})] * 3),
+              _record("a", "distilled", 0.93, seeds=[(0.93, {}), (0.88, {}), (0.89, {})]),   # mean 0.90
+              _record("b", "baseline", 0.92, seeds=[(0.92, {}), (0.90, {}), (0.91, {})])]    # mean 0.91
     assert _best_student(models, "f1_macro") == ("b", "mean validation f1_macro over 3 seeds")
-    single = [rec("teacher", "teacher", 0.99, None), rec("a", "distilled", 0.93, None), rec("b", "baseline", 0.92, None)]
+    single = [_record("teacher", "teacher", 0.99), _record("a", "distilled", 0.93), _record("b", "baseline", 0.92)]
     assert _best_student(single, "f1_macro") == ("a", "validation f1_macro")
+
+
+def test_best_student_weighs_validation_and_each_development_set_equally():
+    """With data.dev_sets the score is the mean of the validation figure and each set's figure: a student
+    ahead on validation by 0.001 and behind on both development sets is not chosen (by hand: a scores
+    (0.918 + 0.94 + 0.79) / 3 = 0.8827, b (0.917 + 0.965 + 0.838) / 3 = 0.9067)."""
+    from distillora.study import _best_student
+
+    models = [_record("teacher", "teacher", 0.95, {"dev": 0.98, "functional": 0.84}),
+              _record("a", "distilled", 0.918, {"dev": 0.94, "functional": 0.79}),
+              _record("b", "distilled", 0.917, {"dev": 0.965, "functional": 0.838})]
+    name, rule = _best_student(models, "f1_macro", ["dev", "functional"])
+    assert name == "b"
+    assert rule == "validation f1_macro and f1_macro on the development sets dev, functional (their mean, equal weight)"
+    assert _best_student(models, "f1_macro") == ("a", "validation f1_macro")  # without them: validation alone
+    # over seeds: each seed's mean of the two signals, averaged over seeds (a: 0.85, 0.84 -> 0.845; b: 0.865,
+    # 0.855 -> 0.86), although a's mean validation figure is higher (0.89 against 0.87)
+    seeds = [_record("a", "distilled", 0.9, seeds=[(0.90, {"dev": 0.80}), (0.88, {"dev": 0.80})]),
+             _record("b", "distilled", 0.88, seeds=[(0.88, {"dev": 0.85}), (0.86, {"dev": 0.85})])]
+    assert _best_student(seeds, "f1_macro") == ("a", "mean validation f1_macro over 2 seeds")
+    assert _best_student(seeds, "f1_macro", ["dev"]) == (
+        "b", "mean validation f1_macro and f1_macro on the development sets dev (their mean, equal weight) over 2 seeds")
 
 
 def test_report_of_a_run_from_before_the_rule_was_recorded_says_validation(tiny_run, tmp_path):

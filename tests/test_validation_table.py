@@ -57,6 +57,14 @@ CASES = [
     ("missing extra test", ["data.extra_tests={foo: /missing.csv}"], None, None,
      ["data.extra_tests.foo", "/missing.csv", "file not found"]),
     ("bad extra test", ["data.extra_tests={foo: EXTRA}"], None, None, ["data.extra_tests.foo", "extra.csv", "row 1", "label '7'"]),
+    # development sets: found and checked before training, as extra test sets are; names kept apart
+    ("missing development set", ["data.dev_sets={typed: /missing.csv}"], None, None,
+     ["data.dev_sets.typed", "/missing.csv", "file not found"]),
+    ("bad development set", ["data.dev_sets={typed: EXTRA}"], None, None, ["data.dev_sets.typed", "extra.csv", "row 1", "label '7'"]),
+    ("development set named as a split", ["data.dev_sets={test: EXTRA}"], None, None,
+     ["data.dev_sets.test", "taken by a split"]),
+    ("development set named as an extra test", ["data.dev_sets={foo: EXTRA}", "data.extra_tests={foo: EXTRA}"], None,
+     None, ["data.dev_sets.foo", "data.extra_tests has a set of that name"]),
     # issue 11 K: quoted fields spanning lines; a tab-separated file
     ("label after a multi-line field", [], "tweet,label\n\"one\ntwo\nthree\",0\n" + GOOD.split("\n", 1)[1] + "odd,5\n", None,
      ["row 22 (line 25)", "label '5'"]),

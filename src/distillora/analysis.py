@@ -14,9 +14,9 @@ from .audit import audit, findings
 from .evaluate import test_metrics
 
 
-def add_to_models(models: list, evaluations: dict, splits, extra: dict, cfg) -> None:
-    """Fill each ModelRecord's test, calibration, threshold, per-category and extra-test figures from
-    its `Evaluation` in `evaluations` (by model name)."""
+def add_to_models(models: list, evaluations: dict, splits, extra: dict, cfg, dev: dict | None = None) -> None:
+    """Fill each ModelRecord's test, calibration, threshold, per-category, extra-test and development-set
+    figures from its `Evaluation` in `evaluations` (by model name)."""
     labels = splits.test.labels
     names = splits.info["label_names"]
     for m in models:
@@ -34,14 +34,18 @@ def add_to_models(models: list, evaluations: dict, splits, extra: dict, cfg) -> 
         if splits.test.categories is not None:
             m.per_category = per_category(labels, pred, splits.test.categories, names)
         if extra:
-            m.extra_tests = {}
-            for name, split in extra.items():
-                p = ev.extra[name]
-                r = test_metrics(p, split.labels, names)
-                r["ci95"] = {"accuracy": list(stats.bootstrap_ci(split.labels, p.argmax(1), "accuracy",
-                                                                 cfg.bootstrap_resamples, seed=cfg.seed))}
-                r["rows"] = len(split)
-                m.extra_tests[name] = r
+            m.extra_tests = {name: _set_metrics(ev.extra[name], split, names, cfg) for name, split in extra.items()}
+        if dev:
+            m.dev_sets = {name: _set_metrics(ev.extra[name], split, names, cfg) for name, split in dev.items()}
+
+
+def _set_metrics(p: np.ndarray, split, names: list[str], cfg) -> dict:
+    """A labelled set's figures, as for the test split, with a bootstrap interval on accuracy."""
+    r = test_metrics(p, split.labels, names)
+    r["ci95"] = {"accuracy": list(stats.bootstrap_ci(split.labels, p.argmax(1), "accuracy",
+                                                     cfg.bootstrap_resamples, seed=cfg.seed))}
+    r["rows"] = len(split)
+    return r
 
 
 def _threshold(probs: np.ndarray, val: np.ndarray, labels: np.ndarray, val_labels: np.ndarray) -> dict | None:
@@ -56,8 +60,10 @@ def _threshold(probs: np.ndarray, val: np.ndarray, labels: np.ndarray, val_label
             "test_f1_macro": float(f1_score(labels, at_t, average="macro", zero_division=0))}
 
 
-def add_seeds(models: list, seeds: list[int], seed_records: dict, per_seed: dict, splits) -> None:
-    """Per-seed validation and test figures of every model, with their mean and (sample) std."""
+def add_seeds(models: list, seeds: list[int], seed_records: dict, per_seed: dict, splits,
+              dev: dict | None = None) -> None:
+    """Per-seed validation, test and development-set figures of every model, with the mean and (sample)
+    std of the validation and test ones."""
     labels, vlabels = splits.test.labels, splits.validation.labels
     names = splits.info["label_names"]
     for m in models:
@@ -71,6 +77,11 @@ def add_seeds(models: list, seeds: list[int], seed_records: dict, per_seed: dict
                          "test": {"accuracy": t["accuracy"], "balanced_accuracy": t["balanced_accuracy"],
                                   "f1_macro": t["f1_macro"],
                                   "recall": {n: c["recall"] for n, c in t["per_class"].items()}}})
+            if dev:
+                rows[-1]["dev_sets"] = {}
+                for name, split in dev.items():
+                    d = test_metrics(ev.extra[name], split.labels, names)
+                    rows[-1]["dev_sets"][name] = {k: d[k] for k in ("accuracy", "balanced_accuracy", "f1_macro")}
         m.seeds = rows
         summary = {}
         for split in ("validation", "test"):

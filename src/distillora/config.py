@@ -98,6 +98,11 @@ class DataConfig:
                                                    "hate_speech_twitter) or a list of steps; see distillora.normalize.")
     extra_tests: dict[str, str] = _f({}, "Extra labelled test sets, name -> file (csv/jsonl/parquet with the same "
                                          "text and label columns); every model is evaluated on each.")
+    dev_sets: dict[str, str] = _f({}, "Labelled development sets, name -> file (csv/jsonl/parquet with the same text "
+                                      "and label columns), e.g. sentences of the kind the model will serve: every "
+                                      "model is scored on each, and the best student is chosen on the mean of its "
+                                      "validation figure and its figures on these (selection_metric, equal weight), "
+                                      "never on test. Never used for training.")
     extra_train: list[str] = _f([], "Extra labelled training files (csv/jsonl/parquet with the same text and label "
                                      "columns), added to the training split after the validation carve: every "
                                      "model trains on them, and they are never in validation or test (e.g. "
@@ -368,9 +373,12 @@ def validate(cfg: StudyConfig) -> list[str]:
         errs.append(f"seeds = {cfg.seeds}: each seed may appear once")
     if cfg.bootstrap_resamples < 100:
         errs.append(f"bootstrap_resamples = {cfg.bootstrap_resamples}: use at least 100 (default 1000)")
-    for name, path in d.extra_tests.items():
-        if name in ("train", "validation", "test"):
-            errs.append(f"data.extra_tests.{name}: that name is taken by a split; pick another")
+    for key, sets in (("extra_tests", d.extra_tests), ("dev_sets", d.dev_sets)):
+        for name in sets:
+            if name in ("train", "validation", "test"):
+                errs.append(f"data.{key}.{name}: that name is taken by a split; pick another")
+    for name in sorted(set(d.extra_tests) & set(d.dev_sets)):
+        errs.append(f"data.dev_sets.{name}: data.extra_tests has a set of that name too; give each set its own name")
     for key in sorted(set(cfg.quality_bars or {}) - set(QUALITY_BARS)):
         errs.append(f"quality_bars.{key}: not a bar the report knows; use {', '.join(QUALITY_BARS)} (or null for none)")
     if cfg.selection_metric not in ("f1_macro", "accuracy", "balanced_accuracy"):
@@ -505,7 +513,7 @@ def to_yaml(cfg) -> str:
 
 # keys added after runs existed: at these values they are left out of a section's fingerprint, so the
 # finished stages of those runs stay finished
-NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}, "extra_train": []}, "distill": {"weights": {}},
+NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}, "extra_train": [], "dev_sets": {}}, "distill": {"weights": {}},
                     "teacher": {"soup": 1}}
 
 

@@ -92,7 +92,8 @@ def _ci(test: dict, key: str) -> str:
 
 
 def _sections(results: dict) -> list[str]:
-    """Seeds, significance, calibration and threshold, per-category, extra test sets, data audit."""
+    """Seeds, significance, calibration and threshold, per-category, development and extra test sets, data
+    audit."""
     lines = []
     ms = results["models"]
     if any(m.get("seed_summary") for m in ms):
@@ -174,20 +175,29 @@ def _sections(results: dict) -> list[str]:
                 cells.append(f"{e['accuracy']:.2f}{rec}")
             lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
         lines.append("")
+    positive = results["dataset"]["label_names"][-1]
+    if any(m.get("dev_sets") for m in ms):
+        lines += ["## Development sets", "",
+                  "Labelled sets of the kind the model will serve (`data.dev_sets`), never trained on; with "
+                  "validation they choose the best student (the rule is under Findings)."]
+        lines += _sets_table(ms, "dev_sets", positive, binary)
     if any(m.get("extra_tests") for m in ms):
-        positive = results["dataset"]["label_names"][-1]
-        lines += ["## Extra test sets", "",
-                  "| model | set | rows | accuracy [95% CI] | balanced accuracy | F1 (macro) |"
-                  + (f" {positive} P / R |" if binary else ""), "|---|---|---|---|---|---|" + ("---|" if binary else "")]
-        for m in ms:
-            for name, r in (m.get("extra_tests") or {}).items():
-                pr = f" {_pr(r, positive)} |" if binary else ""
-                lines.append(f"| {m['name']} | {name} | {r['rows']} | {r['accuracy']:.3f}{_ci(r, 'accuracy')} | "
-                             f"{r.get('balanced_accuracy', float('nan')):.3f} | {r['f1_macro']:.3f} |{pr}")
-        lines.append("")
+        lines += ["## Extra test sets"] + _sets_table(ms, "extra_tests", positive, binary)
     if results.get("audit"):
         lines += audit_lines(results["audit"], results["dataset"]["label_names"])
     return lines
+
+
+def _sets_table(ms: list[dict], key: str, positive: str, binary: bool) -> list[str]:
+    """Every model's figures on each labelled set of `key` (extra_tests or dev_sets)."""
+    lines = ["", "| model | set | rows | accuracy [95% CI] | balanced accuracy | F1 (macro) |"
+             + (f" {positive} P / R |" if binary else ""), "|---|---|---|---|---|---|" + ("---|" if binary else "")]
+    for m in ms:
+        for name, r in (m.get(key) or {}).items():
+            pr = f" {_pr(r, positive)} |" if binary else ""
+            lines.append(f"| {m['name']} | {name} | {r['rows']} | {r['accuracy']:.3f}{_ci(r, 'accuracy')} | "
+                         f"{r.get('balanced_accuracy', float('nan')):.3f} | {r['f1_macro']:.3f} |{pr}")
+    return lines + [""]
 
 
 def audit_lines(a: dict, names: list[str]) -> list[str]:

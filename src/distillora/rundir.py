@@ -122,11 +122,12 @@ class ModelRecord(_Record):
     threshold: dict | None = None
     per_category: dict | None = None
     extra_tests: dict | None = None
+    dev_sets: dict | None = None  # data.dev_sets: name -> figures, as extra_tests
     seeds: list | None = None
     seed_summary: dict | None = None
     other: dict = field(default_factory=dict)
 
-    _optional = ("calibration", "per_category", "extra_tests", "seeds", "seed_summary")  # threshold: null for N > 2
+    _optional = ("calibration", "per_category", "extra_tests", "dev_sets", "seeds", "seed_summary")  # threshold: null for N > 2
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelRecord":

@@ -179,9 +179,28 @@ def _with_label_names(cfg: StudyConfig, names: list[str]) -> StudyConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, label_names=list(names)))
 
 
-def _load_extra_tests(cfg: StudyConfig) -> dict:
-    """Every `data.extra_tests` file, read and checked before anything is trained or written."""
-    return {name: load_extra(f"data.extra_tests.{name}", path, cfg.data) for name, path in cfg.data.extra_tests.items()}
+def _load_sets(cfg: StudyConfig, key: str) -> dict:
+    """Every file of `data.<key>` (extra_tests or dev_sets), read and checked before anything is trained
+    or written."""
+    return {name: load_extra(f"data.{key}.{name}", path, cfg.data) for name, path in getattr(cfg.data, key).items()}
+
+
+def _set_probabilities(run: RunDir, key: str, rec: dict, sets: dict, cfg: StudyConfig, tokenizer) -> dict:
+    """Probabilities of the saved model `key` on each labelled set in `sets` (name -> encoded split; the
+    names of data.extra_tests and data.dev_sets, which config validation keeps apart), computed once per
+    model and file and kept in stages/<key>.extra-<name>.json. The model is loaded only if a set needs it."""
+    files = {**cfg.data.extra_tests, **cfg.data.dev_sets}
+    model, out = None, {}
+    for set_name, split_enc in sets.items():
+        path = Path(files[set_name])
+        fp = fingerprint(rec["fingerprint"], str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+        probs = run.extra_probabilities(key, set_name, fp)
+        if probs is None:
+            log.info("evaluating %s on %s", key, set_name)
+            model = model or _load(run.model_dir(key))
+            probs = run.write_extra_probabilities(key, set_name, fp, predict_proba(model, split_enc, tokenizer)[0])
+        out[set_name] = probs
+    return out
 
 
 def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list) -> Path:
@@ -190,7 +209,8 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     group = group_factors(splits.train, cfg)          # so does a missing group column (group_weights)
     config_yaml = to_yaml(cfg)                        # as given (label_names may be null: inferred)
     cfg = _with_label_names(cfg, splits.info["label_names"])
-    extra = _load_extra_tests(cfg)                    # so do extra test sets'
+    extra = _load_sets(cfg, "extra_tests")            # so do extra test sets'
+    dev = _load_sets(cfg, "dev_sets")                 # and development sets'
     if cfg.logit_adjustment and cfg.class_weights is not None:
         log.warning("logit_adjustment = %g with class_weights = %r corrects the class prior twice (measured worse "
                     "in docs/results.md); set class_weights: null for the logit-adjusted loss alone",
@@ -235,33 +255,29 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
 
     # ---- evaluation: every saved model, reloaded from disk, on the test split once (and on the
     # validation split, for calibration and a threshold chosen there, and on any extra test sets)
-    extra_enc = {name: encode(split, tokenizer, cfg.data.max_length) for name, split in extra.items()}
+    sets_enc = {name: encode(split, tokenizer, cfg.data.max_length) for name, split in {**extra, **dev}.items()}
+    dev_enc = {name: sets_enc[name] for name in dev}
     evaluations = {}
     for name, rec in records.items():
         ev = _evaluate(run, name, rec, enc, tokenizer)
-        model = None  # loaded at most once, only if an extra set still needs this model
-        for set_name in extra:
-            path = Path(cfg.data.extra_tests[set_name])
-            fp_extra = fingerprint(rec["fingerprint"], str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
-            probs = run.extra_probabilities(name, set_name, fp_extra)
-            if probs is None:
-                log.info("evaluating %s on extra test set %s", name, set_name)
-                model = model or _load(run.model_dir(name))
-                probs = run.write_extra_probabilities(name, set_name, fp_extra,
-                                                      predict_proba(model, extra_enc[set_name], tokenizer)[0])
-            ev.extra[set_name] = probs
+        ev.extra = _set_probabilities(run, name, rec, sets_enc, cfg, tokenizer)
         evaluations[name] = ev
 
     from . import analysis  # scipy and the statistics are needed only here
 
     models = [_model_entry(name, Kind(rec["kind"]), rec, evaluations[name], run) for name, rec in records.items()]
-    analysis.add_to_models(models, evaluations, splits, extra, cfg)
+    analysis.add_to_models(models, evaluations, splits, extra, cfg, dev)
     if len(seeds) > 1:
-        per_seed = {seed: {name: _evaluate(run, name + f".seed{seed}", rec, enc, tokenizer)
-                           for name, rec in seed_records[seed].items()} for seed in seeds[1:]}
+        per_seed = {}
+        for seed in seeds[1:]:
+            per_seed[seed] = {}
+            for name, rec in seed_records[seed].items():
+                key = name + f".seed{seed}"
+                ev = per_seed[seed][name] = _evaluate(run, key, rec, enc, tokenizer)
+                ev.extra = _set_probabilities(run, key, rec, dev_enc, cfg, tokenizer)  # for the choice below
         per_seed[cfg.seed] = evaluations
-        analysis.add_seeds(models, seeds, seed_records, per_seed, splits)
-    best, rule = _best_student(models, cfg.selection_metric)
+        analysis.add_seeds(models, seeds, seed_records, per_seed, splits, dev)
+    best, rule = _best_student(models, cfg.selection_metric, list(dev))
     results = Results(
         name=cfg.name,
         dataset=splits.info,
@@ -373,18 +389,29 @@ def _model_entry(name: str, kind: Kind, rec: dict, ev: Evaluation, run: RunDir) 
     )
 
 
-def _best_student(models: list[ModelRecord], metric: str) -> tuple[str | None, str]:
-    """(name, the rule in words). Chosen on validation, never on test: with several seeds (`--seeds N`)
-    on the mean of the seeds' validation figures, which one seed's validation (568 rows for the seed
-    preset, about 1 point of standard error) cannot separate from noise; the primary seed's model is
-    the one served."""
+def _best_student(models: list[ModelRecord], metric: str, dev_sets: list[str] = ()) -> tuple[str | None, str]:
+    """(name, the rule in words). Chosen on validation and the development sets (`data.dev_sets`), never
+    on test: the score is the mean of the validation `metric` and the same metric on each development
+    set, with equal weight, because validation is a carve of the training distribution while the
+    development sets stand for what the model will serve (a shifted distribution), and a student
+    chosen on validation alone follows the training distribution's noise: on the seed preset one seed's
+    validation (568 rows, about 1 point of standard error) separated odd and even by 0.001 while the
+    development sets separated them by 2.4 and 4.8 points (docs/results.md). With several seeds (`--seeds
+    N`) the score is the mean over seeds. The primary seed's model is the one served."""
     students = [m for m in models if m.is_student]
     seeds = next((m.seed_summary[f"validation_{metric}"]["n"] for m in students if m.seed_summary), 0)
 
-    def score(m: ModelRecord) -> float:
-        return m.seed_summary[f"validation_{metric}"]["mean"] if m.seed_summary else m.validation[metric]
+    def one(validation: dict, dev: dict) -> float:
+        return sum([validation[metric]] + [dev[d][metric] for d in dev_sets]) / (1 + len(dev_sets))
 
-    rule = f"mean validation {metric} over {seeds} seeds" if seeds else f"validation {metric}"
+    def score(m: ModelRecord) -> float:
+        if m.seeds:
+            return sum(one(r["validation"], r.get("dev_sets") or {}) for r in m.seeds) / len(m.seeds)
+        return one(m.validation, m.dev_sets or {})
+
+    rule = f"validation {metric}" + (f" and {metric} on the development sets {', '.join(dev_sets)} (their mean, "
+                                     f"equal weight)" if dev_sets else "")
+    rule = f"mean {rule} over {seeds} seeds" if seeds else rule
     return (max(students, key=score).name if students else None), rule
 
 

@@ -244,6 +244,8 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
     def page(**kw):
         return render_template("index.html", run=p.name, examples=EXAMPLES, models=list(p.models),
                                best=p.best_student, metrics=metrics, label_names=p.label_names,
+                               best_rule=p.results.get("best_student_rule")
+                               or f"validation {p.results.get('selection_metric', 'f1_macro')}",
                                pair_task=p.pair_task, examples_pairs=EXAMPLE_PAIRS,
                                max_chars=MAX_TEXT_CHARS, max_rows=MAX_CSV_ROWS,
                                max_kib=MAX_UPLOAD_BYTES // 1024, checks=checks, **kw)

@@ -17,7 +17,7 @@ from ..training import compute_metrics
 from .base import Kind, Stage, StageEnv, register
 
 # data keys that only evaluation reads: changing them re-evaluates, it does not retrain
-EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "category_column")
+EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "dev_sets", "category_column")
 
 
 @register
