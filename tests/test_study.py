@@ -79,12 +79,19 @@ def test_tiny_study_end_to_end(tmp_path, tiny_config, capsys):
         assert e["rows"] == 10 and sum(map(sum, e["confusion"])) == 10 and "ci95" in e
         d = m["dev_sets"]["typed"]
         assert d["rows"] == 289 and sum(map(sum, d["confusion"])) == 289 and "ci95" in d
-    # the best student: the mean of validation F1 and the development set's F1, recomputed from the file
-    score = {m["name"]: (m["validation"]["f1_macro"] + m["dev_sets"]["typed"]["f1_macro"]) / 2 for m in r["models"][1:]}
-    assert r["best_student"] == max(score, key=score.get)
+    # the best student: the highest mean of validation F1 and the development set's F1 (one seed: the
+    # development figures are the ones reported per model), every student scored
+    scores = r["best_student_scores"]
+    assert set(scores) == set(MODELS[1:])
+    for m in r["models"][1:]:
+        s = scores[m["name"]]
+        assert s["typed"] == m["dev_sets"]["typed"]["f1_macro"] and s["score"] == (s["validation"] + s["typed"]) / 2
+        assert abs(s["validation"] - m["validation"]["f1_macro"]) < 0.05  # scored again from the stored probabilities
+    assert r["best_student"] == max(scores, key=lambda n: scores[n]["score"])
     assert r["best_student_rule"] == "validation f1_macro and f1_macro on the development sets typed (their mean, equal weight)"
     report = (out / "report.md").read_text()
     assert "## Development sets" in report and "| typed | 289 |" in report
+    assert "## Choosing the best student" in report and f"| {r['best_student']} (chosen) |" in report
     for m in r["models"]:
         assert m["calibration"]["test"]["ece"] >= 0 and 0 < m["threshold"]["value"] < 1
         assert m["per_category"]["(none)"]["rows"] == 20
@@ -139,22 +146,34 @@ def test_layer_out_of_range_for_teacher_is_a_clear_error(tmp_path, tiny_config, 
     assert "out of range" in capsys.readouterr().err
 
 
-def test_adding_a_development_set_to_a_finished_run_retrains_nothing(tiny_run, tmp_path):
+def test_adding_a_development_set_to_a_finished_run_retrains_nothing(tiny_run, tmp_path, monkeypatch):
     """data.dev_sets is read by evaluation only: with --force a finished run scores every model on the
-    new set and re-chooses the best student, and every stage is skipped (its record is untouched)."""
+    new set and re-chooses the best student, and every stage is skipped (its record is untouched). The
+    set is named by a path under ~, and an edit of the file is scored again."""
     import shutil
 
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(DEV_SET, tmp_path / "typed.csv")
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy)
     stage_files = sorted((copy / "stages").glob("*.json"))
     trained = {p.name: p.read_bytes() for p in stage_files if ".test" not in p.name and ".extra-" not in p.name}
     assert set(trained) == {f"{m}.json" for m in MODELS}
-    assert main(["run", "--config", str(copy / "config.yaml"), "--output", str(copy), "--quiet", "--force",
-                 f"data.dev_sets={{typed: {DEV_SET}}}"]) == 0
+    args = ["run", "--config", str(copy / "config.yaml"), "--output", str(copy), "--quiet", "--force",
+            "data.dev_sets={typed: ~/typed.csv}"]
+    assert main(args) == 0
     assert {n: (copy / "stages" / n).read_bytes() for n in trained} == trained
     r = json.loads((copy / "results.json").read_text())
     assert all(m["dev_sets"]["typed"]["rows"] == 289 for m in r["models"])
     assert "development sets typed" in r["best_student_rule"]
+    # the same file with its first row's label flipped (the same size): scored again, by content
+    lines = (tmp_path / "typed.csv").read_text().splitlines(keepends=True)
+    text, label = lines[1].rstrip("\n").rsplit(",", 1)
+    lines[1] = f"{text},{1 - int(label)}\n"
+    (tmp_path / "typed.csv").write_text("".join(lines))
+    assert main(args) == 0
+    again = {m["name"]: m["dev_sets"]["typed"]["confusion"] for m in json.loads((copy / "results.json").read_text())["models"]}
+    assert again != {m["name"]: m["dev_sets"]["typed"]["confusion"] for m in r["models"]}
 
 
 def test_predict_on_unfinished_run(tmp_path, capsys):
@@ -183,58 +202,60 @@ def test_seeds_repeat_every_trainable_stage(tmp_path, tiny_config):
     # the rule that chose the best student is recorded, and the report states it
     for m in r["models"]:  # each seed's model is scored on the development set, for the choice
         assert [set(x["dev_sets"]) for x in m["seeds"]] == [{"typed"}, {"typed"}]
+        assert (out / "stages" / f"{m['name']}.seed43.extra-typed.json").is_file()
+    for name, s in r["best_student_scores"].items():  # the mean over the seeds of each seed's figures
+        rows = next(m for m in r["models"] if m["name"] == name)["seeds"]
+        assert abs(s["typed"] - sum(x["dev_sets"]["typed"]["f1_macro"] for x in rows) / 2) < 1e-12
+        assert abs(s["validation"] - sum(x["validation"]["f1_macro"] for x in rows) / 2) < 1e-12
     rule = "mean validation f1_macro and f1_macro on the development sets typed (their mean, equal weight) over 2 seeds"
     assert r["best_student_rule"] == rule and f"chosen on {rule}" in (out / "report.md").read_text()
 
 
-def _record(name, kind, validation, dev=None, seeds=None):
-    """A ModelRecord with only what the best-student choice reads: the primary validation F1, the
-    development sets' F1 (name -> value) and per-seed rows ((validation F1, {dev name: F1}), ...)."""
-    from distillora.rundir import ModelRecord
+def _evaluation(validation_pred, dev_preds):
+    """An Evaluation whose probabilities put all weight on the given predicted labels."""
+    import numpy as np
 
-    rows = None if seeds is None else [
-        {"seed": 42 + i, "validation": {"f1_macro": v}, "dev_sets": {k: {"f1_macro": x} for k, x in d.items()}}
-        for i, (v, d) in enumerate(seeds)]
-    summary = None if seeds is None else {"validation_f1_macro": {"mean": sum(v for v, _ in seeds) / len(seeds),
-                                                                  "std": 0.0, "n": len(seeds)}}
-    return ModelRecord(name=name, kind=kind, num_layers=1, teacher_layers=[1], objective="", params_total=1,
-                       params_trainable=1, train={}, validation={"f1_macro": validation}, test={}, inference={},
-                       size_bytes=1, dev_sets=None if dev is None else {k: {"f1_macro": x} for k, x in dev.items()},
-                       seeds=rows, seed_summary=summary)
+    from distillora.rundir import Evaluation
+
+    one_hot = lambda pred: np.eye(2)[np.asarray(pred)]  # noqa: E731
+    return Evaluation(fingerprint="", probabilities=np.zeros((0, 2)), validation_probabilities=one_hot(validation_pred),
+                      params_total=1, params_trainable=1, num_layers=1, inference={},
+                      extra={k: one_hot(v) for k, v in dev_preds.items()})
 
 
-def test_best_student_over_seeds_uses_mean_validation():
-    """One seed's validation can favour a student that the mean over seeds does not: the mean decides."""
+def test_selection_scores_by_hand():
+    """Validation and each development set weigh equally, per seed, then the mean over seeds; teachers
+    are not scored, and the test probabilities are not read (they are empty here)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from distillora.analysis import selection_scores
+    from distillora.data import Split
+
+    labels = [0, 0, 1, 1]
+    splits = SimpleNamespace(info={"label_names": ["no", "yes"]}, validation=Split(["a"] * 4, np.array(labels)))
+    dev = {"typed": Split(["b"] * 4, np.array(labels))}
+    models = [SimpleNamespace(name="teacher", is_student=False), SimpleNamespace(name="s", is_student=True)]
+    per_seed = {42: {"teacher": None, "s": _evaluation([0, 0, 1, 1], {"typed": [0, 1, 1, 1]})},   # 1.0, 0.75
+                43: {"teacher": None, "s": _evaluation([0, 1, 1, 1], {"typed": [1, 1, 1, 1]})}}   # 0.75, 0.5
+    got = selection_scores(models, per_seed, splits, dev, "accuracy")
+    assert list(got) == ["s"]
+    assert got["s"] == {"validation": 0.875, "typed": 0.625, "score": 0.75}  # (0.875 + 0.625) / 2
+    f1 = selection_scores(models, {42: per_seed[42]}, splits, dev, "f1_macro")["s"]
+    assert f1["validation"] == 1.0 and abs(f1["typed"] - (2 / 3 + 0.8) / 2) < 1e-12  # F1 of "no" 2/3, "yes" 0.8
+
+
+def test_best_student_is_the_highest_score_and_the_rule_says_how():
     from distillora.study import _best_student
 
-    models = [_record("teacher", "teacher", 0.99, seeds=[(0.99, {})] * 3),
-              _record("a", "distilled", 0.93, seeds=[(0.93, {}), (0.88, {}), (0.89, {})]),   # mean 0.90
-              _record("b", "baseline", 0.92, seeds=[(0.92, {}), (0.90, {}), (0.91, {})])]    # mean 0.91
-    assert _best_student(models, "f1_macro") == ("b", "mean validation f1_macro over 3 seeds")
-    single = [_record("teacher", "teacher", 0.99), _record("a", "distilled", 0.93), _record("b", "baseline", 0.92)]
-    assert _best_student(single, "f1_macro") == ("a", "validation f1_macro")
-
-
-def test_best_student_weighs_validation_and_each_development_set_equally():
-    """With data.dev_sets the score is the mean of the validation figure and each set's figure: a student
-    ahead on validation by 0.001 and behind on both development sets is not chosen (by hand: a scores
-    (0.918 + 0.94 + 0.79) / 3 = 0.8827, b (0.917 + 0.965 + 0.838) / 3 = 0.9067)."""
-    from distillora.study import _best_student
-
-    models = [_record("teacher", "teacher", 0.95, {"dev": 0.98, "functional": 0.84}),
-              _record("a", "distilled", 0.918, {"dev": 0.94, "functional": 0.79}),
-              _record("b", "distilled", 0.917, {"dev": 0.965, "functional": 0.838})]
-    name, rule = _best_student(models, "f1_macro", ["dev", "functional"])
-    assert name == "b"
-    assert rule == "validation f1_macro and f1_macro on the development sets dev, functional (their mean, equal weight)"
-    assert _best_student(models, "f1_macro") == ("a", "validation f1_macro")  # without them: validation alone
-    # over seeds: each seed's mean of the two signals, averaged over seeds (a: 0.85, 0.84 -> 0.845; b: 0.865,
-    # 0.855 -> 0.86), although a's mean validation figure is higher (0.89 against 0.87)
-    seeds = [_record("a", "distilled", 0.9, seeds=[(0.90, {"dev": 0.80}), (0.88, {"dev": 0.80})]),
-             _record("b", "distilled", 0.88, seeds=[(0.88, {"dev": 0.85}), (0.86, {"dev": 0.85})])]
-    assert _best_student(seeds, "f1_macro") == ("a", "mean validation f1_macro over 2 seeds")
-    assert _best_student(seeds, "f1_macro", ["dev"]) == (
-        "b", "mean validation f1_macro and f1_macro on the development sets dev (their mean, equal weight) over 2 seeds")
+    scores = {"a": {"validation": 0.918, "dev": 0.94, "functional": 0.79, "score": 0.8827},
+              "b": {"validation": 0.917, "dev": 0.965, "functional": 0.838, "score": 0.9067}}
+    assert _best_student(scores, "f1_macro", ["dev", "functional"], 1) == (
+        "b", "validation f1_macro and f1_macro on the development sets dev, functional (their mean, equal weight)")
+    assert _best_student({"a": {"validation": 0.9, "score": 0.9}, "b": {"validation": 0.8, "score": 0.8}},
+                         "f1_macro", [], 3) == ("a", "mean validation f1_macro over 3 seeds")
+    assert _best_student({}, "f1_macro", [], 1) == (None, "validation f1_macro")
 
 
 def test_report_of_a_run_from_before_the_rule_was_recorded_says_validation(tiny_run, tmp_path):

@@ -63,6 +63,10 @@ CASES = [
     ("bad development set", ["data.dev_sets={typed: EXTRA}"], None, None, ["data.dev_sets.typed", "extra.csv", "row 1", "label '7'"]),
     ("development set named as a split", ["data.dev_sets={test: EXTRA}"], None, None,
      ["data.dev_sets.test", "taken by a split"]),
+    ("development set name with a slash", ["data.dev_sets={a/b: EXTRA}"], None, None,
+     ["data.dev_sets", "'a/b'", "only letters, digits, _ and -"]),
+    ("development set that is the test split", ["data.dev_sets={typed: TEST}"], None, None,
+     ["data.dev_sets.typed", "in the test split", "chosen on test"]),
     ("development set named as an extra test", ["data.dev_sets={foo: EXTRA}", "data.extra_tests={foo: EXTRA}"], None,
      None, ["data.dev_sets.foo", "data.extra_tests has a set of that name"]),
     # issue 11 K: quoted fields spanning lines; a tab-separated file
@@ -77,7 +81,7 @@ CASES = [
 def test_malformed_input(case, overrides, train, test, needles, tmp_path, tiny_teacher_dir, capsys):
     d = _data(tmp_path, train if train is not None else GOOD, test or "tweet,label\nhello,0\nthey are vermin,1\n")
     (tmp_path / "extra.csv").write_text("tweet,label\nhello,7\n")
-    overrides = [o.replace("EXTRA", str(tmp_path / "extra.csv")) for o in overrides]
+    overrides = [o.replace("EXTRA", str(tmp_path / "extra.csv")).replace("TEST", str(d / "test.csv")) for o in overrides]
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"source": str(d), "validation_fraction": 0.25},
                                    "teacher": {"source": str(tiny_teacher_dir)}}))

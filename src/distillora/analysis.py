@@ -48,6 +48,27 @@ def _set_metrics(p: np.ndarray, split, names: list[str], cfg) -> dict:
     return r
 
 
+def selection_scores(models: list, per_seed: dict, splits, dev: dict, metric: str) -> dict:
+    """Each student's figures for the best-student choice, from its stored probabilities (evaluation
+    time, so every seed and every set is scored the same way): `metric` on validation and on each
+    development set, and `score`, their mean with equal weight; with several seeds (`per_seed`: seed ->
+    model name -> Evaluation) each figure is the mean over the seeds. Never the test split."""
+    names = splits.info["label_names"]
+    out = {}
+    for m in models:
+        if not m.is_student:
+            continue
+        rows = []
+        for evs in per_seed.values():
+            ev = evs[m.name]
+            row = {"validation": test_metrics(ev.validation_probabilities, splits.validation.labels, names)[metric]}
+            row.update({d: test_metrics(ev.extra[d], split.labels, names)[metric] for d, split in dev.items()})
+            row["score"] = float(np.mean(list(row.values())))
+            rows.append(row)
+        out[m.name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    return out
+
+
 def _threshold(probs: np.ndarray, val: np.ndarray, labels: np.ndarray, val_labels: np.ndarray) -> dict | None:
     """A decision threshold on p(label 1) chosen on validation, reported beside 0.5: binary tasks only
     (with more labels the verdict is the argmax, and no single threshold exists); None otherwise."""

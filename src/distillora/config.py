@@ -377,6 +377,8 @@ def validate(cfg: StudyConfig) -> list[str]:
         for name in sets:
             if name in ("train", "validation", "test"):
                 errs.append(f"data.{key}.{name}: that name is taken by a split; pick another")
+            elif not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):  # it names files under the run's stages/
+                errs.append(f"data.{key}: the name {name!r} may hold only letters, digits, _ and -")
     for name in sorted(set(d.extra_tests) & set(d.dev_sets)):
         errs.append(f"data.dev_sets.{name}: data.extra_tests has a set of that name too; give each set its own name")
     for key in sorted(set(cfg.quality_bars or {}) - set(QUALITY_BARS)):

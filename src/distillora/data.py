@@ -273,7 +273,7 @@ def load_table(path: str | Path, cfg: DataConfig, names: list[str] | None = None
 
 def load_extra(key: str, path: str, cfg: DataConfig, names: list[str] | None = None) -> Split:
     """The extra labelled file `path` named by the setting `key` (`data.extra_tests.NAME`,
-    `data.extra_train[i]`), read by `load_table`; its errors name the setting and say what to fix.
+    `data.dev_sets.NAME`, `data.extra_train[i]`), read by `load_table`; its errors name the setting and say what to fix.
     A relative path is read from the current directory, as `data.source` is."""
     if not Path(path).expanduser().is_file():
         where = "" if Path(path).is_absolute() else (f" (looked for {Path(path).resolve()}: a relative path is read "

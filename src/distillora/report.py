@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .config import StudyConfig  # noqa: E402
 from .figures import save_figure  # noqa: E402
 from .fileio import read_jsonl, write_text  # noqa: E402
-from .rundir import Results, RunDir  # noqa: E402
+from .rundir import Results, RunDir, selection_rule  # noqa: E402
 
 
 
@@ -179,13 +179,33 @@ def _sections(results: dict) -> list[str]:
     if any(m.get("dev_sets") for m in ms):
         lines += ["## Development sets", "",
                   "Labelled sets of the kind the model will serve (`data.dev_sets`), never trained on; with "
-                  "validation they choose the best student (the rule is under Findings)."]
+                  "validation they choose the best student (next section). Figures of the primary seed's models."]
         lines += _sets_table(ms, "dev_sets", positive, binary)
+    lines += _selection_lines(results)
     if any(m.get("extra_tests") for m in ms):
         lines += ["## Extra test sets"] + _sets_table(ms, "extra_tests", positive, binary)
     if results.get("audit"):
         lines += audit_lines(results["audit"], results["dataset"]["label_names"])
     return lines
+
+
+def _selection_lines(results: dict) -> list[str]:
+    """The figures the best student was chosen on (results.json files from before they were recorded:
+    none)."""
+    scores = results.get("best_student_scores")
+    if not scores:
+        return []
+    sets = [k for k in next(iter(scores.values())) if k not in ("validation", "score")]
+    metric = results["selection_metric"]
+    lines = ["## Choosing the best student", "", f"Chosen on {selection_rule(results)}; the test split is not read. "
+             f"{metric} from each model's stored probabilities.", "",
+             "| student | validation | " + "".join(f"{d} | " for d in sets) + "score |",
+             "|---|---|" + "---|" * len(sets) + "---|"]
+    for name, s in scores.items():
+        star = " (chosen)" if name == results.get("best_student") else ""
+        lines.append(f"| {name}{star} | {s['validation']:.3f} | " + "".join(f"{s[d]:.3f} | " for d in sets)
+                     + f"{s['score']:.3f} |")
+    return lines + [""]
 
 
 def _sets_table(ms: list[dict], key: str, positive: str, binary: bool) -> list[str]:
@@ -316,8 +336,7 @@ def analysis(results: Results, bars: dict | None = None) -> list[str]:
         out.append(f"- LoRA student `{lo['name']}` reaches test accuracy {lo['test']['accuracy']:.3f}, {100 * ratio:.1f}% of "
                    f"the baseline's, with {100 * share:.2f}% of its parameters trainable{bar}.")
     if results.get("best_student"):
-        rule = results.get("best_student_rule") or f"validation {results['selection_metric']}"
-        out.append(f"- Best student, chosen on {rule}: `{results['best_student']}`.")
+        out.append(f"- Best student, chosen on {selection_rule(results)}: `{results['best_student']}`.")
     ds = results["dataset"]
     out.append(f"- Test split: {ds['rows']['test']} rows, label counts {ds['label_counts']['test']}; train "
                f"{ds['label_counts']['train']}. If the test split comes from another source than train (as for "

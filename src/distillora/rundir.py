@@ -3,7 +3,7 @@
   config.yaml              resolved configuration
   stages/<name>.json       a finished stage: fingerprint, kind, objective, training statistics
   stages/<name>.test.json  its evaluation (`Evaluation`: test and validation probabilities, N columns)
-  stages/<name>.extra-<set>.json  its probabilities on an extra test set
+  stages/<name>.extra-<set>.json  its probabilities on an extra test set or a development set
   .lock                    held by the one process writing here (see runlock)
   models/<name>/           save_pretrained output (lora: merged, adapter in models/lora/adapter),
                            with weights.sha256.json (see integrity)
@@ -142,6 +142,12 @@ class ModelRecord(_Record):
         return self.kind != "teacher"
 
 
+def selection_rule(results: dict) -> str:
+    """How a run's best_student was chosen, in words, from its results.json as a dict: files written
+    before the rule was recorded chose on the primary seed's validation figure."""
+    return results.get("best_student_rule") or f"validation {results['selection_metric']}"
+
+
 @dataclass
 class Results(_Record):
     name: str
@@ -156,9 +162,11 @@ class Results(_Record):
     # how best_student was chosen, in words; absent in results.json written before it was recorded
     # (those chose on the primary seed's validation figure)
     best_student_rule: str | None = None
+    # each student's figures for that choice (analysis.selection_scores); absent in older results.json
+    best_student_scores: dict | None = None
     other: dict = field(default_factory=dict)
 
-    _optional = ("best_student_rule",)
+    _optional = ("best_student_rule", "best_student_scores")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Results":

@@ -22,7 +22,7 @@ from .data import encode, load_extra, load_splits
 from .errors import UserError
 from .evaluate import count_params, predict_proba, size_on_disk
 from .inference.base import EVAL_BATCH
-from .fileio import read_json, remove_stale_temporaries, write_dir, write_text
+from .fileio import read_json, remove_stale_temporaries, sha256, write_dir, write_text
 from .rundir import Evaluation, ModelRecord, Results, RunDir
 from .runlock import LOCK_NAME, RunLock
 from .stages import Kind, Stage, StageContext, StageEnv, load_model
@@ -185,6 +185,20 @@ def _load_sets(cfg: StudyConfig, key: str) -> dict:
     return {name: load_extra(f"data.{key}.{name}", path, cfg.data) for name, path in getattr(cfg.data, key).items()}
 
 
+def _check_dev_sets(dev: dict, splits) -> None:
+    """A development set chooses the best student, so it must not be the test split: refused when every
+    row's text is a test text, and a warning names the count when some are."""
+    test = set(splits.test.texts)
+    for name, split in dev.items():
+        shared = sum(t in test for t in split.texts)
+        if shared == len(split.texts):
+            raise UserError(f"data.dev_sets.{name}: every one of its {shared} texts is in the test split; the best "
+                            f"student would be chosen on test. Name a set that is not the test split")
+        if shared:
+            log.warning("data.dev_sets.%s: %d of its %d texts are also in the test split (after normalisation); the "
+                        "choice of the best student reads them", name, shared, len(split.texts))
+
+
 def _set_probabilities(run: RunDir, key: str, rec: dict, sets: dict, cfg: StudyConfig, tokenizer) -> dict:
     """Probabilities of the saved model `key` on each labelled set in `sets` (name -> encoded split; the
     names of data.extra_tests and data.dev_sets, which config validation keeps apart), computed once per
@@ -192,8 +206,8 @@ def _set_probabilities(run: RunDir, key: str, rec: dict, sets: dict, cfg: StudyC
     files = {**cfg.data.extra_tests, **cfg.data.dev_sets}
     model, out = None, {}
     for set_name, split_enc in sets.items():
-        path = Path(files[set_name])
-        fp = fingerprint(rec["fingerprint"], str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+        # by content, as data.extra_train is: these files may decide which model is served
+        fp = fingerprint(rec["fingerprint"], sha256(Path(files[set_name]).expanduser()))
         probs = run.extra_probabilities(key, set_name, fp)
         if probs is None:
             log.info("evaluating %s on %s", key, set_name)
@@ -211,6 +225,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     cfg = _with_label_names(cfg, splits.info["label_names"])
     extra = _load_sets(cfg, "extra_tests")            # so do extra test sets'
     dev = _load_sets(cfg, "dev_sets")                 # and development sets'
+    _check_dev_sets(dev, splits)
     if cfg.logit_adjustment and cfg.class_weights is not None:
         log.warning("logit_adjustment = %g with class_weights = %r corrects the class prior twice (measured worse "
                     "in docs/results.md); set class_weights: null for the logit-adjusted loss alone",
@@ -254,7 +269,8 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
 
     # ---- evaluation: every saved model, reloaded from disk, on the test split once (and on the
-    # validation split, for calibration and a threshold chosen there, and on any extra test sets)
+    # validation split, for calibration and a threshold chosen there, on any extra test sets, and on
+    # the development sets, which with validation choose the best student)
     sets_enc = {name: encode(split, tokenizer, cfg.data.max_length) for name, split in {**extra, **dev}.items()}
     dev_enc = {name: sets_enc[name] for name in dev}
     evaluations = {}
@@ -267,23 +283,24 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
 
     models = [_model_entry(name, Kind(rec["kind"]), rec, evaluations[name], run) for name, rec in records.items()]
     analysis.add_to_models(models, evaluations, splits, extra, cfg, dev)
+    per_seed = {cfg.seed: evaluations}
+    for seed in seeds[1:]:
+        per_seed[seed] = {}
+        for name, rec in seed_records[seed].items():
+            key = name + f".seed{seed}"
+            ev = per_seed[seed][name] = _evaluate(run, key, rec, enc, tokenizer)
+            ev.extra = _set_probabilities(run, key, rec, dev_enc, cfg, tokenizer)  # for the choice below
     if len(seeds) > 1:
-        per_seed = {}
-        for seed in seeds[1:]:
-            per_seed[seed] = {}
-            for name, rec in seed_records[seed].items():
-                key = name + f".seed{seed}"
-                ev = per_seed[seed][name] = _evaluate(run, key, rec, enc, tokenizer)
-                ev.extra = _set_probabilities(run, key, rec, dev_enc, cfg, tokenizer)  # for the choice below
-        per_seed[cfg.seed] = evaluations
         analysis.add_seeds(models, seeds, seed_records, per_seed, splits, dev)
-    best, rule = _best_student(models, cfg.selection_metric, list(dev))
+    scores = analysis.selection_scores(models, per_seed, splits, dev, cfg.selection_metric)
+    best, rule = _best_student(scores, cfg.selection_metric, list(dev), len(seeds))
     results = Results(
         name=cfg.name,
         dataset=splits.info,
         models=models,
         best_student=best,
         best_student_rule=rule,
+        best_student_scores=scores,
         selection_metric=cfg.selection_metric,
         significance=analysis.significance(models, evaluations, splits.test.labels),
         audit=analysis.run_audit(splits, cfg, tokenizer),
@@ -389,30 +406,19 @@ def _model_entry(name: str, kind: Kind, rec: dict, ev: Evaluation, run: RunDir) 
     )
 
 
-def _best_student(models: list[ModelRecord], metric: str, dev_sets: list[str] = ()) -> tuple[str | None, str]:
-    """(name, the rule in words). Chosen on validation and the development sets (`data.dev_sets`), never
-    on test: the score is the mean of the validation `metric` and the same metric on each development
-    set, with equal weight, because validation is a carve of the training distribution while the
-    development sets stand for what the model will serve (a shifted distribution), and a student
-    chosen on validation alone follows the training distribution's noise: on the seed preset one seed's
-    validation (568 rows, about 1 point of standard error) separated odd and even by 0.001 while the
-    development sets separated them by 2.4 and 4.8 points (docs/results.md). With several seeds (`--seeds
-    N`) the score is the mean over seeds. The primary seed's model is the one served."""
-    students = [m for m in models if m.is_student]
-    seeds = next((m.seed_summary[f"validation_{metric}"]["n"] for m in students if m.seed_summary), 0)
-
-    def one(validation: dict, dev: dict) -> float:
-        return sum([validation[metric]] + [dev[d][metric] for d in dev_sets]) / (1 + len(dev_sets))
-
-    def score(m: ModelRecord) -> float:
-        if m.seeds:
-            return sum(one(r["validation"], r.get("dev_sets") or {}) for r in m.seeds) / len(m.seeds)
-        return one(m.validation, m.dev_sets or {})
-
+def _best_student(scores: dict[str, dict], metric: str, dev_sets: list[str], seeds: int) -> tuple[str | None, str]:
+    """(name, the rule in words): the student with the highest `score` of `analysis.selection_scores`, the
+    mean of its validation `metric` and the same metric on each development set (`data.dev_sets`), with
+    equal weight, averaged over the seeds of a `--seeds N` run. Never the test split. Validation is a
+    carve of the training distribution; the development sets stand for what the model will serve (a
+    shifted distribution), and one seed's validation alone is noise at the margins students differ by:
+    on the seed preset it separated odd and even by 0.001 (568 rows, about 1 point of standard error)
+    while the development sets separated them by 2.4 and 4.8 points (docs/results.md). The primary
+    seed's model is the one served."""
     rule = f"validation {metric}" + (f" and {metric} on the development sets {', '.join(dev_sets)} (their mean, "
                                      f"equal weight)" if dev_sets else "")
-    rule = f"mean {rule} over {seeds} seeds" if seeds else rule
-    return (max(students, key=score).name if students else None), rule
+    rule = f"mean {rule} over {seeds} seeds" if seeds > 1 else rule
+    return (max(scores, key=lambda n: scores[n]["score"]) if scores else None), rule
 
 
 def _versions() -> dict:

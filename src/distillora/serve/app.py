@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import UserError
 from ..predict import blank, check_pairs
-from ..rundir import RunDir
+from ..rundir import RunDir, selection_rule
 from .openapi import spec
 from .predictor import Predictor
 
@@ -244,8 +244,7 @@ def create_app(run_dir: str | Path | None = None, predictor: Predictor | None = 
     def page(**kw):
         return render_template("index.html", run=p.name, examples=EXAMPLES, models=list(p.models),
                                best=p.best_student, metrics=metrics, label_names=p.label_names,
-                               best_rule=p.results.get("best_student_rule")
-                               or f"validation {p.results.get('selection_metric', 'f1_macro')}",
+                               best_rule=selection_rule(p.results),
                                pair_task=p.pair_task, examples_pairs=EXAMPLE_PAIRS,
                                max_chars=MAX_TEXT_CHARS, max_rows=MAX_CSV_ROWS,
                                max_kib=MAX_UPLOAD_BYTES // 1024, checks=checks, **kw)
