@@ -199,15 +199,15 @@ def _check_dev_sets(dev: dict, splits) -> None:
                         "choice of the best student reads them", name, shared, len(split.texts))
 
 
-def _set_probabilities(run: RunDir, key: str, rec: dict, sets: dict, cfg: StudyConfig, tokenizer) -> dict:
-    """Probabilities of the saved model `key` on each labelled set in `sets` (name -> encoded split; the
-    names of data.extra_tests and data.dev_sets, which config validation keeps apart), computed once per
-    model and file and kept in stages/<key>.extra-<name>.json. The model is loaded only if a set needs it."""
-    files = {**cfg.data.extra_tests, **cfg.data.dev_sets}
+def _set_probabilities(run: RunDir, key: str, rec: dict, sets: dict, tokenizer) -> dict:
+    """Probabilities of the saved model `key` on each labelled set in `sets` (name -> (encoded split, its
+    file's sha256); the names of data.extra_tests and data.dev_sets, which config validation keeps apart),
+    computed once per model and file content and kept in stages/<key>.extra-<name>.json. The model is
+    loaded only if a set needs it."""
     model, out = None, {}
-    for set_name, split_enc in sets.items():
+    for set_name, (split_enc, content) in sets.items():
         # by content, as data.extra_train is: these files may decide which model is served
-        fp = fingerprint(rec["fingerprint"], sha256(Path(files[set_name]).expanduser()))
+        fp = fingerprint(rec["fingerprint"], content)
         probs = run.extra_probabilities(key, set_name, fp)
         if probs is None:
             log.info("evaluating %s on %s", key, set_name)
@@ -271,12 +271,14 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     # ---- evaluation: every saved model, reloaded from disk, on the test split once (and on the
     # validation split, for calibration and a threshold chosen there, on any extra test sets, and on
     # the development sets, which with validation choose the best student)
-    sets_enc = {name: encode(split, tokenizer, cfg.data.max_length) for name, split in {**extra, **dev}.items()}
-    dev_enc = {name: sets_enc[name] for name in dev}
+    files = {**cfg.data.extra_tests, **cfg.data.dev_sets}
+    sets = {name: (encode(split, tokenizer, cfg.data.max_length), sha256(Path(files[name]).expanduser()))
+            for name, split in {**extra, **dev}.items()}
+    dev_sets = {name: sets[name] for name in dev}
     evaluations = {}
     for name, rec in records.items():
         ev = _evaluate(run, name, rec, enc, tokenizer)
-        ev.extra = _set_probabilities(run, name, rec, sets_enc, cfg, tokenizer)
+        ev.extra = _set_probabilities(run, name, rec, sets, tokenizer)
         evaluations[name] = ev
 
     from . import analysis  # scipy and the statistics are needed only here
@@ -289,7 +291,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
         for name, rec in seed_records[seed].items():
             key = name + f".seed{seed}"
             ev = per_seed[seed][name] = _evaluate(run, key, rec, enc, tokenizer)
-            ev.extra = _set_probabilities(run, key, rec, dev_enc, cfg, tokenizer)  # for the choice below
+            ev.extra = _set_probabilities(run, key, rec, dev_sets, tokenizer)  # for the choice below
     if len(seeds) > 1:
         analysis.add_seeds(models, seeds, seed_records, per_seed, splits, dev)
     scores = analysis.selection_scores(models, per_seed, splits, dev, cfg.selection_metric)
