@@ -116,9 +116,9 @@ def test_every_stage_of_a_tiny_study_trains_on_the_adjusted_loss(tmp_path, tiny_
 
     seen = []
 
-    def spy(logits, labels, class_weights=None, sample_weight=None, logit_offset=None):
+    def spy(logits, labels, class_weights=None, sample_weight=None, logit_offset=None, example_offset=None):
         seen.append((class_weights, logit_offset))
-        return weighted_cross_entropy(logits, labels, class_weights, sample_weight, logit_offset)
+        return weighted_cross_entropy(logits, labels, class_weights, sample_weight, logit_offset, example_offset)
 
     monkeypatch.setattr(training, "weighted_cross_entropy", spy)   # CrossEntropy (teacher, baseline)
     monkeypatch.setattr(losses, "weighted_cross_entropy", spy)     # the CE term of the distillation objective

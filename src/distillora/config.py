@@ -122,6 +122,10 @@ class TeacherConfig:
                       "the same pretrained weights, head initialisation and validation carve) and keep their "
                       "uniform weight average, a model soup (Wortsman et al., ICML 2022), as the one teacher. "
                       "N times the teacher's training. 1: one teacher.")
+    debias: float = _f(0.0, "Weight lambda of a bag-of-words bias-only model in a product of experts while the teacher "
+                            "trains (Clark et al., EMNLP 2019): its loss is the cross-entropy of logits + lambda * log "
+                            "p_bias(y|x), p_bias predicted out of fold; the teacher is used alone afterwards, having "
+                            "learned least from the rows that words alone decide (distillora.debias). 0: off.")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, learning_rate=3e-5))
 
 
@@ -367,6 +371,8 @@ def validate(cfg: StudyConfig) -> list[str]:
         errs.append(f"data.max_length = {d.max_length}: use 8..512 tokens")
     if (d.train_file is None) != (d.test_file is None):
         errs.append("data.train_file and data.test_file: give both or neither")
+    if math.isfinite(cfg.teacher.debias) and cfg.teacher.debias < 0:
+        errs.append(f"teacher.debias = {cfg.teacher.debias!r}: give 0 (off) or more (1: the plain product of experts)")
     if not 1 <= cfg.teacher.soup <= 16:
         errs.append(f"teacher.soup = {cfg.teacher.soup}: use 1 (one teacher) to 16 fine-tuned teachers to average")
     if len(set(cfg.seeds)) != len(cfg.seeds):
@@ -516,7 +522,7 @@ def to_yaml(cfg) -> str:
 # keys added after runs existed: at these values they are left out of a section's fingerprint, so the
 # finished stages of those runs stay finished
 NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}, "extra_train": [], "dev_sets": {}}, "distill": {"weights": {}},
-                    "teacher": {"soup": 1}}
+                    "teacher": {"soup": 1, "debias": 0.0}}
 
 
 # keys added to every section's `train` settings after runs existed, at the value that leaves them out

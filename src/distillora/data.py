@@ -454,17 +454,21 @@ def encode(split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) ->
 
 # the per-example loss weight a training item may carry (`training.with_group_weights`)
 SAMPLE_WEIGHT = "sample_weight"
+# the per-example log-probabilities (C,) of a bias-only model a training item may carry (`debias`)
+BIAS_LOGPROBS = "bias_logprobs"
 
 
 def _model_field(key: str) -> bool:
-    """Whether an item's field is a model input or label (not a cached teacher output or a loss weight)."""
-    return not key.startswith("teacher_") and key != SAMPLE_WEIGHT
+    """Whether an item's field is a model input or label (not a cached teacher output, a loss weight or
+    a bias model's log-probabilities)."""
+    return not key.startswith("teacher_") and key not in (SAMPLE_WEIGHT, BIAS_LOGPROBS)
 
 
 class Collator:
     """Dynamic padding of token fields (via `DataCollatorWithPadding`) plus cached teacher outputs
     (`losses.TEACHER_OUTPUTS`): per-token ones, (L_i, H), are zero-padded to the batch length; the
-    others, fixed-shape, are stacked; per-example loss weights (`SAMPLE_WEIGHT`) become a float (B,)."""
+    others, fixed-shape, are stacked; per-example loss weights (`SAMPLE_WEIGHT`) become a float (B,), a bias
+    model's log-probabilities (`BIAS_LOGPROBS`) a float (B, C)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.pad = DataCollatorWithPadding(tokenizer)
@@ -476,6 +480,8 @@ class Collator:
         batch = dict(self.pad(plain))
         if SAMPLE_WEIGHT in features[0]:
             batch[SAMPLE_WEIGHT] = torch.tensor([f[SAMPLE_WEIGHT] for f in features], dtype=torch.float32)
+        if BIAS_LOGPROBS in features[0]:
+            batch[BIAS_LOGPROBS] = torch.tensor([f[BIAS_LOGPROBS] for f in features], dtype=torch.float32)
         for key in features[0]:
             if not key.startswith("teacher_"):
                 continue

@@ -131,18 +131,22 @@ def total_loss(x: LossInputs, weights: dict[str, float]) -> tuple[torch.Tensor, 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                            class_weights: torch.Tensor | None = None,
                            sample_weight: torch.Tensor | None = None,
-                           logit_offset: torch.Tensor | None = None) -> torch.Tensor:
+                           logit_offset: torch.Tensor | None = None,
+                           example_offset: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy, each example weighted by its class's weight (and by its own `sample_weight`, the
     group weights), averaged over the batch: mean_i(w[y_i] * s_i * nll_i). Unlike torch's `weight=`
     (which divides by the sum of the weights in the batch), this keeps the mean of two half-batches
     equal to the mean of the whole batch, so data-parallel processes take the same step as one process;
     `balanced` weights average 1 over the training split, so the loss keeps its scale. `logit_offset`
     (C,), tau * log prior, is added to the logits first: the logit-adjusted loss of Menon et al. (ICLR
-    2021), whose minimiser's raw logits aim at the balanced error. Shapes: logits (B, C), labels (B,),
-    class weights (C,), sample weights (B,)."""
+    2021), whose minimiser's raw logits aim at the balanced error. `example_offset` (B, C), lambda times
+    a bias-only model's log-probabilities (`teacher.debias`), is added too: the loss of the product of
+    the two experts. Shapes: logits (B, C), labels (B,), class weights (C,), sample weights (B,)."""
     logits = logits.float()
     if logit_offset is not None:
         logits = logits + logit_offset.to(logits.device)
+    if example_offset is not None:
+        logits = logits + example_offset.to(logits.device, torch.float32)
     nll = F.cross_entropy(logits, labels, reduction="none")
     if class_weights is not None:
         nll = class_weights.to(logits.device)[labels] * nll

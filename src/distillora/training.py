@@ -23,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from tqdm.auto import tqdm
 
 from .config import DistillConfig, TrainConfig
-from .data import SAMPLE_WEIGHT, Collator, Encoded, Split
+from .data import BIAS_LOGPROBS, SAMPLE_WEIGHT, Collator, Encoded, Split
 from .errors import UserError
 from .fileio import append_jsonl, read_json, read_jsonl, write_json, write_text
 from . import losses
@@ -126,6 +126,20 @@ def with_group_weights(encoded: Encoded, factors: np.ndarray | None) -> Encoded:
     """`encoded` (the training split) with each example's factor from `group_factors` attached as its
     loss weight (`data.SAMPLE_WEIGHT`); unchanged when `factors` is None."""
     return encoded if factors is None else encoded.with_fields(**{SAMPLE_WEIGHT: factors.tolist()})
+
+
+def with_bias(encoded: Encoded, split: Split, cfg) -> Encoded:
+    """`encoded` (the training split, `split` its rows) with lambda * the bias-only model's out-of-fold
+    log-probabilities attached to each example (`data.BIAS_LOGPROBS`) when the StudyConfig `cfg` sets
+    `teacher.debias` to lambda > 0; unchanged otherwise. Only the teacher's objective reads them
+    (`CrossEntropy(product_of_experts=True)`); the other stages drop them."""
+    lam = cfg.teacher.debias
+    if not lam:
+        return encoded
+    from .debias import bag_of_words_logprobs
+
+    n = len(cfg.data.label_names) if cfg.data.label_names else int(np.max(split.labels)) + 1
+    return encoded.with_fields(**{BIAS_LOGPROBS: (lam * bag_of_words_logprobs(split, n, cfg.seed)).tolist()})
 
 
 _BF16_CACHE: dict[str, bool] = {}
@@ -411,18 +425,23 @@ class CrossEntropy:
     (transformers' heads take neither). Called as (model, batch) -> (loss, outputs), or None
     where the Trainer's own loss is the same thing."""
 
-    def __init__(self, class_weights: torch.Tensor | None = None, logit_offset: torch.Tensor | None = None):
+    def __init__(self, class_weights: torch.Tensor | None = None, logit_offset: torch.Tensor | None = None,
+                 product_of_experts: bool = False):
         self.class_weights = class_weights
         self.logit_offset = logit_offset
+        self.product_of_experts = product_of_experts  # the teacher under `teacher.debias`
 
     def __call__(self, model, inputs: dict):
         weight = inputs.pop(SAMPLE_WEIGHT, None)  # training batches under `group_weights` carry one
-        plain = self.class_weights is None and weight is None and self.logit_offset is None
+        bias = inputs.pop(BIAS_LOGPROBS, None)    # and under `teacher.debias`, which only the teacher reads
+        bias = bias if self.product_of_experts else None
+        plain = self.class_weights is None and weight is None and self.logit_offset is None and bias is None
         if plain or "labels" not in inputs:
             return None
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        return weighted_cross_entropy(outputs.logits, labels, self.class_weights, weight, self.logit_offset), outputs
+        return weighted_cross_entropy(outputs.logits, labels, self.class_weights, weight, self.logit_offset,
+                                      bias), outputs
 
 
 class Distillation:
@@ -451,6 +470,7 @@ class Distillation:
         if not teacher:
             return CrossEntropy(self.class_weights, self.logit_offset)(model, inputs)
         weight = inputs.pop(SAMPLE_WEIGHT, None)
+        inputs.pop(BIAS_LOGPROBS, None)  # the teacher's product of experts (`teacher.debias`), not a student's
         outputs = model(**inputs, output_hidden_states=self.student_hidden)
         x = losses.LossInputs(outputs.logits, inputs["labels"], inputs.get("attention_mask"),
                               outputs.hidden_states if self.student_hidden else None, teacher,

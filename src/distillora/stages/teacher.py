@@ -13,7 +13,7 @@ from .. import normalize
 from ..config import stable_section
 from ..evaluate import predict_proba
 from ..fileio import sha256
-from ..training import compute_metrics
+from ..training import CrossEntropy, compute_metrics
 from .base import Kind, Stage, StageEnv, register
 
 # data keys that only evaluation reads: changing them re-evaluates, it does not retrain
@@ -32,12 +32,16 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         fingerprint_inputs=(data, cfg.seed, cfg.selection_metric, teacher, cfg.class_weights)
         + ((cfg.group_weights, cfg.data.category_column) if cfg.group_weights else ())
         + ((("logit_adjustment", cfg.logit_adjustment),) if cfg.logit_adjustment else ())
+        # teacher.debias is in `teacher` above; the bias model reads the training texts (data, extra_train)
+        # and the seed, both in here already
         # extra training files by content: an edited file retrains, a moved one does not (a missing one:
         # load_splits, which runs first, refused it)
         + ((("extra_train", [sha256(Path(p).expanduser()) if Path(p).expanduser().is_file() else None
                              for p in cfg.data.extra_train]),) if cfg.data.extra_train else ()),
         teacher_layers=list(range(1, depth + 1)),
-        objective="cross-entropy, all weights fine-tuned" + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
+        objective="cross-entropy, all weights fine-tuned"
+        + (f"; in a product of experts with a bag-of-words bias model (weight {cfg.teacher.debias:g})"
+           if cfg.teacher.debias else "") + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
                                                              if cfg.teacher.soup > 1 else ""),
         train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key), action=f"fine-tuning {cfg.teacher.source}")]
 
@@ -103,6 +107,15 @@ def uniform_soup(models: list) -> torch.nn.Module:
 SOUP_SEED_STRIDE = 1000
 
 
+def objective(env: StageEnv, tc) -> CrossEntropy | None:
+    """The teacher's loss: the stage default (None: `fit`'s class-weighted cross-entropy), or under
+    `teacher.debias` the product of experts with the bias model whose log-probabilities the training
+    examples carry (`training.with_bias`)."""
+    if not env.cfg.teacher.debias:
+        return None
+    return CrossEntropy(env.class_weights(tc), env.logit_offset(tc), product_of_experts=True)
+
+
 def _validation_stats(env: StageEnv, model) -> dict:
     probs, _ = predict_proba(model, env.validation, env.tokenizer)
     labels = np.array([x["labels"] for x in env.validation.items])
@@ -123,8 +136,9 @@ def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
         normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
         seed = env.cfg.seed + SOUP_SEED_STRIDE * k
         member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=seed))
-        model, stats = member_env.fit(model, env.cfg.teacher.train, key if k == 0 else f"{key}.member{k + 1}",
-                                      fingerprint)
+        tc = env.cfg.teacher.train
+        model, stats = member_env.fit(model, tc, key if k == 0 else f"{key}.member{k + 1}", fingerprint,
+                                      objective=objective(env, tc))
         rows.append((seed, stats))
         if soup is None:
             soup = model
