@@ -43,12 +43,36 @@ def test_the_bias_model_gives_out_of_fold_log_probabilities():
     assert np.array_equal(lp, bag_of_words_logprobs(split, 2, seed=0))
 
 
-def test_a_label_absent_from_train_gets_a_finite_floor_and_too_few_rows_are_refused():
+def test_a_row_is_scored_by_a_model_that_did_not_see_it():
+    """Two label-1 rows without the deciding word share a word no other row has. A model fitted on every
+    row keeps that word (it occurs twice) and learns it as label 1; out of fold, the model scoring one
+    of them saw the word once at most, which `min_df=2` drops, so the pair looks like label 0 to it."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
     split = _split()
-    lp = bag_of_words_logprobs(split, 3, seed=0)
-    assert lp.shape == (len(split), 3) and np.isfinite(lp).all() and (lp[:, 2] < -10).all()
-    with pytest.raises(UserError, match="teacher.debias"):
+    hard = [i for i, (t, y) in enumerate(zip(split.texts, split.labels)) if y and "awful" not in t][:2]
+    for i in hard:
+        split.texts[i] += " quirk"
+    lp = bag_of_words_logprobs(split, 2, seed=0)
+    seen = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+                         LogisticRegression(class_weight="balanced", max_iter=2000)).fit(split.texts, split.labels)
+    in_sample = seen.predict_proba([split.texts[i] for i in hard])[:, 1]
+    assert (np.exp(lp[hard, 1]) < in_sample - 0.05).all()
+
+
+def test_a_label_absent_from_train_gets_a_finite_floor_and_unfit_data_is_refused():
+    split = _split()
+    # labels 0 and 2 present, 1 absent: the present labels' columns keep their own figures
+    split3 = Split(split.texts, np.where(split.labels == 1, 2, 0))
+    lp = bag_of_words_logprobs(split3, 3, seed=0)
+    assert lp.shape == (len(split), 3) and np.isfinite(lp).all()
+    assert (lp[:, 1] == pytest.approx(np.log(1e-6))) and np.allclose(lp[:, [0, 2]], bag_of_words_logprobs(split, 2, 0))
+    with pytest.raises(UserError, match="teacher.debias"):   # a label of one row: no fold can hold it out
         bag_of_words_logprobs(Split(["a b", "c d", "e f"], np.array([0, 0, 1])), 2, seed=0)
+    with pytest.raises(UserError, match="teacher.debias"):   # no word in two rows of a fold
+        bag_of_words_logprobs(Split(["a b", "c d", "e f", "g h"], np.array([0, 1, 0, 1])), 2, seed=0)
 
 
 def test_the_product_of_experts_loss_against_a_hand_computation():
@@ -91,22 +115,30 @@ def test_only_the_teachers_objective_reads_the_bias(minilm_tokenizer):
     assert other.item() == pytest.approx(weighted_cross_entropy(logits, labels).item(), rel=1e-5)
     assert abs(poe.item() - other.item()) > 1e-3
     # the model's own loss (no weights at all) is used, and the field never reaches the model
-    assert training.CrossEntropy()(model, dict(batch)) is None
+    b = dict(batch)
+    assert training.CrossEntropy()(model, b) is None and BIAS_LOGPROBS not in b
+    # the product without the field, in training, is a caller's mistake, not plain cross-entropy
+    model.train()
+    with pytest.raises(ValueError, match="with_bias"):
+        training.CrossEntropy(product_of_experts=True)(model, dict(_batch(minilm_tokenizer, with_bias=False)))
+    model.eval()  # evaluation batches carry no field: the teacher alone
+    assert training.CrossEntropy(torch.tensor([1.0, 1.0]), product_of_experts=True)(
+        model, dict(_batch(minilm_tokenizer, with_bias=False)))[0].item() == pytest.approx(other.item(), rel=1e-5)
 
 
 def test_with_bias_attaches_lambda_times_the_log_probabilities_only_when_set():
     split = _split()
     enc = Encoded([{"input_ids": [101, 102], "attention_mask": [1, 1], "labels": int(y)} for y in split.labels])
     off = load_config(None, [])
-    assert training.with_bias(enc, split, off) is enc
+    assert training.bias_logprobs(split, off) is None and training.with_bias(enc, None) is enc
     on = load_config(None, ["teacher.debias=0.5"])
-    got = np.array([x[BIAS_LOGPROBS] for x in training.with_bias(enc, split, on).items])
+    got = np.array([x[BIAS_LOGPROBS] for x in training.with_bias(enc, training.bias_logprobs(split, on)).items])
     assert np.allclose(got, 0.5 * bag_of_words_logprobs(split, 2, on.seed))
 
 
-def test_the_setting_is_validated_and_retrains_only_the_teacher_when_set():
+def test_the_setting_is_validated_and_changes_fingerprints_only_when_set():
     from distillora import stages
-    from distillora.config import fingerprint, to_dict
+    from distillora.config import fingerprint, stable_section, to_dict
 
     for bad in ("-1", "inf", "yes"):
         with pytest.raises(UserError, match="teacher.debias"):
@@ -116,7 +148,9 @@ def test_the_setting_is_validated_and_retrains_only_the_teacher_when_set():
         cfg = load_config(None, overrides)
         return {s.name: fingerprint(*s.fingerprint_inputs) for s in stages.plan(cfg, to_dict(cfg), 12)}
 
-    assert fps(["teacher.debias=0"]) == fps([])  # existing runs keep their stages
+    # at 0 the key is left out, so runs made before it existed keep their stages
+    assert "debias" not in stable_section(to_dict(load_config(None, [])), "teacher")
+    assert "debias" in stable_section(to_dict(load_config(None, ["teacher.debias=1"])), "teacher")
     assert fps(["teacher.debias=1"])["teacher"] != fps([])["teacher"]
 
 
@@ -147,3 +181,19 @@ def test_a_tiny_study_trains_its_teacher_in_the_product_and_its_students_without
     # the teacher's training steps are the calls with the bias; every later call (students) has none
     assert seen[:teacher_steps] == [True] * teacher_steps
     assert not any(seen[teacher_steps:]) and len(seen) > teacher_steps
+
+
+def test_data_the_bias_model_cannot_fit_is_refused_before_the_run_writes_anything(tmp_path, tiny_teacher_dir,
+                                                                                    small_data, monkeypatch):
+    from distillora import debias
+    from distillora.study import run_study
+
+    def refuse(*a, **kw):
+        raise UserError("teacher.debias: cannot be fitted here")
+
+    monkeypatch.setattr(debias, "bag_of_words_logprobs", refuse)
+    cfg = load_config(None, ["name=poe", f"data.source={small_data}", f"teacher.source={tiny_teacher_dir}",
+                             "check.suites=[]", "teacher.debias=1"])
+    with pytest.raises(UserError, match="teacher.debias"):
+        run_study(cfg, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -414,8 +414,8 @@ def _load_hub(source: str) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, str]]
 
 class Encoded(torch.utils.data.Dataset):
     """Tokenised examples as a list of dicts (`input_ids`, `attention_mask`, `labels`), padded later
-    per batch. Extra per-example fields (cached teacher outputs, the loss weight `SAMPLE_WEIGHT`) can be
-    attached with `with_fields`."""
+    per batch. Extra per-example fields (cached teacher outputs, the loss weight `SAMPLE_WEIGHT`, a bias
+    model's log-probabilities `BIAS_LOGPROBS`) can be attached with `with_fields`."""
 
     def __init__(self, items: list[dict]):
         self.items = items
@@ -498,7 +498,8 @@ class Collator:
 
 def length_sorted_batches(encoded: Encoded, tokenizer: PreTrainedTokenizerBase, batch_size: int, device):
     """Yield (indices, batch on `device`) over `encoded` in order of length, so padding stays small;
-    only the model inputs are collated (no labels, cached teacher outputs or loss weights)."""
+    only the model inputs are collated (no labels, cached teacher outputs, loss weights or bias
+    log-probabilities)."""
     order = np.argsort(encoded.lengths(), kind="stable")
     collate = Collator(tokenizer)
     for i in range(0, len(order), batch_size):

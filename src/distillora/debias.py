@@ -26,6 +26,10 @@ from .errors import UserError
 log = logging.getLogger("distillora")
 
 FOLDS = 5
+# the lowest log-probability the bias model gives: a label absent from train, and the two-label model's
+# exact 0 (sklearn's log(1 - expit(d)) is -inf once d passes about 37), which would make the loss of a
+# row of that label infinite
+FLOOR = float(np.log(1e-6))
 
 
 def bag_of_words_logprobs(split: Split, num_labels: int, seed: int, folds: int = FOLDS) -> np.ndarray:
@@ -48,10 +52,14 @@ def bag_of_words_logprobs(split: Split, num_labels: int, seed: int, folds: int =
     pipe = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
                          LogisticRegression(class_weight="balanced", max_iter=2000))
     cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    got = cross_val_predict(pipe, texts, labels, cv=cv, method="predict_log_proba")
-    out = np.full((len(texts), num_labels), np.log(1e-6))  # a label absent from train: never predicted
-    out[:, np.flatnonzero(counts)] = got  # the pipeline's columns are the labels present, in order
+    try:
+        got = cross_val_predict(pipe, texts, labels, cv=cv, method="predict_log_proba")
+    except ValueError as e:  # e.g. "After pruning, no terms remain": no word occurs in two rows of a fold
+        raise UserError(f"teacher.debias: the bag-of-words bias model cannot be fitted on these {len(texts)} "
+                        f"training rows ({e}); set teacher.debias: 0") from None
+    out = np.full((len(texts), num_labels), FLOOR)  # a label absent from train: never predicted
+    out[:, np.flatnonzero(counts)] = np.maximum(got, FLOOR)  # the pipeline's columns: the labels present, in order
     acc = float((out.argmax(1) == labels).mean())
-    log.info("teacher.debias: bag-of-words bias model, %d-fold out-of-fold accuracy %.3f on %d training rows",
-             k, acc, len(labels))
+    log.info("teacher.debias: bag-of-words bias model, %d-fold out-of-fold accuracy %.3f on %d training rows%s",
+             k, acc, len(labels), "" if k == folds else f" (fewer folds: a label has only {k} rows)")
     return out

@@ -27,7 +27,7 @@ from .rundir import Evaluation, ModelRecord, Results, RunDir
 from .runlock import LOCK_NAME, RunLock
 from .stages import Kind, Stage, StageContext, StageEnv, load_model
 from .students import parse_layers
-from .training import check_token_masking, group_factors, with_bias, with_group_weights
+from .training import bias_logprobs, check_token_masking, group_factors, with_bias, with_group_weights
 
 log = logging.getLogger("distillora")
 
@@ -223,6 +223,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     group = group_factors(splits.train, cfg)          # so does a missing group column (group_weights)
     config_yaml = to_yaml(cfg)                        # as given (label_names may be null: inferred)
     cfg = _with_label_names(cfg, splits.info["label_names"])
+    bias = bias_logprobs(splits.train, cfg)           # so does data too small for teacher.debias
     extra = _load_sets(cfg, "extra_tests")            # so do extra test sets'
     dev = _load_sets(cfg, "dev_sets")                 # and development sets'
     _check_dev_sets(dev, splits)
@@ -251,7 +252,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     t0 = time.perf_counter()
     enc = {name: encode(getattr(splits, name), tokenizer, cfg.data.max_length)
            for name in ("train", "validation", "test")}
-    enc["train"] = with_bias(with_group_weights(enc["train"], group), splits.train, cfg)
+    enc["train"] = with_bias(with_group_weights(enc["train"], group), bias)
     seeds = [cfg.seed] + [x for x in cfg.seeds if x != cfg.seed]
     seed_records: dict[int, dict[str, dict]] = {}
     for seed in seeds:

@@ -128,18 +128,24 @@ def with_group_weights(encoded: Encoded, factors: np.ndarray | None) -> Encoded:
     return encoded if factors is None else encoded.with_fields(**{SAMPLE_WEIGHT: factors.tolist()})
 
 
-def with_bias(encoded: Encoded, split: Split, cfg) -> Encoded:
-    """`encoded` (the training split, `split` its rows) with lambda * the bias-only model's out-of-fold
-    log-probabilities attached to each example (`data.BIAS_LOGPROBS`) when the StudyConfig `cfg` sets
-    `teacher.debias` to lambda > 0; unchanged otherwise. Only the teacher's objective reads them
-    (`CrossEntropy(product_of_experts=True)`); the other stages drop them."""
+def bias_logprobs(split: Split, cfg) -> np.ndarray | None:
+    """lambda * the bias-only model's out-of-fold log-probabilities (N, C) for the training split `split`
+    when the StudyConfig `cfg` sets `teacher.debias` to lambda > 0, else None. Raises UserError when the
+    data cannot fit a bias model: called as soon as the data is read, before a run writes anything."""
     lam = cfg.teacher.debias
     if not lam:
-        return encoded
+        return None
     from .debias import bag_of_words_logprobs
 
     n = len(cfg.data.label_names) if cfg.data.label_names else int(np.max(split.labels)) + 1
-    return encoded.with_fields(**{BIAS_LOGPROBS: (lam * bag_of_words_logprobs(split, n, cfg.seed)).tolist()})
+    return lam * bag_of_words_logprobs(split, n, cfg.seed)
+
+
+def with_bias(encoded: Encoded, logprobs: np.ndarray | None) -> Encoded:
+    """`encoded` (the training split) with each example's row of `bias_logprobs` attached
+    (`data.BIAS_LOGPROBS`); unchanged when None. Only the teacher's objective reads them
+    (`CrossEntropy(product_of_experts=True)`); the other stages drop them."""
+    return encoded if logprobs is None else encoded.with_fields(**{BIAS_LOGPROBS: logprobs.tolist()})
 
 
 _BF16_CACHE: dict[str, bool] = {}
@@ -434,7 +440,12 @@ class CrossEntropy:
     def __call__(self, model, inputs: dict):
         weight = inputs.pop(SAMPLE_WEIGHT, None)  # training batches under `group_weights` carry one
         bias = inputs.pop(BIAS_LOGPROBS, None)    # and under `teacher.debias`, which only the teacher reads
-        bias = bias if self.product_of_experts else None
+        if not self.product_of_experts:
+            bias = None
+        elif bias is None and model.training and "labels" in inputs:
+            # a caller that forgot `with_bias` would otherwise train plain cross-entropy without a word
+            raise ValueError("CrossEntropy(product_of_experts=True): the training batch carries no "
+                             f"{BIAS_LOGPROBS}; attach them with training.with_bias")
         plain = self.class_weights is None and weight is None and self.logit_offset is None and bias is None
         if plain or "labels" not in inputs:
             return None

@@ -33,16 +33,17 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         + ((cfg.group_weights, cfg.data.category_column) if cfg.group_weights else ())
         + ((("logit_adjustment", cfg.logit_adjustment),) if cfg.logit_adjustment else ())
         # teacher.debias is in `teacher` above; the bias model reads the training texts (data, extra_train)
-        # and the seed, both in here already
+        # and the primary seed (the folds, as the validation carve), both in here already
         # extra training files by content: an edited file retrains, a moved one does not (a missing one:
         # load_splits, which runs first, refused it)
         + ((("extra_train", [sha256(Path(p).expanduser()) if Path(p).expanduser().is_file() else None
                              for p in cfg.data.extra_train]),) if cfg.data.extra_train else ()),
         teacher_layers=list(range(1, depth + 1)),
-        objective="cross-entropy, all weights fine-tuned"
-        + (f"; in a product of experts with a bag-of-words bias model (weight {cfg.teacher.debias:g})"
-           if cfg.teacher.debias else "") + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
-                                                             if cfg.teacher.soup > 1 else ""),
+        # (the report reads the soup's clause after the first "; ")
+        objective="cross-entropy" + (f" in a product of experts with a bag-of-words bias model (weight "
+                                     f"{cfg.teacher.debias:g})" if cfg.teacher.debias else "")
+        + ", all weights fine-tuned" + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
+                                        if cfg.teacher.soup > 1 else ""),
         train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key), action=f"fine-tuning {cfg.teacher.source}")]
 
 
@@ -107,7 +108,7 @@ def uniform_soup(models: list) -> torch.nn.Module:
 SOUP_SEED_STRIDE = 1000
 
 
-def objective(env: StageEnv, tc) -> CrossEntropy | None:
+def loss(env: StageEnv, tc) -> CrossEntropy | None:
     """The teacher's loss: the stage default (None: `fit`'s class-weighted cross-entropy), or under
     `teacher.debias` the product of experts with the bias model whose log-probabilities the training
     examples carry (`training.with_bias`)."""
@@ -138,7 +139,7 @@ def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
         member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=seed))
         tc = env.cfg.teacher.train
         model, stats = member_env.fit(model, tc, key if k == 0 else f"{key}.member{k + 1}", fingerprint,
-                                      objective=objective(env, tc))
+                                      objective=loss(env, tc))
         rows.append((seed, stats))
         if soup is None:
             soup = model
