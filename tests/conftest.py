@@ -38,6 +38,16 @@ def fit_tiny(tmp_path, name: str, train, tokenizer, tc, validation=None, **kw):
                         selection_metric="accuracy", quiet=True, fingerprint=name, **kw)
 
 
+def stage_fingerprints(overrides: list[str], depth: int = 12) -> dict[str, str]:
+    """{stage name: fingerprint} of the stages that the default config with `overrides` plans for a
+    teacher of `depth` layers: what decides whether a finished run's stage is reused."""
+    from distillora import stages
+    from distillora.config import fingerprint, load_config, to_dict
+
+    cfg = load_config(None, overrides)
+    return {s.name: fingerprint(*s.fingerprint_inputs) for s in stages.plan(cfg, to_dict(cfg), depth)}
+
+
 def tiny_mpnet(layers: int = 4, seed: int = 0) -> MPNetForSequenceClassification:
     torch.manual_seed(seed)
     return MPNetForSequenceClassification(MPNetConfig(vocab_size=120, num_hidden_layers=layers, num_labels=2, **TINY)).eval()

@@ -8,6 +8,8 @@ from distillora.config import load_config
 from distillora.data import load_splits
 from distillora.errors import UserError
 
+from conftest import stage_fingerprints
+
 
 def _extra(tmp_path, rows: str, name: str = "extra.csv"):
     path = tmp_path / name
@@ -75,13 +77,8 @@ def test_a_source_without_categories_keeps_none_and_rebuilt_splits_leave_the_ext
 
 
 def test_the_teacher_retrains_when_an_extra_file_changes_and_runs_without_one_keep_their_fingerprint(tmp_path):
-    from distillora import stages
-    from distillora.config import fingerprint, to_dict
-
     def teacher_fp(overrides):
-        cfg = load_config(None, overrides)
-        (teacher,) = [s for s in stages.plan(cfg, to_dict(cfg), 12) if s.name == "teacher"]
-        return fingerprint(*teacher.fingerprint_inputs)
+        return stage_fingerprints(overrides)["teacher"]
 
     path = _extra(tmp_path, "a,1,Gender\nb,0,\n")
     assert teacher_fp(["data.extra_train=[]"]) == teacher_fp([])

@@ -12,7 +12,7 @@ from distillora.data import Collator, Encoded
 from distillora.errors import UserError
 from distillora.losses import weighted_cross_entropy
 
-from conftest import fit_tiny, tiny_bert
+from conftest import fit_tiny, stage_fingerprints, tiny_bert
 
 
 def test_the_offset_is_tau_times_the_log_prior_of_the_training_labels():
@@ -91,17 +91,12 @@ def test_the_distillation_objective_adjusts_its_hard_label_term_only(minilm_toke
 
 
 def test_the_setting_is_validated_and_retrains_only_when_set():
-    from distillora import stages
-    from distillora.config import fingerprint, to_dict
-
     for bad in ("-1", "inf", "balanced"):
         with pytest.raises(UserError, match="logit_adjustment"):
             load_config(None, [f"logit_adjustment={bad}"])
 
     def teacher_fp(overrides):
-        cfg = load_config(None, overrides)
-        (teacher,) = [s for s in stages.plan(cfg, to_dict(cfg), 12) if s.name == "teacher"]
-        return fingerprint(*teacher.fingerprint_inputs)
+        return stage_fingerprints(overrides)["teacher"]
 
     assert teacher_fp(["logit_adjustment=0"]) == teacher_fp([])  # existing runs keep their stages
     assert teacher_fp(["logit_adjustment=1"]) != teacher_fp([])

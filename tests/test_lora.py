@@ -1,6 +1,6 @@
 import torch
 
-from conftest import tiny_bert, tiny_mpnet
+from conftest import stage_fingerprints, tiny_bert, tiny_mpnet
 from distillora import build_student
 from distillora.lora import load_adapter, target_modules, wrap
 
@@ -58,13 +58,8 @@ def test_saved_adapter_reloads_with_its_head(tmp_path):
 
 
 def test_the_lora_stage_depends_on_the_distillation_loss_not_on_how_the_students_train():
-    from distillora import stages
-    from distillora.config import fingerprint, load_config, to_dict
-
     def lora_fp(overrides):
-        cfg = load_config(None, ["lora.objective=distill", *overrides])
-        (lora,) = [s for s in stages.plan(cfg, to_dict(cfg), 12) if s.name == "lora"]
-        return fingerprint(*lora.fingerprint_inputs)
+        return stage_fingerprints(["lora.objective=distill", *overrides])["lora"]
 
     base = lora_fp([])
     assert lora_fp(["distill.train.epochs=7", "distill.train.sparse_word_embeddings=true"]) == base
