@@ -49,8 +49,8 @@ from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
 from distillora.fileio import sha256  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
-from distillora.stages.teacher import load_pretrained, loss as teacher_loss, wise_ft  # noqa: E402
-from distillora.training import bias_logprobs, group_factors, with_bias, with_group_weights  # noqa: E402
+from distillora.stages.teacher import fit_inputs as teacher_fit_inputs, load_pretrained, wise_ft  # noqa: E402
+from distillora.training import bias_logprobs, group_factors, with_group_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "configs" / "dev" / "short_sentences.csv"
@@ -180,11 +180,11 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(source)
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
     enc.update({n: encode(t, tok, cfg.data.max_length) for n, t in devs.items()})
-    enc["train"] = with_bias(with_group_weights(enc["train"], group_factors(splits.train, cfg)),
-                             bias_logprobs(splits.train, cfg))
+    enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))
     work = Path(a.work) / a.name
     train_cfg = cfg if a.train_seed is None else dataclasses.replace(cfg, seed=a.train_seed)
-    env = StageEnv(train_cfg, tok, enc["train"], enc["validation"], work, quiet=True, extra_rows=splits.extra_rows)
+    env = StageEnv(train_cfg, tok, enc["train"], enc["validation"], work, quiet=True, extra_rows=splits.extra_rows,
+                   teacher_bias=bias_logprobs(splits.train, cfg))
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = load_pretrained(source, cfg.data.label_names)
@@ -196,7 +196,6 @@ def main() -> None:
         body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
         for p in body:
             p.requires_grad_(False)
-        # (plain cross-entropy: under teacher.debias only the fine-tuning below trains in the product)
         lp = dataclasses.replace(cfg.teacher.train, epochs=a.linear_probe_epochs, learning_rate=1e-3)
         model, _ = env.fit(model, lp, "lp", "lp-" + a.name)
         for p in body:
@@ -208,7 +207,7 @@ def main() -> None:
                   + ([f"train_seed={a.train_seed}"] if a.train_seed is not None else [])
                   + [fingerprint(to_dict(cfg), [sha256(Path(p)) for p in cfg.data.extra_train])])
     model, stats = env.fit(model, cfg.teacher.train, "teacher", fp, callbacks=tuple(averages),
-                           objective=teacher_loss(env, cfg.teacher.train))
+                           **teacher_fit_inputs(env, cfg.teacher.train))
     seconds = time.perf_counter() - t0
     if averages and stats["resumed_from"]:
         raise SystemExit(f"{work}: resumed from {stats['resumed_from']}; tail averages need the whole run "

@@ -27,7 +27,7 @@ from .rundir import Evaluation, ModelRecord, Results, RunDir
 from .runlock import LOCK_NAME, RunLock
 from .stages import Kind, Stage, StageContext, StageEnv, load_model
 from .students import parse_layers
-from .training import bias_logprobs, check_token_masking, group_factors, with_bias, with_group_weights
+from .training import bias_logprobs, check_token_masking, group_factors, with_group_weights
 
 log = logging.getLogger("distillora")
 
@@ -252,7 +252,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     t0 = time.perf_counter()
     enc = {name: encode(getattr(splits, name), tokenizer, cfg.data.max_length)
            for name in ("train", "validation", "test")}
-    enc["train"] = with_bias(with_group_weights(enc["train"], group), bias)
+    enc["train"] = with_group_weights(enc["train"], group)
     seeds = [cfg.seed] + [x for x in cfg.seeds if x != cfg.seed]
     seed_records: dict[int, dict[str, dict]] = {}
     for seed in seeds:
@@ -261,7 +261,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
         if suffix:
             log.info("seed %d: training every stage again", seed)
         env = StageEnv(dataclasses.replace(cfg, seed=seed), tokenizer, enc["train"], enc["validation"], out, quiet,
-                       splits.extra_rows)
+                       splits.extra_rows, teacher_bias=bias)
         seed_records[seed] = _train_models(run, env, source, teacher_config, resolved, suffix)
     records = seed_records[cfg.seed]
     if not state.is_main_process:

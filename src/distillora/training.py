@@ -143,8 +143,8 @@ def bias_logprobs(split: Split, cfg) -> np.ndarray | None:
 
 def with_bias(encoded: Encoded, logprobs: np.ndarray | None) -> Encoded:
     """`encoded` (the training split) with each example's row of `bias_logprobs` attached
-    (`data.BIAS_LOGPROBS`); unchanged when None. Only the teacher's objective reads them
-    (`CrossEntropy(product_of_experts=True)`); the other stages drop them."""
+    (`data.BIAS_LOGPROBS`); unchanged when None. Only the teacher stage attaches them, to its own copy of
+    the split (`stages.teacher.fit_inputs`), for `CrossEntropy(product_of_experts=True)` to read."""
     return encoded if logprobs is None else encoded.with_fields(**{BIAS_LOGPROBS: logprobs.tolist()})
 
 
@@ -481,7 +481,6 @@ class Distillation:
         if not teacher:
             return CrossEntropy(self.class_weights, self.logit_offset)(model, inputs)
         weight = inputs.pop(SAMPLE_WEIGHT, None)
-        inputs.pop(BIAS_LOGPROBS, None)  # the teacher's product of experts (`teacher.debias`), not a student's
         outputs = model(**inputs, output_hidden_states=self.student_hidden)
         x = losses.LossInputs(outputs.logits, inputs["labels"], inputs.get("attention_mask"),
                               outputs.hidden_states if self.student_hidden else None, teacher,

@@ -50,6 +50,9 @@ class StageEnv:
     run_dir: Path
     quiet: bool = False
     extra_rows: int = 0  # how many of `train`'s last examples are data.extra_train rows (Splits.info)
+    # under teacher.debias: lambda * the bias model's log-probabilities (N, C) for `train`'s rows
+    # (training.bias_logprobs, computed before a run writes anything); only the teacher's loss reads them
+    teacher_bias: object = None
 
     @property
     def rundir(self):

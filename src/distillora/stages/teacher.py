@@ -13,7 +13,7 @@ from .. import normalize
 from ..config import stable_section
 from ..evaluate import predict_proba
 from ..fileio import sha256
-from ..training import CrossEntropy, compute_metrics
+from ..training import CrossEntropy, compute_metrics, with_bias
 from .base import Kind, Stage, StageEnv, register
 
 # data keys that only evaluation reads: changing them re-evaluates, it does not retrain
@@ -108,13 +108,15 @@ def uniform_soup(models: list) -> torch.nn.Module:
 SOUP_SEED_STRIDE = 1000
 
 
-def loss(env: StageEnv, tc) -> CrossEntropy | None:
-    """The teacher's loss: the stage default (None: `fit`'s class-weighted cross-entropy), or under
-    `teacher.debias` the product of experts with the bias model whose log-probabilities the training
-    examples carry (`training.with_bias`)."""
+def fit_inputs(env: StageEnv, tc) -> dict:
+    """The `StageEnv.fit` arguments that make the teacher's loss: none (`fit`'s class-weighted
+    cross-entropy on the training split), or under `teacher.debias` the training split with the bias
+    model's log-probabilities (`env.teacher_bias`) attached and the product of experts that reads them.
+    The shared split stays without them: no other stage's objective needs to drop them."""
     if not env.cfg.teacher.debias:
-        return None
-    return CrossEntropy(env.class_weights(tc), env.logit_offset(tc), product_of_experts=True)
+        return {}
+    return {"train": with_bias(env.train, env.teacher_bias),
+            "objective": CrossEntropy(env.class_weights(tc), env.logit_offset(tc), product_of_experts=True)}
 
 
 def _validation_stats(env: StageEnv, model) -> dict:
@@ -139,7 +141,7 @@ def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
         member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=seed))
         tc = env.cfg.teacher.train
         model, stats = member_env.fit(model, tc, key if k == 0 else f"{key}.member{k + 1}", fingerprint,
-                                      objective=loss(env, tc))
+                                      **fit_inputs(env, tc))
         rows.append((seed, stats))
         if soup is None:
             soup = model
