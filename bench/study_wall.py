@@ -87,8 +87,10 @@ def useful_flops(run: Path) -> dict:
         # (2PT); frozen lower layers (train.freeze_lower_layers) take no backward at all
         above = max(depth - tc.freeze_lower_layers, 0) / depth
         per_token = 4 if kind == "lora" else 2 + 4 * above
-        # a teacher soup (teacher.soup) trains, and validates each epoch, every member
-        members = len(read_json(rd.marker(m["name"]))["train"].get("soup") or [None])
+        # a teacher soup (teacher.soup) or restarts (teacher.restarts) train, and validate each epoch, every
+        # member (the restarts' fp32 scoring passes on validation and the development sets are not counted)
+        tr = read_json(rd.marker(m["name"]))["train"]
+        members = len(tr.get("soup") or tr.get("restarts") or [None])
         train = per_token * p * tokens["train"] * epochs * members
         f = train + 2 * p * (tokens["validation"] * (epochs * members + 1) + tokens["test"])
         if m["name"] == "teacher":

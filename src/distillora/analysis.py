@@ -11,7 +11,7 @@ from sklearn.metrics import f1_score
 
 from . import stats
 from .audit import audit, findings
-from .evaluate import test_metrics
+from .evaluate import selection_row, test_metrics
 
 
 def add_to_models(models: list, evaluations: dict, splits, extra: dict, cfg, dev: dict | None = None) -> None:
@@ -61,10 +61,9 @@ def selection_scores(models: list, per_seed: dict, splits, dev: dict, metric: st
         rows = []
         for evs in per_seed.values():
             ev = evs[m.name]
-            row = {"validation": test_metrics(ev.validation_probabilities, splits.validation.labels, names)[metric]}
-            row.update({d: test_metrics(ev.extra[d], split.labels, names)[metric] for d, split in dev.items()})
-            row["score"] = float(np.mean(list(row.values())))
-            rows.append(row)
+            rows.append(selection_row({"validation": (ev.validation_probabilities, splits.validation.labels),
+                                       **{d: (ev.extra[d], split.labels) for d, split in dev.items()}},
+                                      metric, names))
         out[m.name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     return out
 

@@ -122,6 +122,12 @@ class TeacherConfig:
                       "the same pretrained weights, head initialisation and validation carve) and keep their "
                       "uniform weight average, a model soup (Wortsman et al., ICML 2022), as the one teacher. "
                       "N times the teacher's training. 1: one teacher.")
+    restarts: int = _f(1, "Fine-tune this many teachers (training seeds as for soup: seed, seed+1000, ...) and keep "
+                          "the one with the highest selection score: the mean of its validation selection_metric "
+                          "and the same metric on each development set (data.dev_sets), the rule that chooses the "
+                          "best student; never the test split (Dodge et al. 2020: fine-tuning restarts differ, and "
+                          "the better ones are found on held-out data). N times the teacher's training. "
+                          "1: one teacher. Not with soup > 1.")
     debias: float = _f(0.0, "Weight lambda of a bag-of-words bias-only model in a product of experts while the teacher "
                             "trains (Clark et al., EMNLP 2019): its loss is the cross-entropy of logits + lambda * log "
                             "p_bias(y|x), p_bias predicted out of fold; the teacher is used alone afterwards, having "
@@ -375,6 +381,12 @@ def validate(cfg: StudyConfig) -> list[str]:
         errs.append(f"teacher.debias = {cfg.teacher.debias!r}: give 0 (off) or more (1: the plain product of experts)")
     if not 1 <= cfg.teacher.soup <= 16:
         errs.append(f"teacher.soup = {cfg.teacher.soup}: use 1 (one teacher) to 16 fine-tuned teachers to average")
+    if not 1 <= cfg.teacher.restarts <= 16:
+        errs.append(f"teacher.restarts = {cfg.teacher.restarts}: use 1 (one teacher) to 16 fine-tuned teachers to "
+                    f"choose from")
+    elif cfg.teacher.restarts > 1 and cfg.teacher.soup > 1:
+        errs.append(f"teacher.restarts = {cfg.teacher.restarts} with teacher.soup = {cfg.teacher.soup}: choose one "
+                    f"(a soup averages its members, restarts keep the best); set the other to 1")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         errs.append(f"seeds = {cfg.seeds}: each seed may appear once")
     if cfg.bootstrap_resamples < 100:
@@ -522,7 +534,7 @@ def to_yaml(cfg) -> str:
 # keys added after runs existed: at these values they are left out of a section's fingerprint, so the
 # finished stages of those runs stay finished
 NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}, "extra_train": [], "dev_sets": {}}, "distill": {"weights": {}},
-                    "teacher": {"soup": 1, "debias": 0.0}}
+                    "teacher": {"soup": 1, "debias": 0.0, "restarts": 1}}
 
 
 # keys added to every section's `train` settings after runs existed, at the value that leaves them out

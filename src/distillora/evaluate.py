@@ -55,6 +55,17 @@ def test_metrics(probs: np.ndarray, labels: np.ndarray, label_names: list[str] |
     }
 
 
+def selection_row(sets: dict[str, tuple[np.ndarray, np.ndarray]], metric: str,
+                  label_names: list[str] | None = None) -> dict:
+    """{set name: `metric` of its probabilities against its labels, ..., "score": the mean of those figures
+    with equal weight}, for `sets` = {name: (probs (n, C), labels (n,))}: validation and the development
+    sets (data.dev_sets), never the test split. The one figure that chooses the best student
+    (`analysis.selection_scores`) and, under teacher.restarts, the teacher."""
+    row = {name: test_metrics(probs, labels, label_names)[metric] for name, (probs, labels) in sets.items()}
+    row["score"] = float(np.mean(list(row.values())))
+    return row
+
+
 def count_params(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

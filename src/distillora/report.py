@@ -33,7 +33,8 @@ def _plots(out: Path, results: Results) -> list[tuple[str, str]]:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for m in models:
-        rows = [r for r in read_jsonl(run.log(m["name"])) if "loss" in r and "epoch" in r]
+        # teacher.restarts: the kept member's log, which may be under another stage key than the model's name
+        rows = [r for r in read_jsonl(run.log(m["train"].get("log_key") or m["name"])) if "loss" in r and "epoch" in r]
         if rows:
             ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], label=m["name"])
     ax.set_xlabel("epoch"); ax.set_ylabel("training loss (per logging step)"); ax.set_title("Training loss")
@@ -363,6 +364,14 @@ def write_report(out: Path, results: Results | dict, cfg: StudyConfig) -> None:
             lines += [f"The {m['name']} is {m['objective'].split('; ', 1)[1]} (each fine-tuned on all weights "
                       f"with its own training seed), averaged weight by weight: it has no training loss of its "
                       f"own, and its loss curve is the first member's.", ""]
+        elif "restarts" in m["train"]:  # teacher.restarts: which member was kept, and on what
+            kept = [r for r in m["train"]["restarts"] if r["kept"]][0]
+            scores = ", ".join(f"{r['selection']['score']:.4f}" for r in m["train"]["restarts"])
+            lines += [f"The {m['name']} is {m['objective'].split('; ', 1)[1]}: {len(m['train']['restarts'])} "
+                      f"fine-tuned with training seeds {', '.join(str(r['seed']) for r in m['train']['restarts'])}, "
+                      f"scored on validation and the development sets (never the test split; scores {scores}); "
+                      f"the one with training seed {kept['seed']} was kept, and its loss curve is shown. Its "
+                      f"training time counts every restart.", ""]
     lines += ["## Data", "",
               f"- Source: `{ds['source']}`; rows used: {ds['rows']}; dropped empty texts: {ds['dropped_empty']}; "
               f"exact duplicate texts: {ds['duplicates']}; labels: {ds['label_names']}."]

@@ -66,12 +66,12 @@ def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) 
         raise UserError(f"{out}: cannot write there ({e.strerror}); choose a writable --output") from None
 
 
-def check_disk(out: Path, teacher_dir: str, soup: int = 1) -> None:
+def check_disk(out: Path, teacher_dir: str, members: int = 1) -> None:
     """Fail before training if the disk cannot hold checkpoints and models (about 8x the teacher, and 6x
-    more for each further member of a teacher soup: its best and last checkpoints, weights and two Adam
-    moments each, are kept until the soup is made)."""
+    more for each further member of a teacher soup or restart: its best and last checkpoints, weights and two Adam
+    moments each, are kept until the teacher stage ends)."""
     weights = sum(f.stat().st_size for f in Path(teacher_dir).glob("*.safetensors")) if Path(teacher_dir).is_dir() else 0
-    need = (8 + 6 * (soup - 1)) * weights
+    need = (8 + 6 * (members - 1)) * weights
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -235,7 +235,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
     _check_models(cfg, teacher_config)
     check_token_masking(cfg, tokenizer)
-    check_disk(out, source, cfg.teacher.soup)
+    check_disk(out, source, max(cfg.teacher.soup, cfg.teacher.restarts))
     # Data-parallel (accelerate launch / torchrun): every process trains; the main process alone
     # writes files, and the others wait at each stage's end.
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: gloo across CPU processes
@@ -253,6 +253,8 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     enc = {name: encode(getattr(splits, name), tokenizer, cfg.data.max_length)
            for name in ("train", "validation", "test")}
     enc["train"] = with_group_weights(enc["train"], group)
+    # the development sets, encoded once: teacher.restarts scores its members on them, evaluation every model
+    dev_enc = {name: encode(split, tokenizer, cfg.data.max_length) for name, split in dev.items()}
     seeds = [cfg.seed] + [x for x in cfg.seeds if x != cfg.seed]
     seed_records: dict[int, dict[str, dict]] = {}
     for seed in seeds:
@@ -261,7 +263,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
         if suffix:
             log.info("seed %d: training every stage again", seed)
         env = StageEnv(dataclasses.replace(cfg, seed=seed), tokenizer, enc["train"], enc["validation"], out, quiet,
-                       splits.extra_rows, teacher_bias=bias)
+                       splits.extra_rows, teacher_bias=bias, dev_sets=dev_enc)
         seed_records[seed] = _train_models(run, env, source, teacher_config, resolved, suffix)
     records = seed_records[cfg.seed]
     if not state.is_main_process:
@@ -273,8 +275,8 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     # validation split, for calibration and a threshold chosen there, on any extra test sets, and on
     # the development sets, which with validation choose the best student)
     files = {**cfg.data.extra_tests, **cfg.data.dev_sets}
-    sets = {name: (encode(split, tokenizer, cfg.data.max_length), sha256(Path(files[name]).expanduser()))
-            for name, split in {**extra, **dev}.items()}
+    sets = {name: (dev_enc[name] if name in dev_enc else encode(split, tokenizer, cfg.data.max_length),
+                   sha256(Path(files[name]).expanduser())) for name, split in {**extra, **dev}.items()}
     dev_sets = {name: sets[name] for name in dev}
     evaluations = {}
     for name, rec in records.items():
@@ -359,7 +361,7 @@ def _run_stage(run: RunDir, ctx: StageContext, stage: Stage, key: str, fp: str, 
         write_dir(run.model_dir(key), fill)
         run.finish(key, fp, {"kind": stage.kind.value, "objective": stage.objective,
                              "teacher_layers": stage.teacher_layers, **stage.record(stats), "train": stats})
-        for work in (run.work_dir(key), *run.checkpoints_dir.glob(f"{key}.member*")):  # a soup's members
+        for work in (run.work_dir(key), *run.checkpoints_dir.glob(f"{key}.member*")):  # a soup's or restarts' members
             shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()
     return read_json(run.marker(key))
@@ -397,7 +399,9 @@ def _model_entry(name: str, kind: Kind, rec: dict, ev: Evaluation, run: RunDir) 
         params_trainable=ev.params_trainable,
         train={"loss": tr["loss"], "seconds": tr["seconds"], "steps": tr["steps"],
                "epoch_losses": tr.get("epoch_losses"), "best_checkpoint": tr.get("best_checkpoint"),
-               "precision": tr.get("precision", "fp32")},
+               "precision": tr.get("precision", "fp32"),
+               # teacher.restarts: each member's selection scores, which one was kept and where its log is
+               **{k: tr[k] for k in ("restarts", "log_key") if k in tr}},
         validation={k: tr["validation"][k] for k in ("accuracy", "balanced_accuracy", "f1_macro")
                     if k in tr["validation"]},
         test={},  # filled by analysis.add_to_models from the stored test probabilities

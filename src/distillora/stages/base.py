@@ -53,6 +53,9 @@ class StageEnv:
     # under teacher.debias: lambda * the bias model's log-probabilities (N, C) for `train`'s rows
     # (training.bias_logprobs, computed before a run writes anything); only the teacher's loss reads them
     teacher_bias: object = None
+    # data.dev_sets, encoded (name -> Encoded); only teacher.restarts reads them during training (it
+    # chooses the teacher on the selection score, as the study chooses the best student)
+    dev_sets: dict = field(default_factory=dict)
 
     @property
     def rundir(self):

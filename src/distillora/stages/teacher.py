@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,12 @@ from transformers import AutoModelForSequenceClassification, set_seed
 
 from .. import normalize
 from ..config import stable_section
-from ..evaluate import predict_proba
+from ..evaluate import predict_proba, selection_row
 from ..fileio import sha256
 from ..training import CrossEntropy, compute_metrics, with_bias
 from .base import Kind, Stage, StageEnv, register
+
+log = logging.getLogger("distillora")
 
 # data keys that only evaluation reads: changing them re-evaluates, it does not retrain
 EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "dev_sets", "category_column")
@@ -37,13 +40,18 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         # extra training files by content: an edited file retrains, a moved one does not (a missing one:
         # load_splits, which runs first, refused it)
         + ((("extra_train", [sha256(Path(p).expanduser()) if Path(p).expanduser().is_file() else None
-                             for p in cfg.data.extra_train]),) if cfg.data.extra_train else ()),
+                             for p in cfg.data.extra_train]),) if cfg.data.extra_train else ())
+        # teacher.restarts chooses on the development sets: their content (as extra_train's) and the rule
+        + ((("restart_dev_sets", {n: sha256(Path(p).expanduser()) if Path(p).expanduser().is_file() else None
+                                  for n, p in cfg.data.dev_sets.items()}),) if cfg.teacher.restarts > 1 else ()),
         teacher_layers=list(range(1, depth + 1)),
-        # (the report reads the soup's clause after the first "; ")
+        # (the report reads the soup's or the restarts' clause after the first "; ")
         objective="cross-entropy" + (f" in a product of experts with a bag-of-words bias model (weight "
                                      f"{cfg.teacher.debias:g})" if cfg.teacher.debias else "")
         + ", all weights fine-tuned" + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
-                                        if cfg.teacher.soup > 1 else ""),
+                                        if cfg.teacher.soup > 1 else "")
+        + (f"; the best of {cfg.teacher.restarts} such teachers on the selection score" if cfg.teacher.restarts > 1
+           else ""),
         train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key), action=f"fine-tuning {cfg.teacher.source}")]
 
 
@@ -125,23 +133,44 @@ def _validation_stats(env: StageEnv, model) -> dict:
     return dict(compute_metrics((probs, labels)))
 
 
-def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
-    n = env.cfg.teacher.soup
-    soup, rows = None, []
+def selection(env: StageEnv, model) -> dict:
+    """The model's selection row (`evaluate.selection_row`): `selection_metric` on validation and on each
+    development set, from fp32 probabilities as the study's evaluation computes them, and their mean."""
+    sets = {"validation": env.validation, **env.dev_sets}
+    return selection_row({name: (predict_proba(model, enc, env.tokenizer)[0],
+                                 np.array([x["labels"] for x in enc.items])) for name, enc in sets.items()},
+                         env.cfg.selection_metric, env.cfg.data.label_names)
+
+
+def _members(env: StageEnv, source: str, fingerprint: str, key: str, n: int):
+    """Fine-tune `n` teachers, one after the other, yielding (training seed, stage key, model, stats) for
+    each. Every member starts from the same head (the seed's); its own training seed moves the data order
+    and dropout. Member 1 works and logs under the stage's own key (without restarts or a soup it is the
+    one teacher); member k under `<key>.member<k>`, its own work directory, so each resumes on its own
+    after a kill."""
+    tc = env.cfg.teacher.train
     for k in range(n):
-        # every member starts from the same head (the seed's); its own training seed moves the data order
-        # and dropout. Members train one after the other. Member 1 works and logs under the stage's own key
-        # (its curve is the teacher's in the report's loss plot); member k under `<key>.member<k>`, its
-        # own work directory, so each resumes on its own after a kill.
         set_seed(env.cfg.seed)
         model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
         # saved in config.json and copied into every student built from this teacher
         normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
         seed = env.cfg.seed + SOUP_SEED_STRIDE * k
         member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=seed))
-        tc = env.cfg.teacher.train
-        model, stats = member_env.fit(model, tc, key if k == 0 else f"{key}.member{k + 1}", fingerprint,
-                                      **fit_inputs(env, tc))
+        member_key = key if k == 0 else f"{key}.member{k + 1}"
+        model, stats = member_env.fit(model, tc, member_key, fingerprint, **fit_inputs(env, tc))
+        yield seed, member_key, model, stats
+
+
+MEMBER_FIELDS = ("validation", "loss", "epoch_losses", "seconds", "steps", "best_checkpoint", "resumed_from")
+
+
+def _totals(rows: list[tuple[int, dict]]) -> dict:
+    return {"seconds": round(sum(st["seconds"] for _, st in rows), 2), "steps": sum(st["steps"] for _, st in rows)}
+
+
+def _soup(env: StageEnv, members) -> tuple:
+    soup, rows = None, []
+    for seed, _, model, stats in members:
         rows.append((seed, stats))
         if soup is None:
             soup = model
@@ -149,20 +178,48 @@ def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
             add_into(soup, model)  # a running sum: one member in memory besides it
             del model
     model, stats = soup, rows[0][1]
-    if n > 1:
-        scale(model, 1 / n)
-        stats = {**stats, "seconds": round(sum(st["seconds"] for _, st in rows), 2),
-                 "steps": sum(st["steps"] for _, st in rows),
+    if len(rows) > 1:
+        scale(model, 1 / len(rows))
+        stats = {**stats, **_totals(rows),
                  "loss": None,  # the soup was not trained: each member's loss is in its row
                  "best_checkpoint": None, "resumed_from": None,
-                 "soup": [{"seed": seed, **{f: st[f] for f in ("validation", "loss", "epoch_losses", "seconds", "steps",
-                                                               "best_checkpoint", "resumed_from")}}
-                          for seed, st in rows]}
+                 "soup": [{"seed": seed, **{f: st[f] for f in MEMBER_FIELDS}} for seed, st in rows]}
         # the soup's own, in fp32 (members' figures come from the Trainer's pass, in its precision)
         stats["validation"] = _validation_stats(env, model)
-    alpha = env.cfg.teacher.wise_alpha
+    return model, stats
+
+
+def _best_of(env: StageEnv, members) -> tuple:
+    """teacher.restarts: the member with the highest selection score (ties: the earlier member), never
+    read on test; each member's row records its scores. The kept model's stats are its own, with the
+    seconds and steps of all members (they were all spent) and `log_key`, the stage key its training
+    log is under (the report's loss plot reads it)."""
+    best, rows = None, []
+    for seed, member_key, model, stats in members:
+        row = {"seed": seed, "log_key": member_key, "selection": selection(env, model),
+               **{f: stats[f] for f in MEMBER_FIELDS}}
+        log.info("teacher restart %d (training seed %d): selection score %.4f", len(rows) + 1, seed,
+                 row["selection"]["score"])
+        rows.append(row)
+        if best is None or row["selection"]["score"] > best[0]["selection"]["score"]:
+            best = (row, model, stats)
+        del model
+    row, model, stats = best
+    log.info("teacher: kept restart %d of %d (training seed %d) on the selection score", rows.index(row) + 1,
+             len(rows), row["seed"])
+    return model, {**stats, **_totals([(r["seed"], r) for r in rows]), "log_key": row["log_key"],
+                   "restarts": [{**r, "kept": r is row} for r in rows]}
+
+
+def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
+    t = env.cfg.teacher
+    if t.restarts > 1:
+        model, stats = _best_of(env, _members(env, source, fingerprint, key, t.restarts))
+    else:
+        model, stats = _soup(env, _members(env, source, fingerprint, key, t.soup))
+    alpha = t.wise_alpha
     if alpha < 1:
-        model = wise_ft(model, load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle), alpha)
+        model = wise_ft(model, load_pretrained(source, env.cfg.data.label_names, t.allow_pickle), alpha)
         # the kept model is the interpolated one: its validation figures replace the fine-tuned model's
         stats["validation_before_wise"] = stats["validation"]
         stats["validation"] = _validation_stats(env, model)

@@ -1,0 +1,132 @@
+"""`teacher.restarts: N`: N teachers fine-tuned with training seeds seed, seed+1000, ... from one head
+initialisation; the one with the highest selection score (validation and the development sets, the rule
+that chooses the best student) is kept."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from distillora import study
+from distillora.config import load_config, stable_section, to_dict
+from distillora.data import encode, load_splits
+from distillora.errors import UserError
+from distillora.evaluate import selection_row
+from distillora.stages import StageEnv
+from distillora.stages import teacher as teacher_stage
+
+DEV_SET = Path(__file__).resolve().parents[1] / "configs" / "dev" / "short_sentences.csv"
+
+
+def test_selection_row_is_the_mean_of_the_metric_on_each_set_by_hand():
+    val = (np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]), np.array([0, 1, 1, 1]))
+    dev = (np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([0, 0]))
+    row = selection_row({"validation": val, "typed": dev}, "f1_macro")
+    # validation predicts 0,1,0,1 against 0,1,1,1: class 0 F1 2/3, class 1 F1 0.8
+    assert row["validation"] == pytest.approx((2 / 3 + 0.8) / 2)
+    # dev predicts 1,0 against 0,0: class 0 F1 2/3; class 1 has no true and one predicted row, F1 0
+    assert row["typed"] == pytest.approx(f1_score([0, 0], [1, 0], average="macro", zero_division=0))
+    assert row["score"] == pytest.approx((row["validation"] + row["typed"]) / 2)
+
+
+def test_restarts_setting_is_validated_and_one_teacher_keeps_existing_fingerprints():
+    with pytest.raises(UserError, match="teacher.restarts = 0"):
+        load_config(None, ["teacher.restarts=0"])
+    with pytest.raises(UserError, match="choose one"):
+        load_config(None, ["teacher.restarts=2", "teacher.soup=2"])
+    assert "restarts" not in stable_section(to_dict(load_config(None, [])), "teacher")
+    assert stable_section(to_dict(load_config(None, ["teacher.restarts=3"])), "teacher")["restarts"] == 3
+
+
+def _fingerprint_inputs(overrides):
+    cfg = load_config(None, overrides)
+    return teacher_stage.plan(cfg, to_dict(cfg), 4)[0].fingerprint_inputs
+
+
+def test_restarts_fingerprint_the_development_sets_by_content(tmp_path):
+    dev = tmp_path / "typed.csv"
+    dev.write_text("tweet,label\nthey are lovely,0\nthey are vermin,1\n")
+    plain, chosen = [f"data.dev_sets={{typed: {dev}}}"], [f"data.dev_sets={{typed: {dev}}}", "teacher.restarts=2"]
+    before = (_fingerprint_inputs(plain), _fingerprint_inputs(chosen))
+    dev.write_text("tweet,label\nthey are lovely,0\nthey are pests,1\n")
+    # one teacher never reads the development sets while it trains: an edit re-evaluates, it does not retrain
+    assert _fingerprint_inputs(plain) == before[0]
+    # restarts choose on them: an edited set may choose another teacher
+    assert _fingerprint_inputs(chosen) != before[1]
+
+
+def _env(tmp_path, name, tokenizer, data, overrides):
+    cfg = load_config(None, [f"data.source={data}", "data.max_length=32", "data.validation_fraction=0.25",
+                             "teacher.train.epochs=1", "teacher.train.batch_size=8", "teacher.train.precision=fp32",
+                             f"data.dev_sets={{typed: {DEV_SET}}}", *overrides])
+    splits = load_splits(cfg.data, cfg.seed)
+    cfg = study._with_label_names(cfg, splits.info["label_names"])
+    enc = {s: encode(getattr(splits, s), tokenizer, 32) for s in ("train", "validation")}
+    dev = study._load_sets(cfg, "dev_sets")
+    return StageEnv(cfg, tokenizer, enc["train"], enc["validation"], tmp_path / name, quiet=True,
+                    dev_sets={n: encode(split, tokenizer, 32) for n, split in dev.items()})
+
+
+def test_the_kept_restart_is_the_member_with_the_highest_selection_score(tmp_path, minilm_tokenizer,
+                                                                         tiny_teacher_dir, small_data):
+    def train(name, overrides):
+        env = _env(tmp_path, name, minilm_tokenizer, small_data, overrides)
+        return env, *teacher_stage.train(env, str(tiny_teacher_dir), "fp-" + name)
+
+    learn = ["teacher.train.learning_rate=2e-3", "teacher.train.epochs=3"]  # so the tiny members differ
+    _, one, one_stats = train("one", learn)
+    env, kept, stats = train("restarts", [*learn, "teacher.restarts=3"])
+    rows = stats["restarts"]
+    assert [r["seed"] for r in rows] == [42, 1042, 2042]
+    assert [r["log_key"] for r in rows] == ["teacher", "teacher.member2", "teacher.member3"]
+    assert rows[0]["validation"] == one_stats["validation"]  # member 1 is the one-teacher run
+    scores = [r["selection"]["score"] for r in rows]
+    assert len(set(scores)) > 1  # the members differ, so the choice below is a real one
+    best = int(np.argmax(scores))
+    assert [r["kept"] for r in rows] == [i == best for i in range(3)]
+    assert stats["log_key"] == rows[best]["log_key"]
+    # the kept model is the one that scored so, scored again from scratch on validation and the dev set
+    again = teacher_stage.selection(env, kept)
+    assert set(again) == {"validation", "typed", "score"}
+    assert again == pytest.approx(rows[best]["selection"])
+    assert stats["seconds"] == pytest.approx(sum(r["seconds"] for r in rows), abs=0.01)
+    assert stats["steps"] == sum(r["steps"] for r in rows)
+
+
+def test_a_tie_keeps_the_earlier_restart(tmp_path, minilm_tokenizer, tiny_teacher_dir, small_data, monkeypatch):
+    monkeypatch.setattr(teacher_stage, "selection", lambda env, model: {"validation": 0.5, "score": 0.5})
+    env = _env(tmp_path, "tie", minilm_tokenizer, small_data, ["teacher.restarts=2"])
+    _, stats = teacher_stage.train(env, str(tiny_teacher_dir), "fp-tie")
+    assert [r["kept"] for r in stats["restarts"]] == [True, False] and stats["log_key"] == "teacher"
+
+
+def test_a_study_with_restarts_records_them_reports_the_choice_and_cleans_checkpoints(tmp_path, tiny_teacher_dir,
+                                                                                       small_data):
+    from distillora.fileio import read_json
+    from distillora.rundir import RunDir
+    from distillora.study import run_study
+
+    cfg = load_config(None, [
+        f"data.source={small_data}", "data.validation_fraction=0.25", "data.max_length=32",
+        f"data.dev_sets={{typed: {DEV_SET}}}",
+        f"teacher.source={tiny_teacher_dir}", "teacher.restarts=2", "teacher.train.epochs=1",
+        "teacher.train.precision=fp32", "distill.train.epochs=1",
+        "lora.train.epochs=1", "baseline.train.epochs=1", "lora.r=4", "lora.alpha=8", "check.suites=[]",
+        "distill.students={odd: [1, 3]}"])
+    out = run_study(cfg, tmp_path / "run", quiet=True)
+    rec = read_json(RunDir(out).marker("teacher"))
+    rows = rec["train"]["restarts"]
+    assert [m["seed"] for m in rows] == [42, 1042] and sum(m["kept"] for m in rows) == 1
+    assert not RunDir(out).checkpoints_dir.exists()
+    results = RunDir(out).results()
+    teacher = results.by_name()["teacher"]
+    assert teacher.objective.endswith("the best of 2 such teachers on the selection score")
+    assert teacher.train["restarts"] == rows and teacher.train["log_key"] == rec["train"]["log_key"]
+    kept = [m for m in rows if m["kept"]][0]
+    # the kept member's selection figures are those the study's evaluation computes for the teacher
+    assert kept["selection"]["typed"] == pytest.approx(teacher.dev_sets["typed"]["f1_macro"])
+    assert kept["selection"]["validation"] == pytest.approx(teacher.validation["f1_macro"])
+    report = (out / "report.md").read_text()
+    assert f"the one with training seed {kept['seed']} was kept" in report
+    assert (RunDir(out).log(kept["log_key"])).is_file()
