@@ -130,3 +130,18 @@ def test_a_study_with_restarts_records_them_reports_the_choice_and_cleans_checkp
     report = (out / "report.md").read_text()
     assert f"the one with training seed {kept['seed']} was kept" in report
     assert (RunDir(out).log(kept["log_key"])).is_file()
+
+
+def test_the_transfer_bench_compares_the_chosen_member_with_the_subset_mean_on_the_held_out_signal():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("restart_transfer", Path(__file__).resolve().parents[1] / "bench" /
+                                                  "restart_transfer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = lambda v, d, f: {"validation": {"f1_macro": v}, "dev": {"f1_macro": d}, "functional": {"f1_macro": f}}
+    a, b = row(0.9, 0.9, 0.7), row(0.8, 0.8, 0.9)
+    # held out functional: a is chosen (0.9 > 0.8), 0.7 against the mean 0.8: -10 points; held out
+    # validation: chosen on dev and functional, a 0.8 against b 0.85, b: 0.8 against 0.85, -5; held out
+    # dev: a 0.8 against b 0.85, b: 0.8 against 0.85, -5
+    assert bench.transfer([a, b], 2, "f1_macro") == pytest.approx([-5.0, -5.0, -10.0])
