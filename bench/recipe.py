@@ -7,7 +7,9 @@ the test split: how the defaults of configs/ were chosen.
     python bench/recipe.py --config configs/quick.yaml --name swa --average-from 0.33,0.67
     python bench/recipe.py --config configs/quick.yaml --name mean --pooling mean
 
-Each call fine-tunes one teacher with the run's own code (same data, carve, tokenisation, Trainer),
+Each call fine-tunes one teacher with the run's own code (same data, carve, tokenisation, Trainer);
+`teacher.soup` and `teacher.restarts` of the config are not applied (one teacher: a member, with
+`--train-seed`; soups: bench/soup.py; restarts' evidence: bench/restart_transfer.py on these rows),
 then scores it on validation and on the development sets of configs/dev/ (WiSE-FT: for every alpha, the
 fine-tuned body interpolated with the pretrained one). `--average-from F,...`: also score, for each
 F, the uniform average of the trainable weights taken after every step from fraction F of the run
@@ -174,6 +176,9 @@ def main() -> None:
         ap.error(f"--average-from {a.average_from}: each start fraction must be in [0, 1)")
 
     cfg = load_config(a.config, a.overrides)
+    if cfg.teacher.soup > 1 or cfg.teacher.restarts > 1:
+        print(f"recipe: trains one teacher; the config's teacher.soup = {cfg.teacher.soup} and teacher.restarts = "
+              f"{cfg.teacher.restarts} are not applied (members: --train-seed)", file=sys.stderr)
     splits = load_splits(cfg.data, cfg.seed)
     devs = dev_sets(cfg.data)
     source = bundles.resolve(cfg.teacher.source)

@@ -25,9 +25,35 @@ import numpy as np
 SIGNALS = ("validation", "dev", "functional")
 
 
+# what makes two recipe rows the same recipe besides config and overrides (bench/recipe.py's variants)
+VARIANT_FIELDS = ("wise_alpha", "average_from", "pooling", "linear_probe_epochs")
+
+
 def group_key(row: dict, by_seed: bool) -> tuple:
     overrides = [o for o in row.get("overrides") or [] if not (by_seed and re.match(r"seed=\d+$", o))]
-    return row.get("config"), tuple(overrides)
+    return (row.get("config"), tuple(overrides), *(row.get(f) for f in VARIANT_FIELDS))
+
+
+def training_seed(row: dict) -> int | None:
+    """The seed a recipe row's teacher trained with: --train-seed, else seed= in the overrides, else the
+    config's (None: the same for every row of a config)."""
+    if row.get("train_seed") is not None:
+        return row["train_seed"]
+    seeds = [int(o.split("=", 1)[1]) for o in row.get("overrides") or [] if re.match(r"seed=\d+$", o)]
+    return seeds[-1] if seeds else None
+
+
+def groups_of(rows: list[dict], by_seed: bool, config_seed=lambda config: None) -> dict[tuple, list[dict]]:
+    """Recipe rows grouped into restarts: the same recipe, one row per training seed (the first row of a
+    seed logged twice). Rows of bench/soup.py (a `soup` field) are not restarts and are left out.
+    `config_seed(config name)`: the seed of a row that names none."""
+    out: dict[tuple, dict] = defaultdict(dict)
+    for row in rows:
+        if "soup" in row or not all(s in row for s in SIGNALS):
+            continue
+        seed = training_seed(row)
+        out[group_key(row, by_seed)].setdefault(config_seed(row.get("config")) if seed is None else seed, row)
+    return {k: list(v.values()) for k, v in out.items()}
 
 
 def transfer(rows: list[dict], k: int, metric: str) -> list[float]:
@@ -41,6 +67,18 @@ def transfer(rows: list[dict], k: int, metric: str) -> list[float]:
     return gains
 
 
+def config_seed(config: str | None) -> int | None:
+    """The `seed` of configs/<config> (a recipe row without --train-seed or seed= trained with it)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / (config or "")
+    if not config or not path.is_file():
+        return None
+    import yaml
+
+    return (yaml.safe_load(path.read_text()) or {}).get("seed", 42)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("logs", nargs="+")
@@ -49,12 +87,8 @@ def main() -> int:
     ap.add_argument("--by-seed", action="store_true",
                     help="also group rows whose overrides differ only in seed=N (training seed and carve)")
     a = ap.parse_args()
-    groups = defaultdict(list)
-    for path in a.logs:
-        for line in open(path):
-            row = json.loads(line)
-            if all(s in row for s in SIGNALS):
-                groups[group_key(row, a.by_seed)].append(row)
+    rows = [json.loads(line) for path in a.logs for line in open(path) if line.strip()]
+    groups = groups_of(rows, a.by_seed, config_seed)
     for k in a.k:
         total = []
         for key, rows in groups.items():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import f1_score
 
 from distillora import study
@@ -35,6 +36,10 @@ def test_restarts_setting_is_validated_and_one_teacher_keeps_existing_fingerprin
         load_config(None, ["teacher.restarts=0"])
     with pytest.raises(UserError, match="choose one"):
         load_config(None, ["teacher.restarts=2", "teacher.soup=2"])
+    with pytest.raises(UserError, match="teacher.wise_alpha = 0.8: choose one"):
+        load_config(None, ["teacher.restarts=2", "teacher.wise_alpha=0.8"])
+    with pytest.raises(UserError, match="data.dev_sets.score: that name is taken by the selection score"):
+        load_config(None, ["data.dev_sets={score: x.csv}"])
     assert "restarts" not in stable_section(to_dict(load_config(None, [])), "teacher")
     assert stable_section(to_dict(load_config(None, ["teacher.restarts=3"])), "teacher")["restarts"] == 3
 
@@ -52,6 +57,7 @@ def test_restarts_fingerprint_the_development_sets_by_content(tmp_path):
     dev.write_text("tweet,label\nthey are lovely,0\nthey are pests,1\n")
     # one teacher never reads the development sets while it trains: an edit re-evaluates, it does not retrain
     assert _fingerprint_inputs(plain) == before[0]
+    assert not any(isinstance(x, tuple) and x and x[0] == "restart_dev_sets" for x in before[0])
     # restarts choose on them: an edited set may choose another teacher
     assert _fingerprint_inputs(chosen) != before[1]
 
@@ -94,6 +100,71 @@ def test_the_kept_restart_is_the_member_with_the_highest_selection_score(tmp_pat
     assert stats["steps"] == sum(r["steps"] for r in rows)
 
 
+def test_the_returned_teacher_is_the_best_scored_member_and_the_others_are_freed(tmp_path, minilm_tokenizer,
+                                                                                  tiny_teacher_dir, small_data,
+                                                                                  monkeypatch):
+    """Scores scripted with the best in the middle: a stage that returned the last member trained, or the
+    first, would fail; no member that is not the best so far outlives the loading of the next one."""
+    import gc
+    import weakref
+
+    from distillora.stages.base import StageEnv as Env
+
+    scores, members, refs, alive_at_load = iter([0.5, 0.9, 0.7]), [], [], []
+    monkeypatch.setattr(teacher_stage, "selection", lambda env, model: {"validation": (s := next(scores)), "score": s})
+    real_fit = Env.fit
+
+    def fit(self, model, *a, **k):
+        gc.collect()
+        alive_at_load.append(sum(r() is not None for r in refs))  # members still held as this one starts
+        model, stats = real_fit(self, model, *a, **k)
+        members.append({n: w.detach().clone() for n, w in model.named_parameters()})
+        refs.append(weakref.ref(model))
+        return model, stats
+
+    monkeypatch.setattr(Env, "fit", fit)
+    env = _env(tmp_path, "scripted", minilm_tokenizer, small_data,
+               ["teacher.restarts=3", "teacher.train.learning_rate=2e-3"])
+    kept, stats = teacher_stage.train(env, str(tiny_teacher_dir), "fp-scripted")
+    assert [r["kept"] for r in stats["restarts"]] == [False, True, False]
+    assert stats["log_key"] == "teacher.member2"
+    assert not all(torch.equal(members[0][n], members[1][n]) for n in members[0])  # the members differ
+    for name, w in kept.named_parameters():
+        assert torch.equal(w, members[1][name]), name
+    # member 2 loads beside member 1 (the best so far); member 3 beside member 2 only (member 1 freed)
+    assert alive_at_load == [0, 1, 1]
+
+
+def test_restarts_killed_between_members_resume_to_the_same_teacher(tmp_path, minilm_tokenizer, tiny_teacher_dir,
+                                                                    small_data, monkeypatch):
+    from distillora.stages.base import StageEnv as Env
+
+    def train(name):
+        return teacher_stage.train(_env(tmp_path, name, minilm_tokenizer, small_data,
+                                        ["teacher.restarts=2", "teacher.train.learning_rate=2e-3"]),
+                                   str(tiny_teacher_dir), "fp")
+
+    whole, whole_stats = train("whole")
+    real_fit = Env.fit
+
+    def dies_in_member_2(self, model, tc, key, fingerprint, *a, **k):
+        if key.endswith(".member2"):
+            raise KeyboardInterrupt  # as a kill would: member 1's checkpoints stay in its work directory
+        return real_fit(self, model, tc, key, fingerprint, *a, **k)
+
+    monkeypatch.setattr(Env, "fit", dies_in_member_2)
+    with pytest.raises(KeyboardInterrupt):
+        train("killed")
+    monkeypatch.setattr(Env, "fit", real_fit)
+    resumed, stats = train("killed")
+    rows = stats["restarts"]
+    assert rows[0]["resumed_from"] is not None and rows[1]["resumed_from"] is None
+    assert [r["kept"] for r in rows] == [r["kept"] for r in whole_stats["restarts"]]
+    assert [r["selection"] for r in rows] == [r["selection"] for r in whole_stats["restarts"]]
+    for (name, w), (_, r) in zip(whole.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(w, r), name
+
+
 def test_a_tie_keeps_the_earlier_restart(tmp_path, minilm_tokenizer, tiny_teacher_dir, small_data, monkeypatch):
     monkeypatch.setattr(teacher_stage, "selection", lambda env, model: {"validation": 0.5, "score": 0.5})
     env = _env(tmp_path, "tie", minilm_tokenizer, small_data, ["teacher.restarts=2"])
@@ -128,8 +199,43 @@ def test_a_study_with_restarts_records_them_reports_the_choice_and_cleans_checkp
     assert kept["selection"]["typed"] == pytest.approx(teacher.dev_sets["typed"]["f1_macro"])
     assert kept["selection"]["validation"] == pytest.approx(teacher.validation["f1_macro"])
     report = (out / "report.md").read_text()
+    assert f"each scored on validation and typed" in report
     assert f"the one with training seed {kept['seed']} was kept" in report
     assert (RunDir(out).log(kept["log_key"])).is_file()
+
+
+def test_the_loss_plot_reads_the_kept_restarts_log(tmp_path, monkeypatch):
+    """The report's loss curve of a teacher chosen among restarts is the kept member's, under its own key."""
+    from distillora import report
+    from distillora.fileio import write_text
+    from distillora.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.log("teacher").parent.mkdir(parents=True, exist_ok=True)
+    write_text(run.log("teacher"), '{"epoch": 1, "loss": 9.0}\n')
+    write_text(run.log("teacher.member2"), '{"epoch": 1, "loss": 0.25}\n')
+    plotted = []
+    monkeypatch.setattr(report.plt.Axes, "plot", lambda self, x, y, **k: plotted.append((k.get("label"), list(y))))
+    monkeypatch.setattr(report, "save_figure", lambda fig, out, name: name)
+
+    class Stop(Exception):
+        pass
+
+    real_subplots = report.plt.subplots
+    calls = []
+
+    def subplots(*a, **k):  # the loss plot is the first figure; stop after it
+        if calls:
+            raise Stop
+        calls.append(1)
+        return real_subplots(*a, **k)
+
+    monkeypatch.setattr(report.plt, "subplots", subplots)
+    results = {"models": [{"name": "teacher", "train": {"log_key": "teacher.member2"}}],
+               "dataset": {"label_names": ["not_hate", "hate"]}}
+    with pytest.raises(Stop):
+        report._plots(tmp_path, results)
+    assert plotted == [("teacher", [0.25])]
 
 
 def test_the_transfer_bench_compares_the_chosen_member_with_the_subset_mean_on_the_held_out_signal():
@@ -145,3 +251,10 @@ def test_the_transfer_bench_compares_the_chosen_member_with_the_subset_mean_on_t
     # validation: chosen on dev and functional, a 0.8 against b 0.85, b: 0.8 against 0.85, -5; held out
     # dev: a 0.8 against b 0.85, b: 0.8 against 0.85, -5
     assert bench.transfer([a, b], 2, "f1_macro") == pytest.approx([-5.0, -5.0, -10.0])
+    # grouping: one row per training seed of one recipe; soups, other variants and other configs apart
+    rec = lambda name, seed=None, **k: {"name": name, "config": "seed.yaml", "overrides": [], "train_seed": seed,
+                                        "wise_alpha": 1.0, **a, **k}
+    rows = [rec("s42"), rec("s42-again", 42), rec("s43", 43), rec("wise", wise_alpha=0.8), rec("soup", soup="uniform"),
+            {**rec("q", 43), "config": "quick.yaml"}]
+    groups = bench.groups_of(rows, False, lambda config: 42)
+    assert sorted([r["name"] for r in g] for g in groups.values()) == [["q"], ["s42", "s43"], ["wise"]]

@@ -387,6 +387,11 @@ def validate(cfg: StudyConfig) -> list[str]:
     elif cfg.teacher.restarts > 1 and cfg.teacher.soup > 1:
         errs.append(f"teacher.restarts = {cfg.teacher.restarts} with teacher.soup = {cfg.teacher.soup}: choose one "
                     f"(a soup averages its members, restarts keep the best); set the other to 1")
+    elif cfg.teacher.restarts > 1 and cfg.teacher.wise_alpha < 1:
+        # the restarts are scored as fine-tuned; the interpolated teacher would be another model than the
+        # one chosen (not measured together)
+        errs.append(f"teacher.restarts = {cfg.teacher.restarts} with teacher.wise_alpha = {cfg.teacher.wise_alpha}: "
+                    f"choose one; set teacher.wise_alpha to 1 or teacher.restarts to 1")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         errs.append(f"seeds = {cfg.seeds}: each seed may appear once")
     if cfg.bootstrap_resamples < 100:
@@ -395,6 +400,8 @@ def validate(cfg: StudyConfig) -> list[str]:
         for name in sets:
             if name in ("train", "validation", "test"):
                 errs.append(f"data.{key}.{name}: that name is taken by a split; pick another")
+            elif name == "score":  # the selection row's mean (evaluate.selection_row) goes by that name
+                errs.append(f"data.{key}.{name}: that name is taken by the selection score; pick another")
             elif not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):  # it names files under the run's stages/
                 errs.append(f"data.{key}: the name {name!r} may hold only letters, digits, _ and -")
     for name in sorted(set(d.extra_tests) & set(d.dev_sets)):

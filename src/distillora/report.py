@@ -367,9 +367,10 @@ def write_report(out: Path, results: Results | dict, cfg: StudyConfig) -> None:
         elif "restarts" in m["train"]:  # teacher.restarts: which member was kept, and on what
             kept = [r for r in m["train"]["restarts"] if r["kept"]][0]
             scores = ", ".join(f"{r['selection']['score']:.4f}" for r in m["train"]["restarts"])
-            lines += [f"The {m['name']} is {m['objective'].split('; ', 1)[1]}: {len(m['train']['restarts'])} "
-                      f"fine-tuned with training seeds {', '.join(str(r['seed']) for r in m['train']['restarts'])}, "
-                      f"scored on validation and the development sets (never the test split; scores {scores}); "
+            sets = [k for k in kept["selection"] if k != "score"]
+            lines += [f"The {m['name']} is the best of {len(m['train']['restarts'])} teachers fine-tuned with "
+                      f"training seeds {', '.join(str(r['seed']) for r in m['train']['restarts'])}, each scored on "
+                      f"{' and '.join(sets)} (the mean of its figures there; never the test split; scores {scores}): "
                       f"the one with training seed {kept['seed']} was kept, and its loss curve is shown. Its "
                       f"training time counts every restart.", ""]
     lines += ["## Data", "",

@@ -196,7 +196,8 @@ def _check_dev_sets(dev: dict, splits) -> None:
                             f"student would be chosen on test. Name a set that is not the test split")
         if shared:
             log.warning("data.dev_sets.%s: %d of its %d texts are also in the test split (after normalisation); the "
-                        "choice of the best student reads them", name, shared, len(split.texts))
+                        "choice of the best student (and, under teacher.restarts, of the teacher) reads them", name,
+                        shared, len(split.texts))
 
 
 def _set_probabilities(run: RunDir, key: str, rec: dict, sets: dict, tokenizer) -> dict:
@@ -227,6 +228,10 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     extra = _load_sets(cfg, "extra_tests")            # so do extra test sets'
     dev = _load_sets(cfg, "dev_sets")                 # and development sets'
     _check_dev_sets(dev, splits)
+    if cfg.teacher.restarts > 1 and not dev:
+        log.warning("teacher.restarts = %d without data.dev_sets: the teacher is chosen on validation alone, the "
+                    "split that already chose each restart's best epoch; name development sets to choose on data "
+                    "of the kind the model will serve", cfg.teacher.restarts)
     if cfg.logit_adjustment and cfg.class_weights is not None:
         log.warning("logit_adjustment = %g with class_weights = %r corrects the class prior twice (measured worse "
                     "in docs/results.md); set class_weights: null for the logit-adjusted loss alone",

@@ -378,7 +378,8 @@ def _refuse_stale_teacher(run_dir: Path, cfg, teacher_fp: str, teacher_depth: in
     if fingerprint(*teacher.fingerprint_inputs) != teacher_fp:
         raise UserError(f"--run {run_dir}: its teacher was trained under settings this version of distillora "
                         f"reads differently (e.g. the steps of data.normalize's preset), or on a data.extra_train "
-                        f"file that has changed since; re-run "
+                        f"file (or, under teacher.restarts, a data.dev_sets file, which chose it) that has changed "
+                        f"or moved since; re-run "
                         f"`distillora run --output {run_dir}` (it retrains what changed), then sweep")
 
 

@@ -111,9 +111,10 @@ def uniform_soup(models: list) -> torch.nn.Module:
     return models[0]
 
 
-# Training seed of soup member k (k = 0 is the run's own seed, so member 1 is the teacher a run without a
-# soup trains): far apart, so that `--seeds` runs' soups share no member's data order or dropout.
-SOUP_SEED_STRIDE = 1000
+# Training seed of member k of a soup or of restarts (k = 0 is the run's own seed, so member 1 is the
+# teacher a run with one teacher trains): far apart, so that `--seeds` runs share no member's data order
+# or dropout.
+MEMBER_SEED_STRIDE = 1000
 
 
 def fit_inputs(env: StageEnv, tc) -> dict:
@@ -127,19 +128,33 @@ def fit_inputs(env: StageEnv, tc) -> dict:
             "objective": CrossEntropy(env.class_weights(tc), env.logit_offset(tc), product_of_experts=True)}
 
 
+def _scored(env: StageEnv, model, encoded) -> tuple[np.ndarray, np.ndarray]:
+    """(fp32 class probabilities, labels) of `model` on an encoded labelled split."""
+    return predict_proba(model, encoded, env.tokenizer)[0], np.array([x["labels"] for x in encoded.items])
+
+
 def _validation_stats(env: StageEnv, model) -> dict:
-    probs, _ = predict_proba(model, env.validation, env.tokenizer)
-    labels = np.array([x["labels"] for x in env.validation.items])
-    return dict(compute_metrics((probs, labels)))
+    return dict(compute_metrics(_scored(env, model, env.validation)))
 
 
 def selection(env: StageEnv, model) -> dict:
     """The model's selection row (`evaluate.selection_row`): `selection_metric` on validation and on each
     development set, from fp32 probabilities as the study's evaluation computes them, and their mean."""
     sets = {"validation": env.validation, **env.dev_sets}
-    return selection_row({name: (predict_proba(model, enc, env.tokenizer)[0],
-                                 np.array([x["labels"] for x in enc.items])) for name, enc in sets.items()},
+    return selection_row({name: _scored(env, model, enc) for name, enc in sets.items()},
                          env.cfg.selection_metric, env.cfg.data.label_names)
+
+
+def _main_process_score(score: float) -> float:
+    """The main process's `score` on every process. Under `accelerate launch` each process scores each
+    member itself; a difference in rounding must not let two processes keep different teachers (the
+    later stages would distil from a teacher other than the one saved)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    if PartialState().num_processes == 1:
+        return score
+    return broadcast_object_list([score], from_process=0)[0]
 
 
 def _members(env: StageEnv, source: str, fingerprint: str, key: str, n: int):
@@ -154,18 +169,20 @@ def _members(env: StageEnv, source: str, fingerprint: str, key: str, n: int):
         model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
         # saved in config.json and copied into every student built from this teacher
         normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
-        seed = env.cfg.seed + SOUP_SEED_STRIDE * k
+        seed = env.cfg.seed + MEMBER_SEED_STRIDE * k
         member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=seed))
         member_key = key if k == 0 else f"{key}.member{k + 1}"
         model, stats = member_env.fit(model, tc, member_key, fingerprint, **fit_inputs(env, tc))
         yield seed, member_key, model, stats
+        del model, stats  # the caller keeps what it needs: no third model in memory while the next loads
 
 
 MEMBER_FIELDS = ("validation", "loss", "epoch_losses", "seconds", "steps", "best_checkpoint", "resumed_from")
 
 
-def _totals(rows: list[tuple[int, dict]]) -> dict:
-    return {"seconds": round(sum(st["seconds"] for _, st in rows), 2), "steps": sum(st["steps"] for _, st in rows)}
+def _totals(members: list[dict]) -> dict:
+    """The seconds and steps of every member: all were spent on the one teacher the stage keeps."""
+    return {"seconds": round(sum(st["seconds"] for st in members), 2), "steps": sum(st["steps"] for st in members)}
 
 
 def _soup(env: StageEnv, members) -> tuple:
@@ -180,7 +197,7 @@ def _soup(env: StageEnv, members) -> tuple:
     model, stats = soup, rows[0][1]
     if len(rows) > 1:
         scale(model, 1 / len(rows))
-        stats = {**stats, **_totals(rows),
+        stats = {**stats, **_totals([st for _, st in rows]),
                  "loss": None,  # the soup was not trained: each member's loss is in its row
                  "best_checkpoint": None, "resumed_from": None,
                  "soup": [{"seed": seed, **{f: st[f] for f in MEMBER_FIELDS}} for seed, st in rows]}
@@ -198,16 +215,17 @@ def _best_of(env: StageEnv, members) -> tuple:
     for seed, member_key, model, stats in members:
         row = {"seed": seed, "log_key": member_key, "selection": selection(env, model),
                **{f: stats[f] for f in MEMBER_FIELDS}}
+        row["selection"]["score"] = _main_process_score(row["selection"]["score"])
         log.info("teacher restart %d (training seed %d): selection score %.4f", len(rows) + 1, seed,
                  row["selection"]["score"])
         rows.append(row)
         if best is None or row["selection"]["score"] > best[0]["selection"]["score"]:
             best = (row, model, stats)
-        del model
+        del model, stats  # a member that is not the best so far is freed before the next one loads
     row, model, stats = best
     log.info("teacher: kept restart %d of %d (training seed %d) on the selection score", rows.index(row) + 1,
              len(rows), row["seed"])
-    return model, {**stats, **_totals([(r["seed"], r) for r in rows]), "log_key": row["log_key"],
+    return model, {**stats, **_totals(rows), "log_key": row["log_key"],
                    "restarts": [{**r, "kept": r is row} for r in rows]}
 
 
