@@ -38,6 +38,43 @@ def fit_tiny(tmp_path, name: str, train, tokenizer, tc, validation=None, **kw):
                         selection_metric="accuracy", quiet=True, fingerprint=name, **kw)
 
 
+def teacher_env(tmp_path, name: str, tokenizer, data, overrides: list[str], dev_sets: dict | None = None):
+    """A `StageEnv` for the teacher stage on `data` (1 fp32 epoch, batch 8, 32 tokens), working under
+    `tmp_path / name`; `dev_sets` (name -> file) are loaded and encoded as the study encodes them."""
+    from distillora import study
+    from distillora.config import load_config
+    from distillora.data import encode, load_splits
+    from distillora.stages import StageEnv
+
+    cfg = load_config(None, [f"data.source={data}", "data.max_length=32", "data.validation_fraction=0.25",
+                             "teacher.train.epochs=1", "teacher.train.batch_size=8", "teacher.train.precision=fp32",
+                             *([f"data.dev_sets={{{', '.join(f'{n}: {p}' for n, p in dev_sets.items())}}}"]
+                               if dev_sets else []), *overrides])
+    splits = load_splits(cfg.data, cfg.seed)
+    cfg = study._with_label_names(cfg, splits.info["label_names"])
+    enc = {s: encode(getattr(splits, s), tokenizer, 32) for s in ("train", "validation")}
+    dev = {n: encode(split, tokenizer, 32) for n, split in study._load_sets(cfg, "dev_sets").items()}
+    return StageEnv(cfg, tokenizer, enc["train"], enc["validation"], tmp_path / name, quiet=True, dev_sets=dev)
+
+
+def interrupt_in_member_2(monkeypatch, train) -> None:
+    """Call `train()` with `StageEnv.fit` raising KeyboardInterrupt as member 2 of a soup or of restarts
+    starts (as a kill would: member 1's checkpoints stay in its work directory), then restore `fit`."""
+    from distillora.stages.base import StageEnv
+
+    real_fit = StageEnv.fit
+
+    def dies_in_member_2(self, model, tc, key, *a, **k):
+        if key.endswith(".member2"):
+            raise KeyboardInterrupt
+        return real_fit(self, model, tc, key, *a, **k)
+
+    monkeypatch.setattr(StageEnv, "fit", dies_in_member_2)
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    monkeypatch.setattr(StageEnv, "fit", real_fit)
+
+
 def stage_fingerprints(overrides: list[str], depth: int = 12) -> dict[str, str]:
     """{stage name: fingerprint} of the stages that the default config with `overrides` plans for a
     teacher of `depth` layers: what decides whether a finished run's stage is reused."""

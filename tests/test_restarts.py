@@ -9,13 +9,12 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from distillora import study
 from distillora.config import load_config, stable_section, to_dict
-from distillora.data import encode, load_splits
 from distillora.errors import UserError
 from distillora.evaluate import selection_row
-from distillora.stages import StageEnv
 from distillora.stages import teacher as teacher_stage
+
+from conftest import interrupt_in_member_2, teacher_env
 
 DEV_SET = Path(__file__).resolve().parents[1] / "configs" / "dev" / "short_sentences.csv"
 
@@ -63,15 +62,7 @@ def test_restarts_fingerprint_the_development_sets_by_content(tmp_path):
 
 
 def _env(tmp_path, name, tokenizer, data, overrides):
-    cfg = load_config(None, [f"data.source={data}", "data.max_length=32", "data.validation_fraction=0.25",
-                             "teacher.train.epochs=1", "teacher.train.batch_size=8", "teacher.train.precision=fp32",
-                             f"data.dev_sets={{typed: {DEV_SET}}}", *overrides])
-    splits = load_splits(cfg.data, cfg.seed)
-    cfg = study._with_label_names(cfg, splits.info["label_names"])
-    enc = {s: encode(getattr(splits, s), tokenizer, 32) for s in ("train", "validation")}
-    dev = study._load_sets(cfg, "dev_sets")
-    return StageEnv(cfg, tokenizer, enc["train"], enc["validation"], tmp_path / name, quiet=True,
-                    dev_sets={n: encode(split, tokenizer, 32) for n, split in dev.items()})
+    return teacher_env(tmp_path, name, tokenizer, data, overrides, dev_sets={"typed": DEV_SET})
 
 
 def test_the_kept_restart_is_the_member_with_the_highest_selection_score(tmp_path, minilm_tokenizer,
@@ -137,25 +128,13 @@ def test_the_returned_teacher_is_the_best_scored_member_and_the_others_are_freed
 
 def test_restarts_killed_between_members_resume_to_the_same_teacher(tmp_path, minilm_tokenizer, tiny_teacher_dir,
                                                                     small_data, monkeypatch):
-    from distillora.stages.base import StageEnv as Env
-
     def train(name):
         return teacher_stage.train(_env(tmp_path, name, minilm_tokenizer, small_data,
                                         ["teacher.restarts=2", "teacher.train.learning_rate=2e-3"]),
                                    str(tiny_teacher_dir), "fp")
 
     whole, whole_stats = train("whole")
-    real_fit = Env.fit
-
-    def dies_in_member_2(self, model, tc, key, fingerprint, *a, **k):
-        if key.endswith(".member2"):
-            raise KeyboardInterrupt  # as a kill would: member 1's checkpoints stay in its work directory
-        return real_fit(self, model, tc, key, fingerprint, *a, **k)
-
-    monkeypatch.setattr(Env, "fit", dies_in_member_2)
-    with pytest.raises(KeyboardInterrupt):
-        train("killed")
-    monkeypatch.setattr(Env, "fit", real_fit)
+    interrupt_in_member_2(monkeypatch, lambda: train("killed"))
     resumed, stats = train("killed")
     rows = stats["restarts"]
     assert rows[0]["resumed_from"] is not None and rows[1]["resumed_from"] is None

@@ -6,14 +6,11 @@ import dataclasses
 import pytest
 import torch
 
-from distillora import study
 from distillora.config import load_config, stable_section, to_dict
-from distillora.data import encode, load_splits
 from distillora.errors import UserError
-from distillora.stages import StageEnv
 from distillora.stages import teacher as teacher_stage
 
-from conftest import tiny_bert
+from conftest import interrupt_in_member_2, teacher_env, tiny_bert
 
 
 def test_uniform_soup_is_the_mean_of_every_floating_point_weight():
@@ -42,25 +39,15 @@ def test_a_tied_weight_is_averaged_once():
     assert torch.allclose(soup.cls.predictions.decoder.weight, want.detach(), atol=1e-6)
 
 
-def _env(tmp_path, name, tokenizer, data, overrides):
-    cfg = load_config(None, [f"data.source={data}", "data.max_length=32", "data.validation_fraction=0.25",
-                             "teacher.train.epochs=1", "teacher.train.batch_size=8", "teacher.train.precision=fp32",
-                             *overrides])
-    splits = load_splits(cfg.data, cfg.seed)
-    cfg = study._with_label_names(cfg, splits.info["label_names"])
-    enc = {s: encode(getattr(splits, s), tokenizer, 32) for s in ("train", "validation")}
-    return StageEnv(cfg, tokenizer, enc["train"], enc["validation"], tmp_path / name, quiet=True)
-
-
 def test_a_soup_of_two_is_the_mean_of_the_two_teachers_trained_alone(tmp_path, minilm_tokenizer, tiny_teacher_dir,
                                                                      small_data):
     def train(name, overrides):
-        return teacher_stage.train(_env(tmp_path, name, minilm_tokenizer, small_data, overrides), str(tiny_teacher_dir),
+        return teacher_stage.train(teacher_env(tmp_path, name, minilm_tokenizer, small_data, overrides), str(tiny_teacher_dir),
                                    "fp-" + name)
 
     one, one_stats = train("one", [])
     # the second member alone: training seed 1042, but the head initialised and the carve made as for seed 42
-    env2 = _env(tmp_path, "second", minilm_tokenizer, small_data, [])
+    env2 = teacher_env(tmp_path, "second", minilm_tokenizer, small_data, [])
     env2 = dataclasses.replace(env2, cfg=dataclasses.replace(env2.cfg, seed=1042))
     second, second_stats = env2.fit(_head_of_seed(tiny_teacher_dir, env2.cfg, 42), env2.cfg.teacher.train,
                                     "teacher", "fp-second")
@@ -80,25 +67,13 @@ def test_a_soup_of_two_is_the_mean_of_the_two_teachers_trained_alone(tmp_path, m
 
 def test_a_soup_killed_between_members_resumes_to_the_same_teacher(tmp_path, minilm_tokenizer, tiny_teacher_dir,
                                                                    small_data, monkeypatch):
-    from distillora.stages.base import StageEnv as Env
 
     def train(name):
-        return teacher_stage.train(_env(tmp_path, name, minilm_tokenizer, small_data, ["teacher.soup=2"]),
+        return teacher_stage.train(teacher_env(tmp_path, name, minilm_tokenizer, small_data, ["teacher.soup=2"]),
                                    str(tiny_teacher_dir), "fp")
 
     whole, _ = train("whole")
-    real_fit, calls = Env.fit, []
-
-    def dies_in_member_2(self, model, tc, key, fingerprint, *a, **k):
-        calls.append(key)
-        if key.endswith(".member2"):
-            raise KeyboardInterrupt  # as a kill would: member 1's checkpoints stay in its work directory
-        return real_fit(self, model, tc, key, fingerprint, *a, **k)
-
-    monkeypatch.setattr(Env, "fit", dies_in_member_2)
-    with pytest.raises(KeyboardInterrupt):
-        train("killed")
-    monkeypatch.setattr(Env, "fit", real_fit)
+    interrupt_in_member_2(monkeypatch, lambda: train("killed"))
     resumed, stats = train("killed")
     assert stats["soup"][0]["resumed_from"] is not None and stats["soup"][1]["resumed_from"] is None
     for (name, w), (_, r) in zip(whole.named_parameters(), resumed.named_parameters()):
