@@ -254,3 +254,24 @@ def test_pairs_are_read_checked_and_tokenised_as_pairs(tmp_path, minilm_tokenize
     cfg.text_pair_column = "hyp"
     with pytest.raises(UserError, match="no column 'hyp'.*data.text_pair_column"):
         load_splits(cfg, seed=0)
+
+
+def test_the_train_sources_bench_counts_the_second_source_and_the_stems(tmp_path, shared_data):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("train_sources", Path(__file__).resolve().parents[1] / "bench" /
+                                                  "train_sources.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    p = tmp_path / "train.csv"
+    p.write_text('tweet,label,categories\nyou stupid bitch,1,Gender\nPoor people are ugly,1,Class\n'
+                 '"idiots, all of them!",1,Behavior\nlovely day at the beach,0,\nstupid printer,0,\n')
+    s = bench.summary(bench.read(p))
+    assert s["labels"] == {0: 2, 1: 3}
+    assert s["second_source"] == {"rows": 2, "labels": {1: 2}, "categories": {"Class": 1, "Behavior": 1}}
+    assert s["stems"]["stupid"] == {"hate": 1, "not": 1} and s["stems"]["idiot"] == {"hate": 1, "not": 0}
+    # the shared copy: label 0 is exactly Davidson et al.'s "neither" count, and the second source is all hate
+    shared = bench.summary(bench.read(shared_data / "train.csv"))
+    assert shared["labels"][0] == bench.DAVIDSON["neither"]
+    assert shared["second_source"]["labels"] == {1: shared["second_source"]["rows"]}
