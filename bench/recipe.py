@@ -57,19 +57,22 @@ from distillora.training import bias_logprobs, group_factors, with_group_weights
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "configs" / "dev" / "short_sentences.csv"
 FUNCTIONAL = REPO / "configs" / "dev" / "functional_sentences.csv"
+IMPLICIT = REPO / "configs" / "dev" / "implicit_sentences.csv"
 
 
 def dev_sets(data) -> dict:
     """The development sets by name (configs/dev/README.md), read with the data settings `data`: `dev`,
-    the short sentences, and `functional`, whose categories are each row's functionality."""
+    the short sentences; `functional`, whose categories are each row's functionality; and `implicit`
+    (eighteenth session), whose categories are each row's kind."""
     return {"dev": load_table(DEV, data),
-            "functional": load_table(FUNCTIONAL, dataclasses.replace(data, category_column="functionality"))}
+            "functional": load_table(FUNCTIONAL, dataclasses.replace(data, category_column="functionality")),
+            "implicit": load_table(IMPLICIT, dataclasses.replace(data, category_column="kind"))}
 
 
 def split_scores(probs: np.ndarray, name: str, table) -> dict:
-    """`scores` of one scored table: validation with its target-group recall, `functional` with the
-    accuracy per functionality (and their minimum), `dev` plain."""
-    if name != "functional":
+    """`scores` of one scored table: validation with its target-group recall, `functional` and `implicit`
+    with the accuracy per functionality or kind (and their minimum), `dev` plain."""
+    if name not in ("functional", "implicit"):
         return scores(probs, table.labels, table.categories if name == "validation" else None)
     out = scores(probs, table.labels)
     pred, y, groups = probs.argmax(1), np.asarray(table.labels), np.asarray(table.categories, dtype=object)

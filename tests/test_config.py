@@ -111,8 +111,9 @@ def test_every_presets_extra_training_files_load_from_the_repository_root(preset
 
 def test_the_authored_sets_share_no_sentence_across_training_development_and_test(shared_data):
     """No row of a configs/augment training file may equal, or nearly equal (normalised word sets at
-    Jaccard 0.6 or more), a row of either development set or of the test split; no row of the functional
-    development set one of the older development set, of the test split or of the train split
+    Jaccard 0.6 or more), a row of a development set or of the test split; no row of the functional
+    development set one of the older development set, of the test split or of the train split; no row of
+    the implicit set one of the other two, of the test split or of the train split
     (configs/augment/README.md, configs/dev/README.md)."""
     import csv
 
@@ -125,10 +126,12 @@ def test_the_authored_sets_share_no_sentence_across_training_development_and_tes
             return [set(norm(r["tweet"]).split()) for r in csv.DictReader(f)]
 
     augment = sorted((REPO_CONFIGS / "augment").glob("*.csv"))
-    dev, functional = (REPO_CONFIGS / "dev" / n for n in ("short_sentences.csv", "functional_sentences.csv"))
+    dev, functional, implicit = (REPO_CONFIGS / "dev" / n for n in ("short_sentences.csv", "functional_sentences.csv",
+                                                                      "implicit_sentences.csv"))
     test, train = shared_data / "test.csv", shared_data / "train.csv"
     assert len(augment) >= 2
-    for one, others in [(a, (dev, functional, test)) for a in augment] + [(functional, (dev, test, train))]:
+    for one, others in ([(a, (dev, functional, implicit, test)) for a in augment] + [(functional, (dev, test, train))]
+                        + [(implicit, (dev, functional, test, train))]):
         rows = word_sets(one)
         for other in others:
             held_out = word_sets(other)
