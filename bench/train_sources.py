@@ -28,9 +28,20 @@ STEMS = ("bitch", "hoe", "ugly", "stupid", "idiot", "retard", "fag", "nigg", "tr
 
 
 def read(path: Path) -> list[dict]:
+    """The rows of a train CSV (columns tweet, label and, optionally, categories); a bad file exits with
+    its line, column and value."""
     with open(path, newline="", encoding="utf-8") as f:
-        return [{"text": r["tweet"] or "", "label": int(r["label"]), "category": r.get("categories") or ""}
-                for r in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        for col in ("tweet", "label"):
+            if col not in (reader.fieldnames or []):
+                sys.exit(f"{path}: no column {col!r} (columns: {reader.fieldnames}); the script reads tweet, "
+                         f"label and, optionally, categories")
+        rows = []
+        for r in reader:
+            if r["label"] not in ("0", "1"):
+                sys.exit(f"{path}:{reader.line_num}: column label: {r['label']!r} is not 0 or 1")
+            rows.append({"text": r["tweet"] or "", "label": int(r["label"]), "category": r.get("categories") or ""})
+    return rows
 
 
 def summary(rows: list[dict]) -> dict:

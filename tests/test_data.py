@@ -256,14 +256,18 @@ def test_pairs_are_read_checked_and_tokenised_as_pairs(tmp_path, minilm_tokenize
         load_splits(cfg, seed=0)
 
 
-def test_the_train_sources_bench_counts_the_second_source_and_the_stems(tmp_path, shared_data):
+def _bench(name):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("train_sources", Path(__file__).resolve().parents[1] / "bench" /
-                                                  "train_sources.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_train_sources_bench_counts_the_second_source_and_the_stems(tmp_path, shared_data):
+    bench = _bench("train_sources")
     p = tmp_path / "train.csv"
     p.write_text('tweet,label,categories\nyou stupid bitch,1,Gender\nPoor people are ugly,1,Class\n'
                  '"idiots, all of them!",1,Behavior\nlovely day at the beach,0,\nstupid printer,0,\n')
@@ -275,3 +279,33 @@ def test_the_train_sources_bench_counts_the_second_source_and_the_stems(tmp_path
     shared = bench.summary(bench.read(shared_data / "train.csv"))
     assert shared["labels"][0] == bench.DAVIDSON["neither"]
     assert shared["second_source"]["labels"] == {1: shared["second_source"]["rows"]}
+
+
+def test_the_train_sources_bench_names_the_line_of_a_bad_label_and_a_missing_column(tmp_path):
+    bench = _bench("train_sources")
+    p = tmp_path / "train.csv"
+    p.write_text("tweet,label\nfine,0\nnot fine,x\n")
+    with pytest.raises(SystemExit, match=r"train.csv:3: column label: 'x' is not 0 or 1"):
+        bench.read(p)
+    p.write_text("text,label\nfine,0\n")
+    with pytest.raises(SystemExit, match=r"no column 'tweet'"):
+        bench.read(p)
+
+
+def test_the_signal_agreement_bench_correlates_each_signal_with_the_test_figures(tmp_path):
+    import json
+
+    bench = _bench("signal_agreement")
+    run = tmp_path / "run"
+    run.mkdir()
+    acc, rec = [0.70, 0.75, 0.80], [0.40, 0.50, 0.60]
+    (run / "results.json").write_text(json.dumps({"models": [
+        {"name": "odd", "test": {}, "seeds": [{"seed": 42 + i, "test": {"accuracy": a, "recall": {"not_hate": 0.9,
+                                                                                                  "hate": r}}}
+                                              for i, (a, r) in enumerate(zip(acc, rec))]}]}))
+    assert bench.test_figures(run) == {"odd": (0.70, 0.40), "odd.seed43": (0.75, 0.50), "odd.seed44": (0.80, 0.60)}
+    rows = [{"model": m, "dev": {"f1_macro": f, "recall": [0.9, h]}, "functional": {"f1_macro": -f, "recall": [0.9, -h]}}
+            for m, f, h in [("odd", 0.1, 0.2), ("odd.seed43", 0.2, 0.3), ("odd.seed44", 0.3, 0.4)]]
+    r = bench.agreement([(row, bench.test_figures(run)[row["model"]]) for row in rows])
+    assert r["dev"]["f1_vs_accuracy"] == pytest.approx(1.0) and r["functional"]["f1_vs_accuracy"] == pytest.approx(-1.0)
+    assert r["dev"]["hate_recall_vs_test_hate_recall"] == pytest.approx(1.0)
