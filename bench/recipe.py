@@ -58,21 +58,21 @@ REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / "configs" / "dev" / "short_sentences.csv"
 FUNCTIONAL = REPO / "configs" / "dev" / "functional_sentences.csv"
 IMPLICIT = REPO / "configs" / "dev" / "implicit_sentences.csv"
+# name -> (file, the column scored per category: each row's functionality or kind; None: none)
+DEV_SETS = {"dev": (DEV, None), "functional": (FUNCTIONAL, "functionality"), "implicit": (IMPLICIT, "kind")}
 
 
 def dev_sets(data) -> dict:
-    """The development sets by name (configs/dev/README.md), read with the data settings `data`: `dev`,
-    the short sentences; `functional`, whose categories are each row's functionality; and `implicit`
-    (eighteenth session), whose categories are each row's kind."""
-    return {"dev": load_table(DEV, data),
-            "functional": load_table(FUNCTIONAL, dataclasses.replace(data, category_column="functionality")),
-            "implicit": load_table(IMPLICIT, dataclasses.replace(data, category_column="kind"))}
+    """The development sets of DEV_SETS by name (configs/dev/README.md), read with the data settings
+    `data`, each with its own category column."""
+    return {name: load_table(path, dataclasses.replace(data, category_column=column))
+            for name, (path, column) in DEV_SETS.items()}
 
 
 def split_scores(probs: np.ndarray, name: str, table) -> dict:
-    """`scores` of one scored table: validation with its target-group recall, `functional` and `implicit`
-    with the accuracy per functionality or kind (and their minimum), `dev` plain."""
-    if name not in ("functional", "implicit"):
+    """`scores` of one scored table: validation with its target-group recall, a development set with
+    categories (functional, implicit) with the accuracy per category (and their minimum), `dev` plain."""
+    if name == "validation" or table.categories is None:
         return scores(probs, table.labels, table.categories if name == "validation" else None)
     out = scores(probs, table.labels)
     pred, y, groups = probs.argmax(1), np.asarray(table.labels), np.asarray(table.categories, dtype=object)

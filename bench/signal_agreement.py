@@ -29,8 +29,7 @@ def test_figures(run: Path) -> dict[str, tuple[float, float]]:
         seeds = m.get("seeds") or [{"seed": None, "test": m["test"]}]
         for i, s in enumerate(seeds):
             name = m["name"] if i == 0 else f"{m['name']}.seed{s['seed']}"
-            recall = s["test"]["recall"]
-            out[name] = (s["test"]["accuracy"], list(recall.values())[-1] if isinstance(recall, dict) else recall[-1])
+            out[name] = (s["test"]["accuracy"], list(s["test"]["recall"].values())[-1])
     return out
 
 

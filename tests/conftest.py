@@ -75,6 +75,16 @@ def interrupt_in_member_2(monkeypatch, train) -> None:
     monkeypatch.setattr(StageEnv, "fit", real_fit)
 
 
+def load_bench(name: str):
+    """The module bench/<name>.py (the benches are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def stage_fingerprints(overrides: list[str], depth: int = 12) -> dict[str, str]:
     """{stage name: fingerprint} of the stages that the default config with `overrides` plans for a
     teacher of `depth` layers: what decides whether a finished run's stage is reused."""

@@ -6,6 +6,8 @@ from distillora.config import DataConfig
 from distillora.data import Collator, encode, load_splits
 from distillora.errors import UserError
 
+from conftest import load_bench
+
 
 def _write(tmp_path, train: str, test: str = "tweet,label\nhello there,0\nyou people are vermin,1\n", ext="csv"):
     (tmp_path / f"train.{ext}").write_bytes(train.encode() if isinstance(train, str) else train)
@@ -256,18 +258,8 @@ def test_pairs_are_read_checked_and_tokenised_as_pairs(tmp_path, minilm_tokenize
         load_splits(cfg, seed=0)
 
 
-def _bench(name):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_train_sources_bench_counts_the_second_source_and_the_stems(tmp_path, shared_data):
-    bench = _bench("train_sources")
+    bench = load_bench("train_sources")
     p = tmp_path / "train.csv"
     p.write_text('tweet,label,categories\nyou stupid bitch,1,Gender\nPoor people are ugly,1,Class\n'
                  '"idiots, all of them!",1,Behavior\nlovely day at the beach,0,\nstupid printer,0,\n')
@@ -282,7 +274,7 @@ def test_the_train_sources_bench_counts_the_second_source_and_the_stems(tmp_path
 
 
 def test_the_train_sources_bench_names_the_line_of_a_bad_label_and_a_missing_column(tmp_path):
-    bench = _bench("train_sources")
+    bench = load_bench("train_sources")
     p = tmp_path / "train.csv"
     p.write_text("tweet,label\nfine,0\nnot fine,x\n")
     with pytest.raises(SystemExit, match=r"train.csv:3: column label: 'x' is not 0 or 1"):
@@ -295,7 +287,7 @@ def test_the_train_sources_bench_names_the_line_of_a_bad_label_and_a_missing_col
 def test_the_signal_agreement_bench_correlates_each_signal_with_the_test_figures(tmp_path):
     import json
 
-    bench = _bench("signal_agreement")
+    bench = load_bench("signal_agreement")
     run = tmp_path / "run"
     run.mkdir()
     acc, rec = [0.70, 0.75, 0.80], [0.40, 0.50, 0.60]

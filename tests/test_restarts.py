@@ -14,7 +14,7 @@ from distillora.errors import UserError
 from distillora.evaluate import selection_row
 from distillora.stages import teacher as teacher_stage
 
-from conftest import interrupt_in_member_2, teacher_env
+from conftest import interrupt_in_member_2, load_bench, teacher_env
 
 DEV_SET = Path(__file__).resolve().parents[1] / "configs" / "dev" / "short_sentences.csv"
 
@@ -218,12 +218,7 @@ def test_the_loss_plot_reads_the_kept_restarts_log(tmp_path, monkeypatch):
 
 
 def test_the_transfer_bench_compares_the_chosen_member_with_the_subset_mean_on_the_held_out_signal():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("restart_transfer", Path(__file__).resolve().parents[1] / "bench" /
-                                                  "restart_transfer.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("restart_transfer")
     row = lambda v, d, f: {"validation": {"f1_macro": v}, "dev": {"f1_macro": d}, "functional": {"f1_macro": f}}
     a, b = row(0.9, 0.9, 0.7), row(0.8, 0.8, 0.9)
     # held out functional: a is chosen (0.9 > 0.8), 0.7 against the mean 0.8: -10 points; held out

@@ -67,7 +67,6 @@ def test_a_soup_of_two_is_the_mean_of_the_two_teachers_trained_alone(tmp_path, m
 
 def test_a_soup_killed_between_members_resumes_to_the_same_teacher(tmp_path, minilm_tokenizer, tiny_teacher_dir,
                                                                    small_data, monkeypatch):
-
     def train(name):
         return teacher_stage.train(teacher_env(tmp_path, name, minilm_tokenizer, small_data, ["teacher.soup=2"]),
                                    str(tiny_teacher_dir), "fp")
