@@ -301,3 +301,23 @@ def test_the_signal_agreement_bench_correlates_each_signal_with_the_test_figures
     r = bench.agreement([(row, bench.test_figures(run)[row["model"]]) for row in rows])
     assert r["dev"]["f1_vs_accuracy"] == pytest.approx(1.0) and r["functional"]["f1_vs_accuracy"] == pytest.approx(-1.0)
     assert r["dev"]["hate_recall_vs_test_hate_recall"] == pytest.approx(1.0)
+
+
+def test_the_threshold_transfer_bench_picks_on_the_other_sets_and_scores_the_held_out_one():
+    import numpy as np
+
+    bench = load_bench("threshold_transfer")
+    y = np.array([0, 1])
+    # validation separates at [0.60, 0.80), dev at [0.65, 0.90), implicit at [0.20, 0.40)
+    sets = {"validation": (np.array([0.6, 0.8]), y), "dev": (np.array([0.65, 0.9]), y),
+            "implicit": (np.array([0.2, 0.4]), y)}
+    row = bench.transfer(sets)
+    third = 1 / 3  # macro-F1 when both rows get one label
+    assert row["threshold"] == 0.65 and row["threshold_validation_alone"] == 0.6
+    assert row["score_at_0.5"] == pytest.approx(third, abs=1e-4)
+    assert row["score_at_threshold"] == pytest.approx((1 + 1 + third) / 3, abs=1e-4)
+    assert row["held_out"]["implicit"] == {"threshold": 0.65, "f1_at_0.5": pytest.approx(third, abs=1e-4),
+                                           "f1_at_threshold": pytest.approx(third, abs=1e-4)}
+    # validation and implicit tie at 0.60-0.79 and at 0.20-0.39: the one nearest 0.5 is 0.60
+    assert row["held_out"]["dev"]["threshold"] == 0.6
+    assert row["held_out"]["dev"]["f1_at_threshold"] == pytest.approx(third, abs=1e-4)
