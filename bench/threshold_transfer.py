@@ -1,7 +1,9 @@
 """Would a decision threshold chosen on validation and the development sets carry to data it was not
 chosen on? For each model of a finished run, from the probabilities the run stored (never the test
 split's): the threshold on p(hate), 0.05 to 0.95 in steps of 0.01, that maximises the mean macro-F1 of
-validation and every development set (ties: the one nearest 0.5), the one validation alone picks, and
+validation and every development set (ties: the one nearest 0.5; the report's validation threshold,
+`stats.threshold_on_validation`, keeps the lowest of tied ones, so its figure can differ from the
+"validation alone" one here), the one validation alone picks, and
 each development set held out in turn (threshold chosen on validation and the other sets, then that
 set's macro-F1 at 0.5 and at the chosen threshold). One JSON line per model.
 
@@ -21,7 +23,6 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 GRID = np.round(np.linspace(0.05, 0.95, 91), 2)
 
@@ -60,30 +61,62 @@ def transfer(sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     return row
 
 
+def stored_sets(root: Path) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """model -> `transfer`'s sets, from the run directory `root`: the stored validation probabilities and
+    those of every development set the run names, each checked against the stage's fingerprint and the
+    set file's content (as the study keys them), so a file edited since the run is refused, not misread."""
+    from distillora.config import fingerprint, load_config
+    from distillora.data import as_saved, load_extra, load_splits
+    from distillora.errors import UserError
+    from distillora.fileio import sha256
+    from distillora.rundir import RunDir
+
+    run = RunDir(root)
+    if not run.config.is_file():
+        raise UserError(f"{run.config}: not found; give the directory of a finished `distillora run`")
+    cfg = load_config(run.config, [])
+    if not cfg.data.dev_sets:
+        raise UserError(f"{run.config}: data.dev_sets is empty; with validation alone there is no set to hold out")
+    models = sorted(p.name[: -len(".test.json")] for p in (run.root / "stages").glob("*.test.json"))
+    if not models:
+        raise UserError(f"{run.root}/stages holds no evaluated model (*.test.json); give a finished run's directory")
+    data = as_saved(cfg.data, run.model_dir(models[0]))
+    splits = load_splits(data, cfg.seed)
+    names = splits.info["label_names"]
+    if len(names) != 2:
+        raise UserError(f"{run.config}: {len(names)} labels; a threshold on one probability exists for two labels "
+                        f"only (with more the decision is the argmax)")
+    # the run's own development sets, read as it read them
+    tables = {"validation": splits.validation,
+              **{k: load_extra(f"data.dev_sets.{k}", path, data, names) for k, path in cfg.data.dev_sets.items()}}
+    again = f"run `distillora run --config {run.config} --output {run.root}` again (it re-scores without retraining)"
+    out = {}
+    for m in models:
+        stage_fp = run.stage_fingerprint(m)
+        ev = run.evaluation(m, stage_fp) if stage_fp else None
+        if ev is None:
+            raise UserError(f"{run.root}/stages/{m}.test.json: no validation probabilities of the model as trained; {again}")
+        probs = {"validation": ev.validation_probabilities}
+        for k, path in cfg.data.dev_sets.items():
+            probs[k] = run.extra_probabilities(m, k, fingerprint(stage_fp, sha256(Path(path).expanduser())))
+            if probs[k] is None:
+                raise UserError(f"{run.root}/stages/{m}.extra-{k}.json: missing, or scored on another version of "
+                                f"{path}; {again}")
+        out[m] = {k: (probs[k][:, 1], np.asarray(tables[k].labels)) for k in tables}
+    return out
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    from distillora.config import load_config
-    from distillora.data import as_saved, load_splits, load_table
+    from distillora.errors import UserError
 
-    run = Path(sys.argv[1])
-    cfg = load_config(run / "config.yaml", [])
-    models = sorted(p.name[: -len(".test.json")] for p in (run / "stages").glob("*.test.json"))
-    if not models:
-        sys.exit(f"{run}/stages holds no evaluated model (*.test.json): is it a finished run's directory?")
-    data = as_saved(cfg.data, run / "models" / models[0])
-    # the run's own development sets (data.dev_sets), as it scored them
-    tables = {"validation": load_splits(data, cfg.seed).validation,
-              **{name: load_table(path, data) for name, path in cfg.data.dev_sets.items()}}
-
-    def hate(path: Path, key: str) -> np.ndarray:
-        return np.asarray(json.loads(path.read_text())[key])[:, 1]
-
-    for m in models:
-        probs = {"validation": hate(run / "stages" / f"{m}.test.json", "validation_probabilities"),
-                 **{k: hate(run / "stages" / f"{m}.extra-{k}.json", "probabilities") for k in tables if k != "validation"}}
-        sets = {k: (probs[k], np.asarray(tables[k].labels)) for k in tables}
-        print(json.dumps({"model": m, **transfer(sets)}), flush=True)
+    try:
+        sets = stored_sets(Path(sys.argv[1]))
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    for m, model_sets in sets.items():
+        print(json.dumps({"model": m, **transfer(model_sets)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -321,3 +321,11 @@ def test_the_threshold_transfer_bench_picks_on_the_other_sets_and_scores_the_hel
     # validation and implicit tie at 0.60-0.79 and at 0.20-0.39: the one nearest 0.5 is 0.60
     assert row["held_out"]["dev"]["threshold"] == 0.6
     assert row["held_out"]["dev"]["f1_at_threshold"] == pytest.approx(third, abs=1e-4)
+
+
+def test_the_threshold_transfer_bench_refuses_a_directory_that_is_not_a_run(tmp_path):
+    from distillora.errors import UserError
+
+    bench = load_bench("threshold_transfer")
+    with pytest.raises(UserError, match=r"config.yaml: not found; give the directory of a finished"):
+        bench.stored_sets(tmp_path)
