@@ -51,7 +51,8 @@ from distillora.inference.timing import cpu_name  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
 from distillora.fileio import sha256  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
-from distillora.stages.teacher import fit_inputs as teacher_fit_inputs, load_pretrained, wise_ft  # noqa: E402
+from distillora.stages.teacher import (  # noqa: E402
+    fit_inputs as teacher_fit_inputs, linear_probe, load_pretrained, wise_ft)
 from distillora.training import bias_logprobs, group_factors, with_group_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +167,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/distillora-recipe")
     ap.add_argument("--log", default=str(REPO / "bench" / "results" / "recipe.jsonl"))
     ap.add_argument("--wise", default="1", help="comma-separated WiSE-FT alphas to score (1 = the fine-tuned model)")
-    ap.add_argument("--linear-probe-epochs", type=float, default=0.0, help="LP-FT: train only the head first")
+    ap.add_argument("--linear-probe-epochs", type=float, default=0.0,
+                    help="LP-FT: train only the new head first (shorthand for teacher.linear_probe_epochs=N)")
     ap.add_argument("--average-from", default="", help="comma-separated start fractions of tail weight averages to score")
     ap.add_argument("--pooling", default="first", choices=["first", "mean"], help="what the head reads")
     ap.add_argument("--train-seed", type=int, default=None,
@@ -178,6 +180,8 @@ def main() -> None:
     if any(not 0 <= f < 1 for f in starts):
         ap.error(f"--average-from {a.average_from}: each start fraction must be in [0, 1)")
 
+    if a.linear_probe_epochs:  # the shorthand for the stage's own setting
+        a.overrides.append(f"teacher.linear_probe_epochs={a.linear_probe_epochs}")
     cfg = load_config(a.config, a.overrides)
     if cfg.teacher.soup > 1 or cfg.teacher.restarts > 1:
         print(f"recipe: trains one teacher; the config's teacher.soup = {cfg.teacher.soup} and teacher.restarts = "
@@ -195,19 +199,13 @@ def main() -> None:
                    teacher_bias=bias_logprobs(splits.train, cfg))
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    model = load_pretrained(source, cfg.data.label_names)
+    model, new = load_pretrained(source, cfg.data.label_names, new_weights=True)
     if a.pooling == "mean":
         mean_pooling(model)
     averages = [TailAverage(f) for f in starts]
     normalize.attach(model.config, normalize.resolve(cfg.data.normalize))
-    if a.linear_probe_epochs:
-        body = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
-        for p in body:
-            p.requires_grad_(False)
-        lp = dataclasses.replace(cfg.teacher.train, epochs=a.linear_probe_epochs, learning_rate=1e-3)
-        model, _ = env.fit(model, lp, "lp", "lp-" + a.name)
-        for p in body:
-            p.requires_grad_(True)
+    if cfg.teacher.linear_probe_epochs:  # LP-FT, as the teacher stage does it
+        model, _ = linear_probe(env, model, new, "lp-" + a.name, "teacher")
     # what the model's result depends on: a run resumed under the same name with other options (or
     # another preset, or an edited extra training file) would mix two recipes (and an average would
     # cover only the steps after the resume)
@@ -237,7 +235,7 @@ def main() -> None:
     for variant, build in scored:
         m = build()
         row = {"name": a.name, "config": Path(a.config).name, "overrides": a.overrides, "train_seed": a.train_seed,
-               **variant, "pooling": a.pooling, "linear_probe_epochs": a.linear_probe_epochs,
+               **variant, "pooling": a.pooling, "linear_probe_epochs": cfg.teacher.linear_probe_epochs,
                "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name(),
                "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
         for split, table in {"validation": splits.validation, **devs}.items():

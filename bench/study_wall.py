@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -93,6 +94,12 @@ def useful_flops(run: Path) -> dict:
         members = len(tr.get("soup") or tr.get("restarts") or [None])
         train = per_token * p * tokens["train"] * epochs * members
         f = train + 2 * p * (tokens["validation"] * (epochs * members + 1) + tokens["test"])
+        probe = tr.get("linear_probe")
+        if probe:  # teacher.linear_probe_epochs: a forward pass only (the body is frozen), and its validation
+            lp_epochs = math.ceil(cfg.teacher.linear_probe_epochs)
+            train_probe = 2 * p * tokens["train"] * cfg.teacher.linear_probe_epochs * members
+            train += train_probe
+            f += train_probe + 2 * p * tokens["validation"] * lp_epochs * members
         if m["name"] == "teacher":
             f += 2 * p * tokens["train"]  # the cached teacher outputs for distillation
         parts[m["name"]] = f

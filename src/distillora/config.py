@@ -128,6 +128,13 @@ class TeacherConfig:
                           "best student; never the test split (Dodge et al. 2020: fine-tuning restarts differ, and "
                           "the better ones are found on held-out data). N times the teacher's training. "
                           "1: one teacher. Not with soup > 1.")
+    linear_probe_epochs: float = _f(0.0, "LP-FT (Kumar et al., ICLR 2022): first train only the weights the pretrained "
+                                         "checkpoint lacks (the new head) for this many epochs on the frozen body, then "
+                                         "fine-tune all weights from that head (teacher.train), so that fine-tuning "
+                                         "starts from a head that fits the pretrained features and distorts them less. "
+                                         "0: off (all weights from a random head).")
+    linear_probe_learning_rate: float = _f(1e-3, "Peak learning rate of the linear probe (teacher.linear_probe_epochs); "
+                                                 "its other settings are teacher.train's.")
     debias: float = _f(0.0, "Weight lambda of a bag-of-words bias-only model in a product of experts while the teacher "
                             "trains (Clark et al., EMNLP 2019): its loss is the cross-entropy of logits + lambda * log "
                             "p_bias(y|x), p_bias predicted out of fold; the teacher is used alone afterwards, having "
@@ -463,6 +470,13 @@ def validate(cfg: StudyConfig) -> list[str]:
             parse_layers(getattr(cfg, sec).layers, None)
         except ValueError as e:
             errs.append(f"{sec}.layers = {getattr(cfg, sec).layers!r}: {e}")
+    lp = cfg.teacher  # a wrong type or NaN: their own messages
+    if math.isfinite(lp.linear_probe_epochs) and lp.linear_probe_epochs < 0:
+        errs.append(f"teacher.linear_probe_epochs = {lp.linear_probe_epochs!r}: give 0 (off) or a number of epochs, "
+                    f"e.g. 1")
+    if math.isfinite(lp.linear_probe_learning_rate) and lp.linear_probe_learning_rate <= 0:
+        errs.append(f"teacher.linear_probe_learning_rate = {lp.linear_probe_learning_rate!r}: give a rate > 0, "
+                    f"e.g. 1e-3")
     if not 0 < cfg.teacher.wise_alpha <= 1:
         errs.append(f"teacher.wise_alpha = {cfg.teacher.wise_alpha}: use a value in (0, 1]; 1 turns WiSE-FT off")
     if cfg.lora.objective not in ("ce", "distill"):
@@ -541,7 +555,8 @@ def to_yaml(cfg) -> str:
 # keys added after runs existed: at these values they are left out of a section's fingerprint, so the
 # finished stages of those runs stay finished
 NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}, "extra_train": [], "dev_sets": {}}, "distill": {"weights": {}},
-                    "teacher": {"soup": 1, "debias": 0.0, "restarts": 1}}
+                    "teacher": {"soup": 1, "debias": 0.0, "restarts": 1,
+                                "linear_probe_epochs": 0.0, "linear_probe_learning_rate": 1e-3}}
 
 
 # keys added to every section's `train` settings after runs existed, at the value that leaves them out

@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification, set_seed
 
 from .. import normalize
 from ..config import stable_section
+from ..errors import UserError
 from ..evaluate import predict_proba, selection_row
 from ..fileio import sha256
 from ..training import CrossEntropy, compute_metrics, with_bias
@@ -27,7 +28,9 @@ EVALUATION_ONLY_DATA_KEYS = ("extra_tests", "dev_sets", "category_column")
 def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
     # extra_train is fingerprinted below by its files' content, not by the paths that name them
     data = stable_section(resolved, "data", drop=EVALUATION_ONLY_DATA_KEYS + ("extra_train",))
-    teacher = stable_section(resolved, "teacher", drop=("allow_pickle",))  # a permission, not a setting
+    # allow_pickle: a permission, not a setting; the probe's learning rate only when a probe is trained
+    teacher = stable_section(resolved, "teacher", drop=("allow_pickle",) + (
+        () if cfg.teacher.linear_probe_epochs else ("linear_probe_learning_rate",)))
     return [Stage(
         name="teacher", kind=Kind.TEACHER, section="teacher", consumes=(),
         # group weights (and then the column that names the groups) and the logit adjustment only when
@@ -48,20 +51,50 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         # (the report reads the soup's or the restarts' clause after the first "; ")
         objective="cross-entropy" + (f" in a product of experts with a bag-of-words bias model (weight "
                                      f"{cfg.teacher.debias:g})" if cfg.teacher.debias else "")
-        + ", all weights fine-tuned" + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
+        + ", all weights fine-tuned" + (f" after a linear probe of the new head ({cfg.teacher.linear_probe_epochs:g} epoch"
+                                        f"{'' if cfg.teacher.linear_probe_epochs == 1 else 's'}, LP-FT)"
+                                        if cfg.teacher.linear_probe_epochs else "") + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
                                         if cfg.teacher.soup > 1 else "")
         + (f"; the best of {cfg.teacher.restarts} such teachers on the selection score" if cfg.teacher.restarts > 1
            else ""),
         train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key), action=f"fine-tuning {cfg.teacher.source}")]
 
 
-def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False):
-    """The pretrained encoder with a fresh 2-class head (the head is new by design: it is trained here).
-    Only safetensors weights are read unless `allow_pickle`."""
-    return AutoModelForSequenceClassification.from_pretrained(
+def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False, *, new_weights: bool = False):
+    """The pretrained encoder with a fresh head of len(label_names) classes (the head is new by design: it is
+    trained here). Only safetensors weights are read unless `allow_pickle`. With `new_weights`, returns
+    (model, the names of the weights the checkpoint did not hold), as transformers' loading info reports
+    them: the head, and whatever else the architecture adds to the checkpoint (e.g. a pooler)."""
+    model, info = AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=len(label_names), use_safetensors=None if allow_pickle else True,
         id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+        output_loading_info=True,
     )
+    return (model, set(info["missing_keys"])) if new_weights else model
+
+
+def linear_probe(env: StageEnv, model, new: set[str], fingerprint: str, key: str):
+    """LP-FT's first step (Kumar et al., ICLR 2022, "Fine-Tuning can Distort Pretrained Features"): train
+    only the weights in `new` (those the checkpoint lacked: the head) on the frozen pretrained body for
+    teacher.linear_probe_epochs at teacher.linear_probe_learning_rate, with teacher.train's other settings
+    and the teacher's own objective. Fine-tuning then starts from a head that fits the pretrained
+    features, so its first steps' large gradients do not reshape them toward a random head. Returns
+    (model, its stats); every weight learns again afterwards. Works and logs under `<key>.linear_probe`."""
+    t = env.cfg.teacher
+    params = dict(model.named_parameters())
+    if not new & set(params):
+        raise UserError(f"teacher.linear_probe_epochs = {t.linear_probe_epochs:g}: {env.cfg.teacher.source} "
+                        f"loaded every weight from its checkpoint, so no new head is left to probe; set "
+                        f"teacher.linear_probe_epochs: 0")
+    frozen = [p for n, p in params.items() if n not in new and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    tc = dataclasses.replace(t.train, epochs=t.linear_probe_epochs, learning_rate=t.linear_probe_learning_rate)
+    try:
+        return env.fit(model, tc, f"{key}.linear_probe", fingerprint, **fit_inputs(env, tc))
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 @torch.no_grad()
@@ -166,13 +199,20 @@ def _members(env: StageEnv, source: str, fingerprint: str, key: str, n: int):
     tc = env.cfg.teacher.train
     for k in range(n):
         set_seed(env.cfg.seed)
-        model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
+        model, new = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle, new_weights=True)
         # saved in config.json and copied into every student built from this teacher
         normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
         seed = env.cfg.seed + MEMBER_SEED_STRIDE * k
         member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=seed))
         member_key = key if k == 0 else f"{key}.member{k + 1}"
+        probe = None
+        if env.cfg.teacher.linear_probe_epochs:
+            model, probe = linear_probe(member_env, model, new, fingerprint, member_key)
         model, stats = member_env.fit(model, tc, member_key, fingerprint, **fit_inputs(env, tc))
+        if probe is not None:  # its time and steps were spent on this teacher too
+            stats = {**stats, "seconds": round(stats["seconds"] + probe["seconds"], 2),
+                     "linear_probe": {f: probe[f] for f in ("validation", "seconds", "steps", "best_checkpoint",
+                                                            "resumed_from")}}
         yield seed, member_key, model, stats
         del model, stats  # the caller keeps what it needs: no third model in memory while the next loads
 
