@@ -104,3 +104,22 @@ def test_the_objective_names_the_probe():
     cfg = load_config(None, ["teacher.linear_probe_epochs=1"])
     teacher = [s for s in stages.plan(cfg, to_dict(cfg), 12) if s.name == "teacher"][0]
     assert teacher.objective == "cross-entropy, all weights fine-tuned after a linear probe of the new head (1 epoch, LP-FT)"
+
+
+def test_a_study_with_a_probe_records_it_and_cleans_its_checkpoints(tmp_path, tiny_encoder_dir, small_data):
+    from distillora.fileio import read_json
+    from distillora.rundir import RunDir
+    from distillora.study import run_study
+
+    cfg = load_config(None, [
+        f"data.source={small_data}", "data.validation_fraction=0.25", "data.max_length=32",
+        f"teacher.source={tiny_encoder_dir}", "teacher.linear_probe_epochs=1", "teacher.train.epochs=1",
+        "distill.train.epochs=1", "lora.train.epochs=1", "baseline.train.epochs=1", "lora.r=4", "lora.alpha=8",
+        "check.suites=[]", "distill.students={odd: [1, 3]}"])
+    out = run_study(cfg, tmp_path / "run", quiet=True)
+    run = RunDir(out)
+    probe = read_json(run.marker("teacher"))["train"]["linear_probe"]
+    assert probe["steps"] == 2 and set(probe["validation"]) >= {"accuracy", "f1_macro"}  # 60 rows, batch 32
+    assert run.log("teacher.linear_probe").is_file()
+    assert not run.checkpoints_dir.exists()  # the probe's checkpoints went with the teacher's
+    assert "after a linear probe of the new head (1 epoch, LP-FT)" in run.results().by_name()["teacher"].objective

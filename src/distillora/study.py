@@ -366,7 +366,9 @@ def _run_stage(run: RunDir, ctx: StageContext, stage: Stage, key: str, fp: str, 
         write_dir(run.model_dir(key), fill)
         run.finish(key, fp, {"kind": stage.kind.value, "objective": stage.objective,
                              "teacher_layers": stage.teacher_layers, **stage.record(stats), "train": stats})
-        for work in (run.work_dir(key), *run.checkpoints_dir.glob(f"{key}.member*")):  # a soup's or restarts' members
+        # a soup's or restarts' members, and the teacher's linear probe (teacher.linear_probe_epochs; a
+        # member's own probe works under the member's key)
+        for work in (run.work_dir(key), run.work_dir(f"{key}.linear_probe"), *run.checkpoints_dir.glob(f"{key}.member*")):
             shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()
     return read_json(run.marker(key))
