@@ -180,9 +180,9 @@ def main() -> None:
     if any(not 0 <= f < 1 for f in starts):
         ap.error(f"--average-from {a.average_from}: each start fraction must be in [0, 1)")
 
-    if a.linear_probe_epochs:  # the shorthand for the stage's own setting
-        a.overrides.append(f"teacher.linear_probe_epochs={a.linear_probe_epochs}")
-    cfg = load_config(a.config, a.overrides)
+    # --linear-probe-epochs: the shorthand for the stage's own setting (the logged overrides stay as given)
+    cfg = load_config(a.config, a.overrides + ([f"teacher.linear_probe_epochs={a.linear_probe_epochs}"]
+                                               if a.linear_probe_epochs else []))
     if cfg.teacher.soup > 1 or cfg.teacher.restarts > 1:
         print(f"recipe: trains one teacher; the config's teacher.soup = {cfg.teacher.soup} and teacher.restarts = "
               f"{cfg.teacher.restarts} are not applied (members: --train-seed)", file=sys.stderr)
@@ -204,14 +204,14 @@ def main() -> None:
         mean_pooling(model)
     averages = [TailAverage(f) for f in starts]
     normalize.attach(model.config, normalize.resolve(cfg.data.normalize))
-    if cfg.teacher.linear_probe_epochs:  # LP-FT, as the teacher stage does it
-        model, _ = linear_probe(env, model, new, "lp-" + a.name, "teacher")
     # what the model's result depends on: a run resumed under the same name with other options (or
     # another preset, or an edited extra training file) would mix two recipes (and an average would
     # cover only the steps after the resume)
-    fp = "|".join([a.name, a.pooling, a.average_from, str(a.linear_probe_epochs), *a.overrides]
+    fp = "|".join([a.name, a.pooling, a.average_from, str(cfg.teacher.linear_probe_epochs), *a.overrides]
                   + ([f"train_seed={a.train_seed}"] if a.train_seed is not None else [])
                   + [fingerprint(to_dict(cfg), [sha256(Path(p)) for p in cfg.data.extra_train])])
+    if cfg.teacher.linear_probe_epochs:  # LP-FT, as the teacher stage does it (under the same fingerprint)
+        model, _ = linear_probe(env, model, new, fp, "teacher")
     model, stats = env.fit(model, cfg.teacher.train, "teacher", fp, callbacks=tuple(averages),
                            **teacher_fit_inputs(env, cfg.teacher.train))
     seconds = time.perf_counter() - t0

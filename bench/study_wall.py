@@ -95,11 +95,12 @@ def useful_flops(run: Path) -> dict:
         train = per_token * p * tokens["train"] * epochs * members
         f = train + 2 * p * (tokens["validation"] * (epochs * members + 1) + tokens["test"])
         probe = tr.get("linear_probe")
-        if probe:  # teacher.linear_probe_epochs: a forward pass only (the body is frozen), and its validation
-            lp_epochs = math.ceil(cfg.teacher.linear_probe_epochs)
-            train_probe = 2 * p * tokens["train"] * cfg.teacher.linear_probe_epochs * members
+        if probe:  # teacher.linear_probe_epochs, once: a forward pass only (the body is frozen), and its
+            # validation passes; the epochs it ran, from its steps (it may stop early)
+            lp_epochs = probe["steps"] / (tr["steps"] / (epochs * members))
+            train_probe = 2 * p * tokens["train"] * lp_epochs
             train += train_probe
-            f += train_probe + 2 * p * tokens["validation"] * lp_epochs * members
+            f += train_probe + 2 * p * tokens["validation"] * math.ceil(lp_epochs)
         if m["name"] == "teacher":
             f += 2 * p * tokens["train"]  # the cached teacher outputs for distillation
         parts[m["name"]] = f

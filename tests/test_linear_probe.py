@@ -123,3 +123,23 @@ def test_a_study_with_a_probe_records_it_and_cleans_its_checkpoints(tmp_path, ti
     assert run.log("teacher.linear_probe").is_file()
     assert not run.checkpoints_dir.exists()  # the probe's checkpoints went with the teacher's
     assert "after a linear probe of the new head (1 epoch, LP-FT)" in run.results().by_name()["teacher"].objective
+
+
+def test_a_soup_probes_once_and_every_member_starts_from_that_head(tmp_path, minilm_tokenizer, tiny_encoder_dir,
+                                                                   small_data, monkeypatch):
+    from distillora.stages.base import StageEnv
+
+    real_fit, starts = StageEnv.fit, {}
+
+    def spy(self, model, tc, key, *a, **k):
+        starts[key] = model.classifier.weight.detach().clone()  # the head each fit starts from
+        return real_fit(self, model, tc, key, *a, **k)
+
+    monkeypatch.setattr(StageEnv, "fit", spy)
+    env = teacher_env(tmp_path, "soup", minilm_tokenizer, small_data,
+                      ["teacher.soup=2", "teacher.linear_probe_epochs=1", "teacher.linear_probe_learning_rate=0.01"])
+    _, stats = teacher_stage.train(env, str(tiny_encoder_dir), "fp")
+    assert set(starts) == {"teacher.linear_probe", "teacher", "teacher.member2"}  # one probe for the soup
+    assert torch.equal(starts["teacher"], starts["teacher.member2"])
+    assert not torch.equal(starts["teacher"], starts["teacher.linear_probe"])  # the probe's trained head
+    assert [m["seed"] for m in stats["soup"]] == [42, 1042] and stats["linear_probe"]["steps"] > 0

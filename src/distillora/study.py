@@ -66,12 +66,13 @@ def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) 
         raise UserError(f"{out}: cannot write there ({e.strerror}); choose a writable --output") from None
 
 
-def check_disk(out: Path, teacher_dir: str, members: int = 1) -> None:
+def check_disk(out: Path, teacher_dir: str, members: int = 1, probe: bool = False) -> None:
     """Fail before training if the disk cannot hold checkpoints and models (about 8x the teacher, and 6x
     more for each further member of a teacher soup or restart: its best and last checkpoints, weights and two Adam
-    moments each, are kept until the teacher stage ends)."""
+    moments each, are kept until the teacher stage ends; 2x more for a linear probe, whose two checkpoints
+    hold the weights and the head's moments only)."""
     weights = sum(f.stat().st_size for f in Path(teacher_dir).glob("*.safetensors")) if Path(teacher_dir).is_dir() else 0
-    need = (8 + 6 * (members - 1)) * weights
+    need = (8 + 6 * (members - 1) + (2 if probe else 0)) * weights
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -240,7 +241,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
     _check_models(cfg, teacher_config)
     check_token_masking(cfg, tokenizer)
-    check_disk(out, source, max(cfg.teacher.soup, cfg.teacher.restarts))
+    check_disk(out, source, max(cfg.teacher.soup, cfg.teacher.restarts), bool(cfg.teacher.linear_probe_epochs))
     # Data-parallel (accelerate launch / torchrun): every process trains; the main process alone
     # writes files, and the others wait at each stage's end.
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: gloo across CPU processes
@@ -366,8 +367,7 @@ def _run_stage(run: RunDir, ctx: StageContext, stage: Stage, key: str, fp: str, 
         write_dir(run.model_dir(key), fill)
         run.finish(key, fp, {"kind": stage.kind.value, "objective": stage.objective,
                              "teacher_layers": stage.teacher_layers, **stage.record(stats), "train": stats})
-        # a soup's or restarts' members, and the teacher's linear probe (teacher.linear_probe_epochs; a
-        # member's own probe works under the member's key)
+        # a soup's or restarts' members, and the teacher's linear probe (teacher.linear_probe_epochs)
         for work in (run.work_dir(key), run.work_dir(f"{key}.linear_probe"), *run.checkpoints_dir.glob(f"{key}.member*")):
             shutil.rmtree(work, ignore_errors=True)
     state.wait_for_everyone()

@@ -190,29 +190,38 @@ def _main_process_score(score: float) -> float:
     return broadcast_object_list([score], from_process=0)[0]
 
 
-def _members(env: StageEnv, source: str, fingerprint: str, key: str, n: int):
+def _probed_head(env: StageEnv, source: str, fingerprint: str, key: str) -> tuple[dict, dict]:
+    """teacher.linear_probe_epochs: the new head trained once on the frozen pretrained body (`linear_probe`,
+    under the stage's own key and training seed), as {weight name: tensor}, and the probe's stats."""
+    set_seed(env.cfg.seed)
+    model, new = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle, new_weights=True)
+    normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
+    model, stats = linear_probe(env, model, new, fingerprint, key)
+    head = {n: p.detach().clone() for n, p in model.named_parameters() if n in new}
+    return head, {f: stats[f] for f in ("validation", "seconds", "steps", "best_checkpoint", "resumed_from")}
+
+
+def _members(env: StageEnv, source: str, fingerprint: str, key: str, n: int, head: dict | None = None):
     """Fine-tune `n` teachers, one after the other, yielding (training seed, stage key, model, stats) for
-    each. Every member starts from the same head (the seed's); its own training seed moves the data order
-    and dropout. Member 1 works and logs under the stage's own key (without restarts or a soup it is the
-    one teacher); member k under `<key>.member<k>`, its own work directory, so each resumes on its own
-    after a kill."""
+    each. Every member starts from the same head (the seed's initialisation, or `head`, the linear probe's,
+    when given); its own training seed moves the data order and dropout. Member 1 works and logs under the
+    stage's own key (without restarts or a soup it is the one teacher); member k under `<key>.member<k>`,
+    its own work directory, so each resumes on its own after a kill."""
     tc = env.cfg.teacher.train
     for k in range(n):
         set_seed(env.cfg.seed)
-        model, new = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle, new_weights=True)
+        model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
+        if head:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name in head:
+                        p.copy_(head[name])
         # saved in config.json and copied into every student built from this teacher
         normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
         seed = env.cfg.seed + MEMBER_SEED_STRIDE * k
         member_env = env if k == 0 else dataclasses.replace(env, cfg=dataclasses.replace(env.cfg, seed=seed))
         member_key = key if k == 0 else f"{key}.member{k + 1}"
-        probe = None
-        if env.cfg.teacher.linear_probe_epochs:
-            model, probe = linear_probe(member_env, model, new, fingerprint, member_key)
         model, stats = member_env.fit(model, tc, member_key, fingerprint, **fit_inputs(env, tc))
-        if probe is not None:  # its time and steps were spent on this teacher too
-            stats = {**stats, "seconds": round(stats["seconds"] + probe["seconds"], 2),
-                     "linear_probe": {f: probe[f] for f in ("validation", "seconds", "steps", "best_checkpoint",
-                                                            "resumed_from")}}
         yield seed, member_key, model, stats
         del model, stats  # the caller keeps what it needs: no third model in memory while the next loads
 
@@ -271,10 +280,13 @@ def _best_of(env: StageEnv, members) -> tuple:
 
 def train(env: StageEnv, source: str, fingerprint: str, key: str = "teacher"):
     t = env.cfg.teacher
+    head, probe = _probed_head(env, source, fingerprint, key) if t.linear_probe_epochs else (None, None)
     if t.restarts > 1:
-        model, stats = _best_of(env, _members(env, source, fingerprint, key, t.restarts))
+        model, stats = _best_of(env, _members(env, source, fingerprint, key, t.restarts, head))
     else:
-        model, stats = _soup(env, _members(env, source, fingerprint, key, t.soup))
+        model, stats = _soup(env, _members(env, source, fingerprint, key, t.soup, head))
+    if probe is not None:  # its time was spent on this teacher too (`steps` stay the fine-tuning's)
+        stats = {**stats, "seconds": round(stats["seconds"] + probe["seconds"], 2), "linear_probe": probe}
     alpha = t.wise_alpha
     if alpha < 1:
         model = wise_ft(model, load_pretrained(source, env.cfg.data.label_names, t.allow_pickle), alpha)
