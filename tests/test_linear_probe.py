@@ -123,6 +123,8 @@ def test_a_study_with_a_probe_records_it_and_cleans_its_checkpoints(tmp_path, ti
     assert run.log("teacher.linear_probe").is_file()
     assert not run.checkpoints_dir.exists()  # the probe's checkpoints went with the teacher's
     assert "after a linear probe of the new head (1 epoch, LP-FT)" in run.results().by_name()["teacher"].objective
+    assert "The teacher's new head was first trained alone on the frozen pretrained body (2 steps" in (
+        out / "report.md").read_text()
 
 
 def test_a_soup_probes_once_and_every_member_starts_from_that_head(tmp_path, minilm_tokenizer, tiny_encoder_dir,

@@ -373,6 +373,12 @@ def write_report(out: Path, results: Results | dict, cfg: StudyConfig) -> None:
                       f"{' and '.join(sets)} (the mean of its figures there; never the test split; scores {scores}): "
                       f"the one with training seed {kept['seed']} was kept, and its loss curve is shown. Its "
                       f"training time counts every restart.", ""]
+        probe = m["train"].get("linear_probe")
+        if probe:  # teacher.linear_probe_epochs (LP-FT)
+            lines += [f"The {m['name']}'s new head was first trained alone on the frozen pretrained body ("
+                      f"{probe['steps']} steps, a linear probe: LP-FT; validation accuracy after it "
+                      f"{probe['validation']['accuracy']:.3f}); then every weight was fine-tuned from that head. "
+                      f"Its training time includes the probe's {probe['seconds']:.1f} s.", ""]
     lines += ["## Data", "",
               f"- Source: `{ds['source']}`; rows used: {ds['rows']}; dropped empty texts: {ds['dropped_empty']}; "
               f"exact duplicate texts: {ds['duplicates']}; labels: {ds['label_names']}."]

@@ -407,8 +407,9 @@ def _model_entry(name: str, kind: Kind, rec: dict, ev: Evaluation, run: RunDir) 
         train={"loss": tr["loss"], "seconds": tr["seconds"], "steps": tr["steps"],
                "epoch_losses": tr.get("epoch_losses"), "best_checkpoint": tr.get("best_checkpoint"),
                "precision": tr.get("precision", "fp32"),
-               # teacher.restarts: each member's selection scores, which one was kept and where its log is
-               **{k: tr[k] for k in ("restarts", "log_key") if k in tr}},
+               # teacher.restarts: each member's selection scores, which one was kept and where its log is;
+               # teacher.linear_probe_epochs: the probe's steps, seconds and validation figures
+               **{k: tr[k] for k in ("restarts", "log_key", "linear_probe") if k in tr}},
         validation={k: tr["validation"][k] for k in ("accuracy", "balanced_accuracy", "f1_macro")
                     if k in tr["validation"]},
         test={},  # filled by analysis.add_to_models from the stored test probabilities
