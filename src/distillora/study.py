@@ -66,13 +66,13 @@ def _prepare_output(out: Path, resolved: dict, force: bool, write: bool = True) 
         raise UserError(f"{out}: cannot write there ({e.strerror}); choose a writable --output") from None
 
 
-def check_disk(out: Path, teacher_dir: str, members: int = 1, probe: bool = False) -> None:
+def check_disk(out: Path, teacher_dir: str, members: int = 1, linear_probe: bool = False) -> None:
     """Fail before training if the disk cannot hold checkpoints and models (about 8x the teacher, and 6x
     more for each further member of a teacher soup or restart: its best and last checkpoints, weights and two Adam
     moments each, are kept until the teacher stage ends; 2x more for a linear probe, whose two checkpoints
     hold the weights and the head's moments only)."""
     weights = sum(f.stat().st_size for f in Path(teacher_dir).glob("*.safetensors")) if Path(teacher_dir).is_dir() else 0
-    need = (8 + 6 * (members - 1) + (2 if probe else 0)) * weights
+    need = (8 + 6 * (members - 1) + (2 if linear_probe else 0)) * weights
     probe = out
     while not probe.exists():
         probe = probe.parent

@@ -83,8 +83,8 @@ def linear_probe(env: StageEnv, model, new: set[str], fingerprint: str, key: str
     t = env.cfg.teacher
     params = dict(model.named_parameters())
     if not new & set(params):
-        raise UserError(f"teacher.linear_probe_epochs = {t.linear_probe_epochs:g}: {env.cfg.teacher.source} "
-                        f"loaded every weight from its checkpoint, so no new head is left to probe; set "
+        raise UserError(f"teacher.linear_probe_epochs = {t.linear_probe_epochs:g}: {t.source} loaded every "
+                        f"weight from its checkpoint, so no new head is left to probe; set "
                         f"teacher.linear_probe_epochs: 0")
     frozen = [p for n, p in params.items() if n not in new and p.requires_grad]
     for p in frozen:
