@@ -5,7 +5,7 @@ the test split: how the defaults of configs/ were chosen.
     python bench/recipe.py --config configs/seed.yaml --name lpft --linear-probe-epochs 1
     python bench/recipe.py --config configs/seed.yaml --name base --wise 1,0.8,0.6   # WiSE-FT alphas
     python bench/recipe.py --config configs/quick.yaml --name swa --average-from 0.33,0.67
-    python bench/recipe.py --config configs/quick.yaml --name mean --pooling mean
+    python bench/recipe.py --config configs/quick.yaml --name first --pooling first
 
 Each call fine-tunes one teacher with the run's own code (same data, carve, tokenisation, Trainer);
 `teacher.soup` and `teacher.restarts` of the config are not applied (one teacher: a member, with
@@ -15,10 +15,9 @@ fine-tuned body interpolated with the pretrained one). `--average-from F,...`: a
 F, the uniform average of the trainable weights taken after every step from fraction F of the run
 (tail weight averaging, as SWA / SWAD), beside the model `fit` returns from the same run (the row's train_seconds then include the averaging).
 `--pooling
-mean`: the head reads the masked mean of the last hidden states (the pooling the sentence-transformers
-bundles were trained with) instead of the first token; a forward hook, measured here only (a saved
-model would need a class beyond AutoModelForSequenceClassification). One JSON line per scored model
-goes to `--log` (default bench/results/recipe.jsonl)."""
+first|mean|auto`: what the head reads, shorthand for teacher.pooling (distillora.pooling; the row's
+`pooling` is the resolved one). One JSON line per scored model goes to `--log` (default
+bench/results/recipe.jsonl)."""
 
 from __future__ import annotations
 
@@ -52,7 +51,7 @@ from distillora.evaluate import predict_proba  # noqa: E402
 from distillora.fileio import sha256  # noqa: E402
 from distillora.stages import StageEnv  # noqa: E402
 from distillora.stages.teacher import (  # noqa: E402
-    fit_inputs as teacher_fit_inputs, linear_probe, load_pretrained, wise_ft)
+    fit_inputs as teacher_fit_inputs, head_pooling, linear_probe, load_pretrained, wise_ft)
 from distillora.training import bias_logprobs, group_factors, with_group_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,52 +113,6 @@ class TailAverage(TrainerCallback):
         return out
 
 
-def mean_pooling(model):
-    """Make the head read the masked mean of the encoder's last hidden states: position 0 of the
-    encoder's output is replaced by that mean, so BERT's pooler and MPNet's head (both read token 0)
-    see it. The attention mask is taken from the model's call."""
-    mask = {}
-
-    def keep_mask(module, args, kwargs):
-        mask["m"] = kwargs.get("attention_mask")
-
-    def pool(module, args, out):
-        h = out[0]
-        m = mask["m"]
-        m = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device) if m is None else m.to(h.dtype)
-        mean = (h * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
-        h = torch.cat([mean.unsqueeze(1), h[:, 1:]], 1)
-        if isinstance(out, tuple):
-            return (h,) + out[1:]
-        out.last_hidden_state = h
-        return out
-
-    model.register_forward_pre_hook(keep_mask, with_kwargs=True)
-    model.base_model.encoder.register_forward_hook(pool)
-    return model
-
-
-def scores(probs: np.ndarray, labels: np.ndarray, categories: list[str] | None = None) -> dict:
-    """Accuracy, balanced accuracy, macro F1, each label's recall (which way a model errs); with
-    `categories`, also the recall of label 1 in each non-empty category, their mean and their minimum
-    (group_weights' target: no group left behind)."""
-    pred = probs.argmax(1)
-    out = {"accuracy": round(float(accuracy_score(labels, pred)), 4),
-           "balanced_accuracy": round(float(balanced_accuracy_score(labels, pred)), 4),
-           "f1_macro": round(float(f1_score(labels, pred, average="macro")), 4),
-           "recall": [round(float(r), 4) for r in recall_score(labels, pred, average=None,
-                                                                 labels=range(probs.shape[1]), zero_division=0)]}
-    if categories is not None:
-        hate = np.asarray(labels) == 1
-        cats = np.asarray(categories, dtype=object)
-        rows = {c: (cats == c) & hate for c in sorted(set(categories) - {""})}
-        rec = {c: round(float((pred[r] == 1).mean()), 4) for c, r in rows.items() if r.any()}
-        out["category_recall"] = rec
-        out["category_recall_mean"] = round(float(np.mean(list(rec.values()))), 4) if rec else None
-        out["category_recall_min"] = min(rec.values()) if rec else None
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(REPO / "configs" / "seed.yaml"))
@@ -170,7 +123,8 @@ def main() -> None:
     ap.add_argument("--linear-probe-epochs", type=float, default=0.0,
                     help="LP-FT: train only the new head first (shorthand for teacher.linear_probe_epochs=N)")
     ap.add_argument("--average-from", default="", help="comma-separated start fractions of tail weight averages to score")
-    ap.add_argument("--pooling", default="first", choices=["first", "mean"], help="what the head reads")
+    ap.add_argument("--pooling", default=None, choices=["auto", "first", "mean"],
+                    help="what the head reads (shorthand for teacher.pooling=...; default: the config's)")
     ap.add_argument("--train-seed", type=int, default=None,
                     help="the training seed (data order, dropout) only; the validation carve and the head's "
                          "initialisation stay those of the config's seed (members of a soup: bench/soup.py)")
@@ -182,7 +136,8 @@ def main() -> None:
 
     # --linear-probe-epochs: the shorthand for the stage's own setting (the logged overrides stay as given)
     cfg = load_config(a.config, a.overrides + ([f"teacher.linear_probe_epochs={a.linear_probe_epochs}"]
-                                               if a.linear_probe_epochs else []))
+                                               if a.linear_probe_epochs else [])
+                      + ([f"teacher.pooling={a.pooling}"] if a.pooling else []))
     if cfg.teacher.soup > 1 or cfg.teacher.restarts > 1:
         print(f"recipe: trains one teacher; the config's teacher.soup = {cfg.teacher.soup} and teacher.restarts = "
               f"{cfg.teacher.restarts} are not applied (members: --train-seed)", file=sys.stderr)
@@ -199,15 +154,14 @@ def main() -> None:
                    teacher_bias=bias_logprobs(splits.train, cfg))
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    model, new = load_pretrained(source, cfg.data.label_names, new_weights=True)
-    if a.pooling == "mean":
-        mean_pooling(model)
+    pooling = head_pooling(cfg, source)
+    model, new = load_pretrained(source, cfg.data.label_names, pooling=pooling, new_weights=True)
     averages = [TailAverage(f) for f in starts]
     normalize.attach(model.config, normalize.resolve(cfg.data.normalize))
     # what the model's result depends on: a run resumed under the same name with other options (or
     # another preset, or an edited extra training file) would mix two recipes (and an average would
     # cover only the steps after the resume)
-    fp = "|".join([a.name, a.pooling, a.average_from, str(cfg.teacher.linear_probe_epochs), *a.overrides]
+    fp = "|".join([a.name, pooling, a.average_from, str(cfg.teacher.linear_probe_epochs), *a.overrides]
                   + ([f"train_seed={a.train_seed}"] if a.train_seed is not None else [])
                   + [fingerprint(to_dict(cfg), [sha256(Path(p)) for p in cfg.data.extra_train])])
     if cfg.teacher.linear_probe_epochs:  # LP-FT, as the teacher stage does it (under the same fingerprint)
@@ -221,9 +175,8 @@ def main() -> None:
     for avg in averages:
         if avg.n == 0:
             raise SystemExit(f"--average-from {avg.start}: no step past that fraction of the run was averaged")
-    if a.pooling == "first":  # a mean-pooled model would reload as a first-token one
-        model.save_pretrained(str(work / "model"))  # for bench/student_recipe.py --teacher
-        tok.save_pretrained(str(work / "model"))
+    model.save_pretrained(str(work / "model"))  # for bench/student_recipe.py --teacher (its pooling recorded)
+    tok.save_pretrained(str(work / "model"))
     alphas = [float(x) for x in a.wise.split(",")]
     pretrained = load_pretrained(source, cfg.data.label_names) if any(x < 1 for x in alphas) else None
     Path(a.log).parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +188,7 @@ def main() -> None:
     for variant, build in scored:
         m = build()
         row = {"name": a.name, "config": Path(a.config).name, "overrides": a.overrides, "train_seed": a.train_seed,
-               **variant, "pooling": a.pooling, "linear_probe_epochs": cfg.teacher.linear_probe_epochs,
+               **variant, "pooling": pooling, "linear_probe_epochs": cfg.teacher.linear_probe_epochs,
                "train_seconds": round(seconds, 1), "best_checkpoint": stats["best_checkpoint"], "cpu": cpu_name(),
                "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
         for split, table in {"validation": splits.validation, **devs}.items():

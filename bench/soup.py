@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
+from distillora import pooling  # noqa: E402
 from distillora.config import load_config  # noqa: E402
 from distillora.data import as_saved, encode, load_splits  # noqa: E402
 from distillora.evaluate import predict_proba  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> None:
                     help="a config override the members were trained with (repeatable)")
     ap.add_argument("members", nargs="+", help="saved member models (bench/recipe.py's <work>/<name>/model)")
     a = ap.parse_args()
-    members = [AutoModelForSequenceClassification.from_pretrained(m).eval() for m in a.members]
+    members = [pooling.apply_saved(AutoModelForSequenceClassification.from_pretrained(m).eval()) for m in a.members]
     check_members(a.members, members)
     cfg = load_config(a.config, a.set)
     data = as_saved(cfg.data, a.members[0])

@@ -29,6 +29,7 @@ if __name__ == "__main__":  # time as a run does (distillora.hugepages, "Benches
 import numpy as np  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
+from distillora import pooling  # noqa: E402
 from distillora.check import TEACHER  # noqa: E402
 from distillora.config import fingerprint, load_config  # noqa: E402
 from distillora.data import encode, load_splits  # noqa: E402
@@ -86,7 +87,7 @@ def main() -> None:
     splits = load_splits(cfg.data, cfg.seed)
     devs = dev_sets(cfg.data)
     tok = AutoTokenizer.from_pretrained(a.teacher)
-    teacher = AutoModelForSequenceClassification.from_pretrained(a.teacher).eval()
+    teacher = pooling.apply_saved(AutoModelForSequenceClassification.from_pretrained(a.teacher).eval())
     enc = {n: encode(getattr(splits, n), tok, cfg.data.max_length) for n in ("train", "validation")}
     enc.update({n: encode(t, tok, cfg.data.max_length) for n, t in devs.items()})
     enc["train"] = with_group_weights(enc["train"], group_factors(splits.train, cfg))

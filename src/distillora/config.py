@@ -135,6 +135,12 @@ class TeacherConfig:
                                          "0: off (all weights from a random head).")
     linear_probe_learning_rate: float = _f(1e-3, "Peak learning rate of the linear probe (teacher.linear_probe_epochs); "
                                                  "its other settings are teacher.train's.")
+    pooling: str = _f("first", "What the classifier head reads: `first`, the first token's last hidden state (transformers' "
+                              "sequence-classification heads), or `mean`, the masked mean of the last hidden states, "
+                              "the pooling sentence-transformers models are trained to be read through (distillora."
+                              "pooling; saved in config.json, so every student and copy of the model reads the same). "
+                              "`auto`: `mean` where the source is a sentence-transformers model whose "
+                              "1_Pooling/config.json says mean pooling (both offline bundles), `first` otherwise.")
     debias: float = _f(0.0, "Weight lambda of a bag-of-words bias-only model in a product of experts while the teacher "
                             "trains (Clark et al., EMNLP 2019): its loss is the cross-entropy of logits + lambda * log "
                             "p_bias(y|x), p_bias predicted out of fold; the teacher is used alone afterwards, having "
@@ -474,6 +480,8 @@ def validate(cfg: StudyConfig) -> list[str]:
     if math.isfinite(lp.linear_probe_epochs) and lp.linear_probe_epochs < 0:
         errs.append(f"teacher.linear_probe_epochs = {lp.linear_probe_epochs!r}: give 0 (off) or a number of epochs, "
                     f"e.g. 1")
+    if lp.pooling not in ("auto", "first", "mean"):
+        errs.append(f"teacher.pooling = {lp.pooling!r}: use auto, first or mean")
     if math.isfinite(lp.linear_probe_learning_rate) and lp.linear_probe_learning_rate <= 0:
         errs.append(f"teacher.linear_probe_learning_rate = {lp.linear_probe_learning_rate!r}: give a rate > 0, "
                     f"e.g. 1e-3")
@@ -556,7 +564,10 @@ def to_yaml(cfg) -> str:
 # finished stages of those runs stay finished
 NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}, "extra_train": [], "dev_sets": {}}, "distill": {"weights": {}},
                     "teacher": {"soup": 1, "debias": 0.0, "restarts": 1,
-                                "linear_probe_epochs": 0.0, "linear_probe_learning_rate": 1e-3}}
+                                "linear_probe_epochs": 0.0, "linear_probe_learning_rate": 1e-3,
+                                # compared as resolved (teacher.plan): a source `auto` reads as `first` keeps its
+                                # fingerprint, and one it reads as `mean` (the bundles) is retrained
+                                "pooling": "first"}}
 
 
 # keys added to every section's `train` settings after runs existed, at the value that leaves them out

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from . import pooling
+
 # Where each encoder keeps its list of layers, relative to the model's base-model attribute.
 # MPNet's relative-position bias lives on the encoder, not in a layer, so it carries over untouched.
 LAYER_LISTS = {
@@ -74,7 +76,7 @@ def layer_list_path(model: PreTrainedModel) -> str:
 def build_student(teacher: PreTrainedModel, layers) -> PreTrainedModel:
     """A new model of `teacher`'s class holding the teacher's embeddings, the teacher layers
     `layers` (1-based, in the given order; `"odd"`/`"even"` accepted) and everything after them
-    (pooler, head). The teacher is not modified.
+    (pooler, head), reading what the teacher's head reads (distillora.pooling). The teacher is not modified.
 
     Raises:
         ValueError: a layer number out of range, repeated, or not an integer.
@@ -110,4 +112,4 @@ def build_student(teacher: PreTrainedModel, layers) -> PreTrainedModel:
     with torch.no_grad():
         student.load_state_dict({k: v.detach().clone() for k, v in mapped.items()}, strict=True)
     student.train(teacher.training)
-    return student
+    return pooling.apply_saved(student)  # the teacher's pooling, recorded in the config copied above

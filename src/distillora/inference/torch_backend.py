@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .. import integrity, normalize
+from .. import integrity, normalize, pooling
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,8 @@ def load_fp32(path: str | Path) -> torch.nn.Module:
     recorded at training or cannot be read (see `integrity`)."""
     integrity.check_loadable(path)
     integrity.verify(path)
-    return AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).eval()
+    return pooling.apply_saved(AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True)
+                               .eval())
 
 
 class TorchBackend(Backend):

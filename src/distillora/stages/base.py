@@ -189,11 +189,12 @@ def load_model(path: Path):
     """A saved model, its weights checked against their recorded hashes, on this machine's device."""
     from transformers import AutoModelForSequenceClassification
 
-    from .. import integrity
+    from .. import integrity, pooling
 
     integrity.verify(path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True).to(device)
+    return pooling.apply_saved(AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True)
+                               .to(device))
 
 
 @torch.inference_mode()

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, set_seed
 
-from .. import normalize
+from .. import bundles, normalize
+from .. import pooling as pool
 from ..config import stable_section
 from ..errors import UserError
 from ..evaluate import predict_proba, selection_row
@@ -29,8 +30,11 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
     # extra_train is fingerprinted below by its files' content, not by the paths that name them
     data = stable_section(resolved, "data", drop=EVALUATION_ONLY_DATA_KEYS + ("extra_train",))
     # allow_pickle: a permission, not a setting; the probe's learning rate only when a probe is trained
-    teacher = stable_section(resolved, "teacher", drop=("allow_pickle",) + (
-        () if cfg.teacher.linear_probe_epochs else ("linear_probe_learning_rate",)))
+    # pooling as the source resolves it: `auto` that reads as `first` leaves the key out (NEW_KEY_DEFAULTS)
+    pooling = head_pooling(cfg)
+    teacher = stable_section({**resolved, "teacher": {**resolved["teacher"], "pooling": pooling}}, "teacher",
+                             drop=("allow_pickle",) + (() if cfg.teacher.linear_probe_epochs
+                                                       else ("linear_probe_learning_rate",)))
     return [Stage(
         name="teacher", kind=Kind.TEACHER, section="teacher", consumes=(),
         # group weights (and then the column that names the groups) and the logit adjustment only when
@@ -51,6 +55,7 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         # (the report reads the soup's or the restarts' clause after the first "; ")
         objective="cross-entropy" + (f" in a product of experts with a bag-of-words bias model (weight "
                                      f"{cfg.teacher.debias:g})" if cfg.teacher.debias else "")
+        + (", the head reading the mean of the last hidden states" if pooling == "mean" else "")
         + ", all weights fine-tuned" + (f" after a linear probe of the new head ({cfg.teacher.linear_probe_epochs:g} epoch"
                                         f"{'' if cfg.teacher.linear_probe_epochs == 1 else 's'}, LP-FT)"
                                         if cfg.teacher.linear_probe_epochs else "") + (f"; a uniform soup of {cfg.teacher.soup} such teachers"
@@ -60,9 +65,24 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
         train=lambda ctx, key, fp: train(ctx.env, ctx.source, fp, key), action=f"fine-tuning {cfg.teacher.source}")]
 
 
-def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False, *, new_weights: bool = False):
+def head_pooling(cfg, source: str | None = None) -> str:
+    """teacher.pooling as the teacher's source resolves it (`auto`: `pooling.of_source`); `source`: the
+    resolved source, when the caller has it. A source that cannot be resolved here keeps `auto`."""
+    if cfg.teacher.pooling != "auto":
+        return cfg.teacher.pooling
+    if source is None:
+        try:
+            source = bundles.resolve(cfg.teacher.source, cfg.teacher.allow_pickle)
+        except UserError:  # a run's report or sweep on a machine without the source: the study itself refuses it
+            return "auto"
+    return pool.of_source(source)
+
+
+def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False, *, pooling: str = "first",
+                    new_weights: bool = False):
     """The pretrained encoder with a fresh head of len(label_names) classes (the head is new by design: it is
-    trained here). Only safetensors weights are read unless `allow_pickle`. With `new_weights`, returns
+    trained here), reading `pooling` (distillora.pooling). Only safetensors weights are read unless
+    `allow_pickle`. With `new_weights`, returns
     (model, the names of the weights the checkpoint did not hold), as transformers' loading info reports
     them: the head, and whatever else the architecture adds to the checkpoint (e.g. a pooler)."""
     model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -70,6 +90,7 @@ def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = Fa
         id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
         output_loading_info=True,
     )
+    pool.attach(model, pooling)
     return (model, set(info["missing_keys"])) if new_weights else model
 
 
@@ -194,7 +215,8 @@ def _probed_head(env: StageEnv, source: str, fingerprint: str, key: str) -> tupl
     """teacher.linear_probe_epochs: the new head trained once on the frozen pretrained body (`linear_probe`,
     under the stage's own key and training seed), as {weight name: tensor}, and the probe's stats."""
     set_seed(env.cfg.seed)
-    model, new = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle, new_weights=True)
+    model, new = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle,
+                                 pooling=head_pooling(env.cfg, source), new_weights=True)
     normalize.attach(model.config, normalize.resolve(env.cfg.data.normalize))
     model, stats = linear_probe(env, model, new, fingerprint, key)
     head = {n: p.detach().clone() for n, p in model.named_parameters() if n in new}
@@ -210,7 +232,8 @@ def _members(env: StageEnv, source: str, fingerprint: str, key: str, n: int, hea
     tc = env.cfg.teacher.train
     for k in range(n):
         set_seed(env.cfg.seed)
-        model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle)
+        model = load_pretrained(source, env.cfg.data.label_names, env.cfg.teacher.allow_pickle,
+                                pooling=head_pooling(env.cfg, source))
         if head:
             with torch.no_grad():
                 for name, p in model.named_parameters():
