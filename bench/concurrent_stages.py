@@ -49,6 +49,7 @@ def steppers(a, layers: tuple[str, ...], need: int) -> list:
     """One (trainer, model, batches) per student in `layers`, from `a.teacher`, `need` batches each."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from distillora import pooling
     from distillora.config import DistillConfig
     from distillora.stages.distill import teacher_outputs
     from distillora.students import build_student
@@ -56,7 +57,8 @@ def steppers(a, layers: tuple[str, ...], need: int) -> list:
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(a.teacher)
-    teacher = AutoModelForSequenceClassification.from_pretrained(a.teacher, num_labels=2)
+    # a run's teacher reads what it was trained to read, as do the students built from it
+    teacher = pooling.apply_saved(AutoModelForSequenceClassification.from_pretrained(a.teacher, num_labels=2))
     enc = train_slice(tok, a.rows)
     objective = Distillation(DistillConfig(), list(range(1, teacher.config.num_hidden_layers // 2 + 1)))
     cache = teacher_outputs(teacher, enc, tok, objective.teacher_needs)

@@ -48,6 +48,7 @@ def main() -> int:
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from distillora import pooling
     from distillora.bundles import resolve
     from distillora.config import DistillConfig
     from distillora.stages.distill import teacher_outputs
@@ -57,7 +58,7 @@ def main() -> int:
     torch.manual_seed(0)
     source = a.teacher if Path(a.teacher).is_dir() else resolve(a.teacher)
     tok = AutoTokenizer.from_pretrained(source)
-    teacher = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+    teacher = pooling.apply_saved(AutoModelForSequenceClassification.from_pretrained(source, num_labels=2))
     enc = train_slice(tok, a.rows)
     base = build_student(teacher, layers_arg(a.layers))
     objective = Distillation(DistillConfig(), list(range(1, base.config.num_hidden_layers + 1)))

@@ -113,6 +113,27 @@ class TailAverage(TrainerCallback):
         return out
 
 
+def scores(probs: np.ndarray, labels: np.ndarray, categories: list[str] | None = None) -> dict:
+    """Accuracy, balanced accuracy, macro F1, each label's recall (which way a model errs); with
+    `categories`, also the recall of label 1 in each non-empty category, their mean and their minimum
+    (group_weights' target: no group left behind)."""
+    pred = probs.argmax(1)
+    out = {"accuracy": round(float(accuracy_score(labels, pred)), 4),
+           "balanced_accuracy": round(float(balanced_accuracy_score(labels, pred)), 4),
+           "f1_macro": round(float(f1_score(labels, pred, average="macro")), 4),
+           "recall": [round(float(r), 4) for r in recall_score(labels, pred, average=None,
+                                                                 labels=range(probs.shape[1]), zero_division=0)]}
+    if categories is not None:
+        hate = np.asarray(labels) == 1
+        cats = np.asarray(categories, dtype=object)
+        rows = {c: (cats == c) & hate for c in sorted(set(categories) - {""})}
+        rec = {c: round(float((pred[r] == 1).mean()), 4) for c, r in rows.items() if r.any()}
+        out["category_recall"] = rec
+        out["category_recall_mean"] = round(float(np.mean(list(rec.values()))), 4) if rec else None
+        out["category_recall_min"] = min(rec.values()) if rec else None
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(REPO / "configs" / "seed.yaml"))

@@ -54,7 +54,7 @@ def check_members(paths: list[str], models: list[torch.nn.Module]) -> None:
         want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
         if shapes != want:
             raise SystemExit(f"{path}: its weights' names or shapes differ from {paths[0]}'s")
-        for attr in ("id2label", "distillora_normalize"):
+        for attr in ("id2label", "distillora_normalize", "distillora_pooling"):
             if getattr(m.config, attr, None) != getattr(ref.config, attr, None):
                 raise SystemExit(f"{path}: config {attr} differs from {paths[0]}'s")
 

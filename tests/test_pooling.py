@@ -72,20 +72,44 @@ def test_the_pooling_round_trips_through_save_and_load(tmp_path):
             assert torch.allclose(loaded(input_ids=IDS, attention_mask=MASK).logits, want, atol=1e-6)
 
 
+def logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=MASK).logits
+
+
+def test_the_teacher_trains_and_the_lora_student_learns_on_the_mean(tiny_teacher_dir):
+    """What trains reads the mean too, not only what is evaluated: the pretrained teacher as the stage
+    loads it, and the LoRA student wrapped, merged and reloaded from its adapter."""
+    from distillora import lora
+
+    teacher = teacher_stage.load_pretrained(str(tiny_teacher_dir), ["no", "yes"], pooling="mean").eval()
+    assert torch.allclose(logits(teacher), by_hand(teacher), atol=1e-5)
+    first = logits(pooling.attach(build_student(teacher, [1, 3]), "first"))
+    wrapped = lora.wrap(build_student(teacher, [1, 3]), r=4, alpha=8, dropout=0.0).eval()
+    with torch.no_grad():
+        for p in wrapped.parameters():  # adapters away from zero, so that they change the logits
+            if p.requires_grad:
+                p.add_(0.05)
+    want = by_hand(wrapped)
+    assert torch.allclose(logits(wrapped), want, atol=1e-5) and not torch.allclose(want, first, atol=1e-3)
+    assert torch.allclose(logits(wrapped.merge_and_unload()), want, atol=1e-5)
+
+
 def test_students_and_copies_read_what_their_teacher_reads():
     from distillora.inference.torch_backend import convert
 
     teacher = pooling.attach(tiny_bert(4), "mean")
-    student = build_student(teacher, [1, 3])
+    student = build_student(teacher, [1, 3]).eval()
     assert pooling.of_model(student) == "mean"
-    with torch.no_grad():
-        assert torch.allclose(student(input_ids=IDS, attention_mask=MASK).logits, by_hand(student), atol=1e-5)
-        want = student(input_ids=IDS, attention_mask=MASK).logits
-        # the int8 copy is a deep copy: it keeps the hook, and moving the copy to `first` leaves the original
-        int8 = convert(student, "int8-dynamic")
-        assert torch.allclose(int8(input_ids=IDS, attention_mask=MASK).logits, want, atol=0.05)
-        pooling.attach(int8, "first")
-        assert torch.allclose(student(input_ids=IDS, attention_mask=MASK).logits, want, atol=1e-6)
+    want = logits(student)
+    assert torch.allclose(want, by_hand(student), atol=1e-5)
+    first = logits(pooling.attach(build_student(teacher, [1, 3]).eval(), "first"))
+    assert (want - first).abs().max() > 5e-3  # far apart, next to the int8 copy's error below
+    # the int8 copy is a deep copy: it keeps the hook, and moving the copy to `first` leaves the original
+    int8 = convert(student, "int8-dynamic")
+    assert (logits(int8) - want).abs().max() < 2e-3
+    pooling.attach(int8, "first")
+    assert torch.allclose(logits(student), want, atol=1e-6)
 
 
 def test_the_onnx_graph_computes_the_mean_too(tmp_path, minilm_tokenizer):
@@ -104,7 +128,9 @@ def test_the_onnx_graph_computes_the_mean_too(tmp_path, minilm_tokenizer):
     assert np.abs(got - want).max() < 1e-5
 
 
-def test_auto_reads_the_sources_own_pooling_config(tmp_path, tiny_teacher_dir):
+def test_auto_reads_the_sources_own_pooling_config(tmp_path, tiny_teacher_dir, monkeypatch):
+    from huggingface_hub import constants
+
     from distillora.bundles import minilm_dir
 
     assert pooling.of_source(str(minilm_dir())) == "mean"  # its 1_Pooling/config.json: mean tokens
@@ -113,23 +139,51 @@ def test_auto_reads_the_sources_own_pooling_config(tmp_path, tiny_teacher_dir):
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
         {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
     assert pooling.of_source(str(tmp_path)) == "first"  # a CLS-pooled sentence-transformers model
+    # a distillora model as the source: what it records, before any 1_Pooling
+    saved = tmp_path / "saved"
+    pooling.attach(tiny_bert(2), "mean").save_pretrained(saved)
+    assert pooling.of_source(str(saved)) == "mean"
+    (tmp_path / "1_Pooling" / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot be read as JSON"):
+        pooling.of_source(str(tmp_path))
+    # offline, a Hub id whose pooling file was never fetched is not guessed
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="offline, and nobody/never-fetched's pooling configuration was never fetched"):
+        pooling.of_source("nobody/never-fetched")
     cfg = load_config(None, [f"teacher.source={tiny_teacher_dir}", "teacher.pooling=mean"])
     assert teacher_stage.head_pooling(cfg) == "mean"  # an explicit setting wins over the source
     model = teacher_stage.load_pretrained(str(tiny_teacher_dir), ["no", "yes"], pooling="mean")
     assert pooling.of_model(model) == "mean"
 
 
-def test_the_setting_is_validated_and_fingerprinted_as_resolved(tiny_teacher_dir):
+def test_the_setting_is_validated_and_fingerprinted_only_when_set():
+    from distillora import stages
+    from distillora.config import to_dict
+
     with pytest.raises(UserError, match="teacher.pooling = 'cls': use auto, first or mean"):
         load_config(None, ["teacher.pooling=cls"])
-    src = f"teacher.source={tiny_teacher_dir}"
-    # a source that `auto` reads as `first` keeps the fingerprint it had before the setting existed
-    before = stage_fingerprints([src, "teacher.pooling=first"])["teacher"]
-    assert stage_fingerprints([src, "teacher.pooling=auto"])["teacher"] == before
-    assert stage_fingerprints([src, "teacher.pooling=mean"])["teacher"] != before
-    # the minilm bundle's `auto` is its mean
-    assert stage_fingerprints(["teacher.source=minilm-l6", "teacher.pooling=auto"])["teacher"] == stage_fingerprints(
-        ["teacher.source=minilm-l6", "teacher.pooling=mean"])["teacher"]
+    # at the default, runs made before the setting existed keep their teacher's fingerprint
+    cfg = load_config(None, [])
+    teacher = next(s for s in stages.plan(cfg, to_dict(cfg), 12) if s.name == "teacher")
+    assert "pooling" not in json.dumps(teacher.fingerprint_inputs)
+    before = stage_fingerprints([])["teacher"]
+    assert stage_fingerprints(["teacher.pooling=mean"])["teacher"] != before
+    assert stage_fingerprints(["teacher.pooling=auto"])["teacher"] != before
+
+
+def test_a_head_the_mean_does_not_reach_is_refused(tiny_teacher_dir):
+    from transformers import AlbertConfig
+
+    from distillora.study import _check_pooling
+
+    with pytest.raises(ValueError, match="a albert head does not read the position"):
+        pooling.attach(AutoModelForSequenceClassification.from_config(
+            AlbertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=37, embedding_size=16)), "mean")
+    cfg = load_config(None, [f"teacher.source={tiny_teacher_dir}", "teacher.pooling=mean"])
+    with pytest.raises(UserError, match="the head of a albert model does not read the position the mean replaces"):
+        _check_pooling(cfg, str(tiny_teacher_dir), AlbertConfig())
+    _check_pooling(cfg, str(tiny_teacher_dir), tiny_bert(2).config)  # a BERT: fine
 
 
 def test_a_mean_pooled_study_serves_what_it_evaluated(tmp_path, tiny_teacher_dir, small_data):

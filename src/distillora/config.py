@@ -565,8 +565,6 @@ def to_yaml(cfg) -> str:
 NEW_KEY_DEFAULTS = {"data": {"sep": ",", "text_pair_column": None, "where": {}, "extra_train": [], "dev_sets": {}}, "distill": {"weights": {}},
                     "teacher": {"soup": 1, "debias": 0.0, "restarts": 1,
                                 "linear_probe_epochs": 0.0, "linear_probe_learning_rate": 1e-3,
-                                # compared as resolved (teacher.plan): a source `auto` reads as `first` keeps its
-                                # fingerprint, and one it reads as `mean` (the bundles) is retrained
                                 "pooling": "first"}}
 
 

@@ -25,30 +25,71 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 CONFIG_KEY = "distillora_pooling"
 POOLINGS = ("first", "mean")
 SETTINGS = ("auto",) + POOLINGS
 
 
-def of_source(source: str) -> str:
-    """`auto`'s choice for a pretrained source (a local directory or a Hub id): `mean` where the source
-    is a sentence-transformers model whose `1_Pooling/config.json` says it was trained with mean pooling,
-    `first` otherwise (a plain checkpoint such as bert-base-uncased, whose first token was pretrained
-    for sentence-level tasks). A Hub id is looked up through transformers' cache (downloaded when
-    online); not found: `first`."""
-    path = Path(source).expanduser() / "1_Pooling" / "config.json"
-    if not path.is_file() and not Path(source).expanduser().exists():
-        from transformers.utils import cached_file
+# the architectures whose head reads position 0 of the base model's last hidden state, or a pooler of
+# it (BERT): where the hook's mean is what the head reads (ALBERT's pooler, XLNet's last-token head are not)
+SUPPORTED = ("bert", "roberta", "xlm-roberta", "electra", "mpnet", "distilbert")
 
-        found = cached_file(source, "1_Pooling/config.json", _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False, _raise_exceptions_for_gated_repo=False)
-        path = Path(found) if found else path
-    if not path.is_file():
-        return "first"
+
+def of_source(source: str) -> str:
+    """`auto`'s choice for a pretrained source (a local directory or a Hub id): the pooling a distillora
+    model saved as the source records; else `mean` where the source is a sentence-transformers model whose
+    `1_Pooling/config.json` says it was trained with mean pooling alone, `first` otherwise (a plain
+    checkpoint such as bert-base-uncased, whose first token was pretrained for sentence-level tasks).
+
+    Raises:
+        UserError: a Hub id whose pooling configuration cannot be looked up (offline and never fetched,
+            or unreachable): whether it has one is not known, and guessing would train another model
+            than the same config trains online.
+    """
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return _choice(local / "config.json", local / "1_Pooling" / "config.json")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from transformers.utils import cached_file
+
+    how = (f"set teacher.pooling to first or mean, or run once online so that `auto` can read "
+           f"{source}'s 1_Pooling/config.json")
     try:
-        modes = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if constants.HF_HUB_OFFLINE:
+            found = try_to_load_from_cache(source, "1_Pooling/config.json")
+            if found is None:  # never looked up here (from_pretrained does not fetch it)
+                raise UserError(f"teacher.pooling = auto: offline, and {source}'s pooling configuration was "
+                                f"never fetched; {how}")
+            pooling_file = found if isinstance(found, str) else None  # else: known to be absent from the repo
+        else:
+            pooling_file = cached_file(source, "1_Pooling/config.json", _raise_exceptions_for_missing_entries=False,
+                                       _raise_exceptions_for_connection_errors=True)
+        config_file = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False,
+                                  _raise_exceptions_for_connection_errors=False)
+    except (OSError, ValueError) as e:  # an unreachable Hub, or a name that is not a repo id
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"teacher.pooling = auto: cannot look up {source}'s pooling configuration ({first}); "
+                        f"{how}") from None
+    return _choice(Path(config_file) if config_file else None, Path(pooling_file) if pooling_file else None)
+
+
+def _choice(config_file: Path | None, pooling_file: Path | None) -> str:
+    for path in (config_file, pooling_file):
+        if path is not None and path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise UserError(f"teacher.pooling = auto: {path} cannot be read as JSON ({e}); repair it, or set "
+                                f"teacher.pooling to first or mean") from None
+    if config_file is not None and config_file.is_file():
+        saved = json.loads(config_file.read_text(encoding="utf-8")).get(CONFIG_KEY)
+        if saved in POOLINGS:  # a distillora model as the source: what its head was trained to read
+            return saved
+    if pooling_file is None or not pooling_file.is_file():
         return "first"
+    modes = json.loads(pooling_file.read_text(encoding="utf-8"))
     only_mean = modes.get("pooling_mode_mean_tokens") and not any(
         v for k, v in modes.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens")
     return "mean" if only_mean else "first"
@@ -65,7 +106,7 @@ def _mean_at_first(module, args, kwargs, out):
         mask = args[1]
     h = out[0]
     m = (torch.ones(h.shape[:2], device=h.device) if mask is None else mask.to(h.device)).to(torch.float32)
-    # summed in fp32: under bf16 autocast the states are bf16, and a sum of 60 of them loses digits
+    # summed in fp32: in a bf16 copy (export's) the states are bf16, and a sum of 60 of them loses digits
     mean = (h.float() * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
     h = torch.cat([mean.to(h.dtype).unsqueeze(1), h[:, 1:]], 1)
     pooler = getattr(module, "pooler", None)
@@ -84,6 +125,9 @@ def attach(model, pooling: str):
     removes a mean hook. Returns the model."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    if pooling == "mean" and model.config.model_type not in SUPPORTED:
+        raise ValueError(f"pooling mean: a {model.config.model_type} head does not read the position this sets; "
+                         f"supported: {', '.join(SUPPORTED)}")
     base = model.base_model
     # found by the function, not by a kept handle: a deep copy (quantize_dynamic, WiSE-FT) copies the
     # module's hook dicts, and a handle copied with it would still point at the original's

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from . import pooling
+from .pooling import apply_saved
 
 # Where each encoder keeps its list of layers, relative to the model's base-model attribute.
 # MPNet's relative-position bias lives on the encoder, not in a layer, so it carries over untouched.
@@ -112,4 +112,4 @@ def build_student(teacher: PreTrainedModel, layers) -> PreTrainedModel:
     with torch.no_grad():
         student.load_state_dict({k: v.detach().clone() for k, v in mapped.items()}, strict=True)
     student.train(teacher.training)
-    return pooling.apply_saved(student)  # the teacher's pooling, recorded in the config copied above
+    return apply_saved(student)  # the teacher's pooling, recorded in the config copied above

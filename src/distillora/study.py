@@ -124,6 +124,22 @@ def _check_models(cfg: StudyConfig, teacher_config) -> None:
                         + "\n  - ".join(errors))
 
 
+def _check_pooling(cfg: StudyConfig, source: str, teacher_config) -> None:
+    """teacher.pooling resolved for the source (`auto` that cannot be, refused) and fit for its head,
+    before anything is trained or written."""
+    from . import pooling
+    from .stages.teacher import head_pooling
+
+    chosen = head_pooling(cfg, source)
+    if chosen == "mean" and teacher_config.model_type not in pooling.SUPPORTED:
+        raise UserError(f"teacher.pooling = {cfg.teacher.pooling}: the head of a {teacher_config.model_type} model "
+                        f"does not read the position the mean replaces (supported: {', '.join(pooling.SUPPORTED)}); "
+                        f"set teacher.pooling: first")
+    if cfg.teacher.pooling == "auto":
+        log.info("teacher.pooling = auto: the head reads %s", "the mean of the last hidden states" if chosen == "mean"
+                 else "the first token")
+
+
 def _save(model, tokenizer, path: Path) -> None:
     def fill(tmp: Path):
         model.save_pretrained(str(tmp))
@@ -240,6 +256,7 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
     source = bundles.resolve(cfg.teacher.source, cfg.teacher.allow_pickle)  # so do tampered bundles, pickles
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
     _check_models(cfg, teacher_config)
+    _check_pooling(cfg, source, teacher_config)
     check_token_masking(cfg, tokenizer)
     check_disk(out, source, max(cfg.teacher.soup, cfg.teacher.restarts), bool(cfg.teacher.linear_probe_epochs))
     # Data-parallel (accelerate launch / torchrun): every process trains; the main process alone

@@ -30,11 +30,15 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
     # extra_train is fingerprinted below by its files' content, not by the paths that name them
     data = stable_section(resolved, "data", drop=EVALUATION_ONLY_DATA_KEYS + ("extra_train",))
     # allow_pickle: a permission, not a setting; the probe's learning rate only when a probe is trained
-    # pooling as the source resolves it: `auto` that reads as `first` leaves the key out (NEW_KEY_DEFAULTS)
-    pooling = head_pooling(cfg)
-    teacher = stable_section({**resolved, "teacher": {**resolved["teacher"], "pooling": pooling}}, "teacher",
-                             drop=("allow_pickle",) + (() if cfg.teacher.linear_probe_epochs
-                                                       else ("linear_probe_learning_rate",)))
+    # teacher.pooling as set (`first`, the default, left out: NEW_KEY_DEFAULTS). Not as `auto` resolves it: a
+    # sweep or a report of a finished run plans on a machine that may lack the source, and every student
+    # reads what the saved teacher records whatever this resolves to
+    teacher = stable_section(resolved, "teacher", drop=("allow_pickle",) + (
+        () if cfg.teacher.linear_probe_epochs else ("linear_probe_learning_rate",)))
+    try:
+        pooling = head_pooling(cfg)
+    except UserError:  # only the objective's wording needs it here; the study refuses this source itself
+        pooling = cfg.teacher.pooling
     return [Stage(
         name="teacher", kind=Kind.TEACHER, section="teacher", consumes=(),
         # group weights (and then the column that names the groups) and the logit adjustment only when
@@ -67,15 +71,14 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
 
 def head_pooling(cfg, source: str | None = None) -> str:
     """teacher.pooling as the teacher's source resolves it (`auto`: `pooling.of_source`); `source`: the
-    resolved source, when the caller has it. A source that cannot be resolved here keeps `auto`."""
+    resolved source, when the caller has it.
+
+    Raises:
+        UserError: `auto` with a source that cannot be found or whose pooling cannot be looked up."""
     if cfg.teacher.pooling != "auto":
         return cfg.teacher.pooling
-    if source is None:
-        try:
-            source = bundles.resolve(cfg.teacher.source, cfg.teacher.allow_pickle)
-        except UserError:  # a run's report or sweep on a machine without the source: the study itself refuses it
-            return "auto"
-    return pool.of_source(source)
+    return pool.of_source(source if source is not None else bundles.resolve(cfg.teacher.source,
+                                                                            cfg.teacher.allow_pickle))
 
 
 def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False, *, pooling: str = "first",
