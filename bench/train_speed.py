@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed  # noqa: E402
 
-from distillora import bundles, build_student  # noqa: E402
+from distillora import build_student, bundles, pooling  # noqa: E402
 from distillora.config import StudyConfig  # noqa: E402
 from distillora.data import DataConfig, encode, load_splits  # noqa: E402
 from distillora.losses import LossInputs, total_loss, weights_of  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> int:
     splits = load_splits(cfg.data, 0)
     source = bundles.resolve(a.teacher)
     tok = AutoTokenizer.from_pretrained(source)
-    teacher = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2).eval()
+    teacher = pooling.apply_saved(AutoModelForSequenceClassification.from_pretrained(source, num_labels=2).eval())
     bs = cfg.distill.train.batch_size
     runs = {"naive": [], "pipeline": []}
     for r in range(a.repeats):

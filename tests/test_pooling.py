@@ -146,17 +146,38 @@ def test_auto_reads_the_sources_own_pooling_config(tmp_path, tiny_teacher_dir, m
     (tmp_path / "1_Pooling" / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot be read as JSON"):
         pooling.of_source(str(tmp_path))
-    # offline, a Hub id whose pooling file was never fetched is not guessed
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(UserError, match="offline, and nobody/never-fetched's pooling configuration was never fetched"):
-        pooling.of_source("nobody/never-fetched")
+    (saved / "config.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="holds a JSON list, not an object"):
+        pooling.of_source(str(saved))
     cfg = load_config(None, [f"teacher.source={tiny_teacher_dir}", "teacher.pooling=mean"])
     assert teacher_stage.head_pooling(cfg) == "mean"  # an explicit setting wins over the source
     model = teacher_stage.load_pretrained(str(tiny_teacher_dir), ["no", "yes"], pooling="mean")
     assert pooling.of_model(model) == "mean"
 
 
-def test_the_setting_is_validated_and_fingerprinted_only_when_set():
+def test_auto_never_guesses_a_hub_ids_pooling(monkeypatch):
+    import huggingface_hub
+    import transformers.utils
+    from huggingface_hub import constants
+
+    # offline, or online with a Hub that does not answer: a file never fetched is not known, so not guessed
+    monkeypatch.setattr(transformers.utils, "cached_file", lambda *a, **k: None)  # what it returns unreachable
+    for offline, why in ((True, "offline"), (False, "the Hub did not answer")):
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+        with pytest.raises(UserError, match=f"whether nobody/never-fetched was trained with mean pooling is not "
+                                            f"known here \\({why}, and its 1_Pooling/config.json was never fetched\\)"):
+            pooling.of_source("nobody/never-fetched")
+    # a repo known not to hold the file (the Hub's 404, recorded in the cache): a plain checkpoint
+    absent = object()  # huggingface_hub's marker of a file known to be missing
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name, **k: None if name == "config.json" else absent)
+    assert pooling.of_source("nobody/plain-checkpoint") == "first"
+    with pytest.raises(UserError, match="cannot look up not a repo id's pooling configuration"):
+        monkeypatch.undo()
+        pooling.of_source("not a repo id")
+
+
+def test_the_setting_is_validated_and_fingerprinted_only_when_set(monkeypatch):
     from distillora import stages
     from distillora.config import to_dict
 
@@ -168,27 +189,49 @@ def test_the_setting_is_validated_and_fingerprinted_only_when_set():
     assert "pooling" not in json.dumps(teacher.fingerprint_inputs)
     before = stage_fingerprints([])["teacher"]
     assert stage_fingerprints(["teacher.pooling=mean"])["teacher"] != before
-    assert stage_fingerprints(["teacher.pooling=auto"])["teacher"] != before
+    auto = stage_fingerprints(["teacher.pooling=auto"])["teacher"]
+    assert auto != before
+    # as set, not as the source resolves it: planning a finished run's sweep never needs the source
+    for answer in ("first", "mean", UserError("the source is not here")):
+        def of_source(source, answer=answer):
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        monkeypatch.setattr(pooling, "of_source", of_source)
+        assert stage_fingerprints(["teacher.pooling=auto"])["teacher"] == auto
 
 
-def test_a_head_the_mean_does_not_reach_is_refused(tiny_teacher_dir):
+def test_a_head_the_mean_does_not_reach_is_refused_before_anything_is_written(tmp_path, minilm_tokenizer,
+                                                                              small_data):
     from transformers import AlbertConfig
 
-    from distillora.study import _check_pooling
+    from distillora.study import run_study
 
-    with pytest.raises(ValueError, match="a albert head does not read the position"):
-        pooling.attach(AutoModelForSequenceClassification.from_config(
-            AlbertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=37, embedding_size=16)), "mean")
-    cfg = load_config(None, [f"teacher.source={tiny_teacher_dir}", "teacher.pooling=mean"])
-    with pytest.raises(UserError, match="the head of a albert model does not read the position the mean replaces"):
-        _check_pooling(cfg, str(tiny_teacher_dir), AlbertConfig())
-    _check_pooling(cfg, str(tiny_teacher_dir), tiny_bert(2).config)  # a BERT: fine
+    albert = AutoModelForSequenceClassification.from_config(AlbertConfig(
+        vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, embedding_size=16))
+    with pytest.raises(ValueError, match="the head of a model of type albert does not read the position"):
+        pooling.attach(albert, "mean")
+    source = tmp_path / "albert"
+    albert.save_pretrained(source)
+    minilm_tokenizer.save_pretrained(source)
+    (source / "1_Pooling").mkdir()
+    (source / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    for setting, how in (("mean", ""), ("auto", r" \(auto: the source's own pooling configuration says mean\)")):
+        cfg = load_config(None, [f"data.source={small_data}", f"teacher.source={source}",
+                                 f"teacher.pooling={setting}", "check.suites=[]"])
+        with pytest.raises(UserError, match=f"teacher.pooling = {setting}{how}: the head of a model of type albert "
+                                            f"does not read the position the mean replaces"):
+            run_study(cfg, tmp_path / "run", quiet=True)
+        assert not (tmp_path / "run").exists()
 
 
 def test_a_mean_pooled_study_serves_what_it_evaluated(tmp_path, tiny_teacher_dir, small_data):
-    """Every model of a study with teacher.pooling=mean records it, and `predict` and `/api/predict` give a
-    raw test row the probability the evaluation stored for it (normalisation and pooling included)."""
+    """A study with teacher.pooling=auto on a source whose 1_Pooling/config.json says mean: every model
+    records mean, and `predict` and `/api/predict` give a raw test row the probability the evaluation
+    stored for it (normalisation and pooling included)."""
+    import shutil
+
     import pandas as pd
 
     from distillora.predict import load_model, predict
@@ -196,9 +239,12 @@ def test_a_mean_pooled_study_serves_what_it_evaluated(tmp_path, tiny_teacher_dir
     from distillora.serve import create_app
     from distillora.study import run_study
 
+    source = shutil.copytree(tiny_teacher_dir, tmp_path / "sentence-model")
+    (source / "1_Pooling").mkdir()
+    (source / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     cfg = load_config(None, [
         f"data.source={small_data}", "data.validation_fraction=0.25", "data.max_length=32",
-        "data.normalize=hate_speech_twitter", f"teacher.source={tiny_teacher_dir}", "teacher.pooling=mean",
+        "data.normalize=hate_speech_twitter", f"teacher.source={source}", "teacher.pooling=auto",
         "teacher.train.epochs=1", "distill.train.epochs=1", "lora.train.epochs=1", "baseline.train.epochs=1",
         "lora.r=4", "lora.alpha=8", "check.suites=[]", "distill.students={odd: [1, 3]}"])
     out = run_study(cfg, tmp_path / "run", quiet=True)

@@ -44,60 +44,64 @@ def of_source(source: str) -> str:
     checkpoint such as bert-base-uncased, whose first token was pretrained for sentence-level tasks).
 
     Raises:
-        UserError: a Hub id whose pooling configuration cannot be looked up (offline and never fetched,
-            or unreachable): whether it has one is not known, and guessing would train another model
-            than the same config trains online.
+        UserError: a Hub id whose pooling configuration is not known here (offline or unreachable, and
+            never fetched): guessing would train another model than the same config trains where it is
+            known. A configuration file that is not a JSON object.
     """
     local = Path(source).expanduser()
     if local.is_dir():
-        return _choice(local / "config.json", local / "1_Pooling" / "config.json")
+        return _choice(_read(local / "config.json"), _read(local / "1_Pooling" / "config.json"))
     from huggingface_hub import constants, try_to_load_from_cache
     from transformers.utils import cached_file
 
-    how = (f"set teacher.pooling to first or mean, or run once online so that `auto` can read "
-           f"{source}'s 1_Pooling/config.json")
+    def lookup(name: str):
+        """The cached file's path, False when the repo is known not to hold it, None when not known."""
+        if not constants.HF_HUB_OFFLINE:  # fetched (or its absence recorded, .no_exist) when the Hub answers
+            cached_file(source, name, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False)
+        found = try_to_load_from_cache(source, name)
+        return found if isinstance(found, str) or found is None else False
+
     try:
-        if constants.HF_HUB_OFFLINE:
-            found = try_to_load_from_cache(source, "1_Pooling/config.json")
-            if found is None:  # never looked up here (from_pretrained does not fetch it)
-                raise UserError(f"teacher.pooling = auto: offline, and {source}'s pooling configuration was "
-                                f"never fetched; {how}")
-            pooling_file = found if isinstance(found, str) else None  # else: known to be absent from the repo
-        else:
-            pooling_file = cached_file(source, "1_Pooling/config.json", _raise_exceptions_for_missing_entries=False,
-                                       _raise_exceptions_for_connection_errors=True)
-        config_file = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False,
-                                  _raise_exceptions_for_connection_errors=False)
-    except (OSError, ValueError) as e:  # an unreachable Hub, or a name that is not a repo id
+        config = lookup("config.json")
+        saved = _read(Path(config)).get(CONFIG_KEY) if config else None
+        if saved in POOLINGS:  # known without the pooling file
+            return saved
+        modes = lookup("1_Pooling/config.json")
+    except (OSError, ValueError) as e:  # not a repo id (HFValidationError), or a repo the Hub refuses
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"teacher.pooling = auto: cannot look up {source}'s pooling configuration ({first}); "
-                        f"{how}") from None
-    return _choice(Path(config_file) if config_file else None, Path(pooling_file) if pooling_file else None)
+                        f"set teacher.pooling to first or mean") from None
+    if modes is None:
+        raise UserError(f"teacher.pooling = auto: whether {source} was trained with mean pooling is not known here "
+                        f"({'offline' if constants.HF_HUB_OFFLINE else 'the Hub did not answer'}, and its "
+                        f"1_Pooling/config.json was never fetched); set teacher.pooling to first or mean, or run "
+                        f"once where the Hub answers")
+    return _choice({}, _read(Path(modes)) if modes else None)
 
 
-def _choice(config_file: Path | None, pooling_file: Path | None) -> str:
-    for path in (config_file, pooling_file):
-        if path is not None and path.is_file():
-            try:
-                json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise UserError(f"teacher.pooling = auto: {path} cannot be read as JSON ({e}); repair it, or set "
-                                f"teacher.pooling to first or mean") from None
-    if config_file is not None and config_file.is_file():
-        saved = json.loads(config_file.read_text(encoding="utf-8")).get(CONFIG_KEY)
-        if saved in POOLINGS:  # a distillora model as the source: what its head was trained to read
-            return saved
-    if pooling_file is None or not pooling_file.is_file():
-        return "first"
-    modes = json.loads(pooling_file.read_text(encoding="utf-8"))
-    only_mean = modes.get("pooling_mode_mean_tokens") and not any(
+def _read(path: Path) -> dict | None:
+    """The JSON object in `path`; None when there is no such file."""
+    if not path.is_file():
+        return None
+    try:
+        out = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"teacher.pooling = auto: {path} cannot be read as JSON ({e}); repair it, or set "
+                        f"teacher.pooling to first or mean") from None
+    if not isinstance(out, dict):
+        raise UserError(f"teacher.pooling = auto: {path} holds a JSON {type(out).__name__}, not an object; repair "
+                        f"it, or set teacher.pooling to first or mean")
+    return out
+
+
+def _choice(config: dict | None, modes: dict | None) -> str:
+    saved = (config or {}).get(CONFIG_KEY)
+    if saved in POOLINGS:  # a distillora model as the source: what its head was trained to read
+        return saved
+    only_mean = bool(modes) and modes.get("pooling_mode_mean_tokens") and not any(
         v for k, v in modes.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens")
     return "mean" if only_mean else "first"
-
-
-def resolve(setting: str, source: str) -> str:
-    """The pooling a teacher trained from `source` uses under the setting `teacher.pooling`."""
-    return of_source(source) if setting == "auto" else setting
 
 
 def _mean_at_first(module, args, kwargs, out):
@@ -126,8 +130,8 @@ def attach(model, pooling: str):
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
     if pooling == "mean" and model.config.model_type not in SUPPORTED:
-        raise ValueError(f"pooling mean: a {model.config.model_type} head does not read the position this sets; "
-                         f"supported: {', '.join(SUPPORTED)}")
+        raise ValueError(f"pooling mean: the head of a model of type {model.config.model_type} does not read the "
+                         f"position this sets; supported: {', '.join(SUPPORTED)}")
     base = model.base_model
     # found by the function, not by a kept handle: a deep copy (quantize_dynamic, WiSE-FT) copies the
     # module's hook dicts, and a handle copied with it would still point at the original's

@@ -26,6 +26,7 @@ from .fileio import read_json, remove_stale_temporaries, sha256, write_dir, writ
 from .rundir import Evaluation, ModelRecord, Results, RunDir
 from .runlock import LOCK_NAME, RunLock
 from .stages import Kind, Stage, StageContext, StageEnv, load_model
+from .stages.teacher import head_pooling
 from .students import parse_layers
 from .training import bias_logprobs, check_token_masking, group_factors, with_group_weights
 
@@ -97,11 +98,18 @@ def _load_source(name: str, source: str):
                         f"while online") from None
 
 
-def _check_models(cfg: StudyConfig, teacher_config) -> None:
-    """Every layer list against the teacher's depth, and the LoRA targets against its architecture,
-    before anything is trained or written."""
+def _check_models(cfg: StudyConfig, teacher_config, pooling: str = "first") -> None:
+    """Every layer list against the teacher's depth, the LoRA targets against its architecture and the
+    head's `pooling` (teacher.pooling resolved) against its head, before anything is trained or written."""
+    from .pooling import SUPPORTED
+
     depth = teacher_config.num_hidden_layers
     errors = []
+    if pooling == "mean" and teacher_config.model_type not in SUPPORTED:
+        how = " (auto: the source's own pooling configuration says mean)" if cfg.teacher.pooling == "auto" else ""
+        errors.append(f"teacher.pooling = {cfg.teacher.pooling}{how}: the head of a model of type "
+                      f"{teacher_config.model_type} does not read the position the mean replaces (supported: "
+                      f"{', '.join(SUPPORTED)}); set teacher.pooling: first")
     if cfg.lora.enabled:
         from . import lora
 
@@ -122,22 +130,6 @@ def _check_models(cfg: StudyConfig, teacher_config) -> None:
     if errors:
         raise UserError(f"teacher {cfg.teacher.source!r} ({teacher_config.model_type}, {depth} layers):\n  - "
                         + "\n  - ".join(errors))
-
-
-def _check_pooling(cfg: StudyConfig, source: str, teacher_config) -> None:
-    """teacher.pooling resolved for the source (`auto` that cannot be, refused) and fit for its head,
-    before anything is trained or written."""
-    from . import pooling
-    from .stages.teacher import head_pooling
-
-    chosen = head_pooling(cfg, source)
-    if chosen == "mean" and teacher_config.model_type not in pooling.SUPPORTED:
-        raise UserError(f"teacher.pooling = {cfg.teacher.pooling}: the head of a {teacher_config.model_type} model "
-                        f"does not read the position the mean replaces (supported: {', '.join(pooling.SUPPORTED)}); "
-                        f"set teacher.pooling: first")
-    if cfg.teacher.pooling == "auto":
-        log.info("teacher.pooling = auto: the head reads %s", "the mean of the last hidden states" if chosen == "mean"
-                 else "the first token")
 
 
 def _save(model, tokenizer, path: Path) -> None:
@@ -255,8 +247,13 @@ def _run_study(cfg: StudyConfig, out: Path, force: bool, quiet: bool, held: list
                     cfg.logit_adjustment, cfg.class_weights)
     source = bundles.resolve(cfg.teacher.source, cfg.teacher.allow_pickle)  # so do tampered bundles, pickles
     tokenizer, teacher_config = _load_source(cfg.teacher.source, source)
-    _check_models(cfg, teacher_config)
-    _check_pooling(cfg, source, teacher_config)
+    pooling = head_pooling(cfg, source)  # `auto` looked up once, here
+    _check_models(cfg, teacher_config, pooling)
+    if cfg.teacher.pooling == "auto":
+        log.info("teacher.pooling = auto: the head reads %s", "the mean of the last hidden states" if pooling == "mean"
+                 else "the first token")
+    # every stage reads what this chose, while fingerprints keep the setting as given (`resolved`, above)
+    cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, pooling=pooling))
     check_token_masking(cfg, tokenizer)
     check_disk(out, source, max(cfg.teacher.soup, cfg.teacher.restarts), bool(cfg.teacher.linear_probe_epochs))
     # Data-parallel (accelerate launch / torchrun): every process trains; the main process alone

@@ -32,13 +32,11 @@ def plan(cfg, resolved: dict, depth: int) -> list[Stage]:
     # allow_pickle: a permission, not a setting; the probe's learning rate only when a probe is trained
     # teacher.pooling as set (`first`, the default, left out: NEW_KEY_DEFAULTS). Not as `auto` resolves it: a
     # sweep or a report of a finished run plans on a machine that may lack the source, and every student
-    # reads what the saved teacher records whatever this resolves to
+    # reads what the saved teacher records. (A study resolves `auto` in its cfg before planning, so the
+    # objective below names what was trained.)
     teacher = stable_section(resolved, "teacher", drop=("allow_pickle",) + (
         () if cfg.teacher.linear_probe_epochs else ("linear_probe_learning_rate",)))
-    try:
-        pooling = head_pooling(cfg)
-    except UserError:  # only the objective's wording needs it here; the study refuses this source itself
-        pooling = cfg.teacher.pooling
+    pooling = cfg.teacher.pooling
     return [Stage(
         name="teacher", kind=Kind.TEACHER, section="teacher", consumes=(),
         # group weights (and then the column that names the groups) and the logit adjustment only when
@@ -81,10 +79,11 @@ def head_pooling(cfg, source: str | None = None) -> str:
                                                                             cfg.teacher.allow_pickle))
 
 
-def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False, *, pooling: str = "first",
+def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = False, *, pooling: str | None = None,
                     new_weights: bool = False):
     """The pretrained encoder with a fresh head of len(label_names) classes (the head is new by design: it is
-    trained here), reading `pooling` (distillora.pooling). Only safetensors weights are read unless
+    trained here), reading `pooling` (distillora.pooling; None: what the source records, as a distillora
+    model saved as the source does, else the first token). Only safetensors weights are read unless
     `allow_pickle`. With `new_weights`, returns
     (model, the names of the weights the checkpoint did not hold), as transformers' loading info reports
     them: the head, and whatever else the architecture adds to the checkpoint (e.g. a pooler)."""
@@ -93,7 +92,7 @@ def load_pretrained(source: str, label_names: list[str], allow_pickle: bool = Fa
         id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
         output_loading_info=True,
     )
-    pool.attach(model, pooling)
+    model = pool.apply_saved(model) if pooling is None else pool.attach(model, pooling)
     return (model, set(info["missing_keys"])) if new_weights else model
 
 
