@@ -29,7 +29,6 @@ from .errors import UserError
 
 CONFIG_KEY = "distillora_pooling"
 POOLINGS = ("first", "mean")
-SETTINGS = ("auto",) + POOLINGS
 
 
 # the architectures whose head reads position 0 of the base model's last hidden state, or a pooler of
